@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The shard set: start-up checks (io_uring usable, listeners bound), the rings between every
+// ordered pair of shards, the shard threads, shutdown and teardown. Runs on the controlling
+// thread (main or a test), except shard_thread(), which is each shard's body.
+#include "broker/broker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "broker/log.h"
+#include "broker/shard.h"
+
+/* From shard.c. */
+int shard_init(struct shard *s);
+void shard_loop(struct shard *s);
+void shard_drain_and_free(struct shard *s);
+void shard_free_outboxes(struct shard *s);
+
+static int read_int_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    int v = -1;
+    if (f) {
+        if (fscanf(f, "%d", &v) != 1)
+            v = -1;
+        fclose(f);
+    }
+    return v;
+}
+
+static int explain(int err, char *msg, size_t cap)
+{
+    int disabled = read_int_file("/proc/sys/kernel/io_uring_disabled");
+    if (err == -ENOSYS) {
+        snprintf(msg, cap,
+                 "io_uring is not available: this kernel was built without it (CONFIG_IO_URING) "
+                 "or is older than 5.1. Fix: run on Linux 6.1 or newer with io_uring enabled.");
+    } else if (err == -EPERM && disabled == 2) {
+        snprintf(msg, cap,
+                 "io_uring is disabled by sysctl kernel.io_uring_disabled=2. Fix: "
+                 "`sysctl -w kernel.io_uring_disabled=0` (as root).");
+    } else if (err == -EPERM && disabled == 1) {
+        snprintf(msg, cap,
+                 "io_uring is restricted by sysctl kernel.io_uring_disabled=1 to members of group "
+                 "kernel.io_uring_group. Fix: run nexusd in that group, or "
+                 "`sysctl -w kernel.io_uring_disabled=0`.");
+    } else if (err == -EPERM) {
+        snprintf(msg, cap,
+                 "io_uring_setup was refused (EPERM), most likely by a seccomp profile (Docker's "
+                 "default blocks io_uring). Fix: allow io_uring_setup, io_uring_enter and "
+                 "io_uring_register in the profile (e.g. --security-opt seccomp=<profile>).");
+    } else if (err == -ENOMEM) {
+        struct rlimit rl;
+        getrlimit(RLIMIT_MEMLOCK, &rl);
+        snprintf(msg, cap,
+                 "io_uring could not lock its ring memory (ENOMEM; RLIMIT_MEMLOCK is %llu bytes). "
+                 "Fix: raise it (`ulimit -l unlimited`, LimitMEMLOCK=infinity in systemd) or run "
+                 "on Linux 5.12+, which accounts ring memory to the cgroup instead.",
+                 (unsigned long long)rl.rlim_cur);
+    } else if (err == -EINVAL) {
+        snprintf(msg, cap,
+                 "io_uring rejected the ring set-up (EINVAL): the kernel lacks single-issuer or "
+                 "deferred task running (Linux 6.1+) or provided buffer rings (5.19+). Fix: run "
+                 "on Linux 6.1 or newer.");
+    } else {
+        snprintf(msg, cap, "io_uring could not be set up: %s", strerror(-err));
+    }
+    return err;
+}
+
+int broker_probe(char *msg, size_t cap)
+{
+    struct io_uring ring;
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    int r = io_uring_queue_init_params(8, &ring, &p);
+    if (r < 0)
+        return explain(r, msg, cap);
+    struct io_uring_probe *pr = io_uring_get_probe_ring(&ring);
+    static const struct {
+        int op;
+        const char *name;
+    } need[] = {{IORING_OP_ACCEPT, "accept"},
+                {IORING_OP_RECV, "recv"},
+                {IORING_OP_SENDMSG, "sendmsg"},
+                {IORING_OP_TIMEOUT, "timeout"},
+                {IORING_OP_ASYNC_CANCEL, "async_cancel"},
+                {IORING_OP_MSG_RING, "msg_ring"}};
+    r = 0;
+    for (size_t i = 0; pr && i < sizeof(need) / sizeof(need[0]); i++) {
+        if (!io_uring_opcode_supported(pr, need[i].op)) {
+            snprintf(msg, cap,
+                     "io_uring lacks the %s operation on this kernel. Fix: run on Linux 6.1 or "
+                     "newer.",
+                     need[i].name);
+            r = -EOPNOTSUPP;
+            break;
+        }
+    }
+    if (pr)
+        io_uring_free_probe(pr);
+    io_uring_queue_exit(&ring);
+    return r;
+}
+
+static int listen_socket(const struct config *cfg, char *err, size_t cap)
+{
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", cfg->listen_port);
+    int r = getaddrinfo(cfg->listen_host, port, &hints, &res);
+    if (r != 0) {
+        snprintf(err, cap, "cannot resolve listen address %s: %s", cfg->listen_host,
+                 gai_strerror(r));
+        return -EINVAL;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, cap, "socket: %s", strerror(errno));
+        freeaddrinfo(res);
+        return -errno;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
+        int e = errno;
+        snprintf(err, cap, "cannot listen on %s:%u: %s%s", cfg->listen_host, cfg->listen_port,
+                 strerror(e),
+                 e == EADDRINUSE ? " (another process holds the port; use --listen)" : "");
+        close(fd);
+        freeaddrinfo(res);
+        return -e;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+struct start_sync {
+    pthread_barrier_t ready;
+    atomic_int failed;
+};
+
+struct shard_arg {
+    struct shard *s;
+    struct start_sync *sync;
+};
+
+static void *shard_thread(void *arg)
+{
+    struct shard_arg *sa = arg;
+    struct shard *s = sa->s;
+    struct start_sync *sync = sa->sync;
+    free(sa);
+    char name[16];
+    snprintf(name, sizeof(name), "nexus-shard-%u", s->index);
+    pthread_setname_np(pthread_self(), name);
+    int r = shard_init(s);
+    if (r < 0) {
+        char msg[512];
+        explain(r, msg, sizeof(msg));
+        log_error((int)s->index, "shard start-up failed: %s", msg);
+        atomic_store(&sync->failed, 1);
+    }
+    pthread_barrier_wait(&sync->ready);
+    if (!atomic_load(&sync->failed))
+        shard_loop(s);
+    /* Every shard has left its loop before anyone frees what is in flight between them. */
+    pthread_barrier_wait(&s->broker->exit_barrier);
+    shard_drain_and_free(s);
+    return NULL;
+}
+
+static void broker_free(struct broker *b)
+{
+    for (uint32_t i = 0; i < b->shard_count; i++) {
+        struct shard *s = b->shards[i];
+        if (!s)
+            continue;
+        if (s->listen_fd >= 0)
+            close(s->listen_fd);
+        free(s);
+    }
+    for (int cls = 0; cls < 2; cls++)
+        for (uint32_t a = 0; a < b->shard_count; a++)
+            for (uint32_t d = 0; d < b->shard_count; d++)
+                ring_destroy(b->rings[cls][a][d]);
+    free(b->shards);
+    free(b);
+}
+
+struct broker *broker_start(const struct config *cfg)
+{
+    struct broker *b = calloc(1, sizeof(*b));
+    if (!b)
+        return NULL;
+    b->cfg = *cfg;
+    b->shard_count = cfg->shards;
+    if (b->shard_count == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        b->shard_count = n < 1 ? 1 : n > CONFIG_SHARDS_MAX ? CONFIG_SHARDS_MAX : (uint32_t)n;
+    }
+    b->cfg.shards = b->shard_count;
+    b->start_ns = shard_now_ns();
+    b->shards = calloc(b->shard_count, sizeof(*b->shards));
+    if (!b->shards) {
+        free(b);
+        return NULL;
+    }
+    for (int cls = 0; cls < 2; cls++)
+        for (uint32_t a = 0; a < b->shard_count; a++)
+            for (uint32_t d = 0; d < b->shard_count; d++)
+                if (a != d && !(b->rings[cls][a][d] = ring_create(cfg->ring_capacity))) {
+                    log_error(-1, "out of memory creating rings");
+                    broker_free(b);
+                    return NULL;
+                }
+    for (uint32_t i = 0; i < b->shard_count; i++) {
+        struct shard *s = aligned_alloc(64, (sizeof(struct shard) + 63) & ~(size_t)63);
+        if (!s) {
+            broker_free(b);
+            return NULL;
+        }
+        memset(s, 0, sizeof(*s));
+        s->index = i;
+        s->broker = b;
+        s->cfg = &b->cfg;
+        s->listen_fd = -1;
+        b->shards[i] = s;
+        char err[256];
+        s->listen_fd = listen_socket(&b->cfg, err, sizeof(err));
+        if (s->listen_fd < 0) {
+            log_error(-1, "%s", err);
+            broker_free(b);
+            return NULL;
+        }
+    }
+    struct start_sync *sync = calloc(1, sizeof(*sync));
+    pthread_barrier_init(&sync->ready, NULL, b->shard_count + 1);
+    pthread_barrier_init(&b->exit_barrier, NULL, b->shard_count);
+    for (uint32_t i = 0; i < b->shard_count; i++) {
+        struct shard_arg *sa = malloc(sizeof(*sa));
+        sa->s = b->shards[i];
+        sa->sync = sync;
+        if (pthread_create(&b->shards[i]->thread, NULL, shard_thread, sa) != 0) {
+            log_error(-1, "cannot start shard thread %u", i);
+            abort();
+        }
+    }
+    pthread_barrier_wait(&sync->ready);
+    bool failed = atomic_load(&sync->failed);
+    pthread_barrier_destroy(&sync->ready);
+    free(sync);
+    if (failed) {
+        broker_wait(b);
+        return NULL;
+    }
+    log_info(-1, "nexusd %s listening on %s:%u with %u shards", NEXUS_VERSION, b->cfg.listen_host,
+             b->cfg.listen_port, b->shard_count);
+    return b;
+}
+
+void broker_stop(struct broker *b)
+{
+    atomic_store_explicit(&b->stop, 1, memory_order_relaxed);
+}
+
+int broker_wait(struct broker *b)
+{
+    for (uint32_t i = 0; i < b->shard_count; i++)
+        pthread_join(b->shards[i]->thread, NULL);
+    for (uint32_t i = 0; i < b->shard_count; i++)
+        shard_free_outboxes(b->shards[i]);
+    pthread_barrier_destroy(&b->exit_barrier);
+    broker_free(b);
+    return 0;
+}

@@ -1,0 +1,367 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Flags and config file of nexusd, table-driven so that a flag, its config-file key, its bound
+// and its help text are one row. Start-up only (main thread).
+#include "broker/config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "broker/log.h"
+
+enum opt_type { OPT_U32, OPT_SIZE, OPT_STR, OPT_BOOL, OPT_POLICY, OPT_LEVEL, OPT_ADDR, OPT_MADDR };
+
+struct opt {
+    const char *name;
+    enum opt_type type;
+    size_t off;
+    uint64_t min, max;
+    const char *help;
+};
+
+#define OFF(f) offsetof(struct config, f)
+
+static const struct opt opts[] = {
+    {"listen", OPT_ADDR, 0, 0, 0, "HOST:PORT to accept clients on ([::1]:7400 for IPv6)"},
+    {"shards", OPT_U32, OFF(shards), 0, CONFIG_SHARDS_MAX, "shard threads (0 = one per CPU)"},
+    {"max-frame-bytes", OPT_SIZE, OFF(frame_bytes_max), 64, 64u << 20,
+     "largest frame a client may send"},
+    {"max-connections", OPT_U32, OFF(connections_max), 1, 10000000, "connections, whole broker"},
+    {"max-subscriptions", OPT_U32, OFF(subscriptions_per_conn_max), 1, 1000000,
+     "subscriptions per connection"},
+    {"max-outbound-bytes", OPT_SIZE, OFF(outbound_bytes_max), 4096, 1ull << 40,
+     "bytes queued to one connection before the slow-subscriber policy applies"},
+    {"slow-policy", OPT_POLICY, OFF(slow_policy), 0, 0,
+     "disconnect | drop (drop sends a gap notice)"},
+    {"ring-capacity", OPT_U32, OFF(ring_capacity), 64, 1u << 24,
+     "messages per shard-to-shard ring (power of two)"},
+    {"max-campaigns", OPT_U32, OFF(campaigns_per_shard_max), 1, 100000000, "campaigns per shard"},
+    {"dedup-window-ms", OPT_U32, OFF(dedup_window_ms), 0, 3600000,
+     "duplicate-suppression window (0 = off)"},
+    {"dedup-entries", OPT_U32, OFF(dedup_entries_max), 16, 1u << 24,
+     "duplicate-suppression entries per campaign"},
+    {"recv-buffers", OPT_U32, OFF(recv_buffers), 16, 32768,
+     "provided receive buffers per shard (power of two)"},
+    {"recv-buffer-bytes", OPT_SIZE, OFF(recv_buffer_bytes), 1024, 1u << 20,
+     "bytes per receive buffer"},
+    {"drain-ms", OPT_U32, OFF(drain_ms), 0, 600000, "SIGTERM: time allowed to flush queues"},
+    {"idle-timeout-ms", OPT_U32, OFF(idle_timeout_ms), 0, 86400000,
+     "close connections silent this long (0 = never)"},
+    {"token", OPT_STR, OFF(token), 0, sizeof(((struct config *)0)->token),
+     "require Hello with this token"},
+    {"log-level", OPT_LEVEL, OFF(log_level), 0, 0, "debug | info | warn | error"},
+    {"log-json", OPT_BOOL, OFF(log_json), 0, 0, "log JSON lines"},
+    {"metrics", OPT_MADDR, 0, 0, 0, "HOST:PORT for Prometheus metrics over HTTP (off if unset)"},
+};
+
+void config_defaults(struct config *c)
+{
+    memset(c, 0, sizeof(*c));
+    snprintf(c->listen_host, sizeof(c->listen_host), "127.0.0.1");
+    c->listen_port = 7400;
+    c->shards = 0;
+    /* 1 MiB: BRIEF §5's default; large enough for any state snapshot, small enough that one
+     * hostile length cannot make the broker allocate much. */
+    c->frame_bytes_max = 1u << 20;
+    /* 65536: what one box serves comfortably; each idle connection costs ~1 KiB here. */
+    c->connections_max = 65536;
+    /* 1024: a dashboard subscribing per campaign stays well under; matching cost is bounded. */
+    c->subscriptions_per_conn_max = 1024;
+    /* 16 MiB: BRIEF §2.4's default; about 100k small events of slack per subscriber. */
+    c->outbound_bytes_max = 16u << 20;
+    c->slow_policy = SLOW_DISCONNECT;
+    /* 8192 messages: at ~100 ns per message, 0.8 ms of work between two shards; enough to
+     * absorb bursts without letting one shard run far ahead of another. */
+    c->ring_capacity = 8192;
+    /* 1,000,000 campaigns per shard: a campaign costs a few hundred bytes until it dedups. */
+    c->campaigns_per_shard_max = 1000000;
+    c->dedup_window_ms = 3000;
+    /* 8192 entries per campaign: 3 s of 2,700 events/s per campaign are fully covered; beyond
+     * that the oldest entries go first (documented in docs/PROTOCOL.md). ~200 KiB at most. */
+    c->dedup_entries_max = 8192;
+    /* 512 x 16 KiB = 8 MiB per shard: one buffer per receive completion, returned at once. */
+    c->recv_buffers = 512;
+    c->recv_buffer_bytes = 16384;
+    c->drain_ms = 5000;
+    c->idle_timeout_ms = 0;
+    c->log_level = LOG_INFO;
+    c->log_json = false;
+    c->metrics_port = 0;
+    snprintf(c->metrics_host, sizeof(c->metrics_host), "127.0.0.1");
+}
+
+void config_usage(void)
+{
+    printf("Usage: nexusd [flags]\n"
+           "Nexus event broker: thread-per-core, io_uring, length-prefixed protobuf over TCP.\n\n"
+           "Flags (each also a key in the --config file, as `key = value`):\n");
+    for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
+        printf("  --%-20s %s\n", opts[i].name, opts[i].help);
+    printf("  --%-20s %s\n", "config FILE", "read settings from FILE (flags given later win)");
+    printf("  --%-20s %s\n", "help", "print this help");
+    printf("  --%-20s %s\n", "version", "print the version");
+    printf("\nSizes accept K, M and G suffixes (powers of 1024).\n"
+           "Defaults: --listen 127.0.0.1:7400, one shard per CPU, --max-frame-bytes 1M,\n"
+           "--max-outbound-bytes 16M, --slow-policy disconnect, --dedup-window-ms 3000.\n");
+}
+
+static int parse_u64(const char *s, bool size, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *s == '-')
+        return -EINVAL;
+    if (size && *end) {
+        unsigned shift = 0;
+        switch (*end) {
+        case 'k':
+        case 'K':
+            shift = 10;
+            break;
+        case 'm':
+        case 'M':
+            shift = 20;
+            break;
+        case 'g':
+        case 'G':
+            shift = 30;
+            break;
+        default:
+            return -EINVAL;
+        }
+        if (v > (ULLONG_MAX >> shift))
+            return -EINVAL;
+        v <<= shift;
+        end++;
+        if (*end == 'i' || *end == 'B')
+            end++;
+        if (*end == 'B')
+            end++;
+    }
+    if (*end)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+/* Splits HOST:PORT (IPv6 in brackets). */
+static int parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port)
+{
+    const char *colon;
+    const char *h = s;
+    size_t hl;
+    if (*s == '[') {
+        const char *rb = strchr(s, ']');
+        if (!rb || rb[1] != ':')
+            return -EINVAL;
+        h = s + 1;
+        hl = (size_t)(rb - h);
+        colon = rb + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return -EINVAL;
+        hl = (size_t)(colon - s);
+    }
+    if (hl == 0 || hl >= host_cap)
+        return -EINVAL;
+    uint64_t p;
+    if (parse_u64(colon + 1, false, &p) < 0 || p == 0 || p > 65535)
+        return -EINVAL;
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    *port = (uint16_t)p;
+    return 0;
+}
+
+static int set_opt(struct config *c, const struct opt *o, const char *val, const char *where)
+{
+    char *base = (char *)c;
+    uint64_t v;
+    switch (o->type) {
+    case OPT_U32:
+    case OPT_SIZE:
+        if (parse_u64(val, o->type == OPT_SIZE, &v) < 0 || v < o->min || v > o->max) {
+            fprintf(stderr, "nexusd: %s: --%s wants a number in %llu..%llu, got \"%s\"\n", where,
+                    o->name, (unsigned long long)o->min, (unsigned long long)o->max, val);
+            return -EINVAL;
+        }
+        if (o->off == OFF(outbound_bytes_max))
+            c->outbound_bytes_max = v;
+        else
+            *(uint32_t *)(base + o->off) = (uint32_t)v;
+        return 0;
+    case OPT_STR: {
+        size_t l = strlen(val);
+        if (l >= o->max) {
+            fprintf(stderr, "nexusd: %s: --%s is longer than %llu bytes\n", where, o->name,
+                    (unsigned long long)o->max - 1);
+            return -EINVAL;
+        }
+        memcpy(base + o->off, val, l + 1);
+        return 0;
+    }
+    case OPT_BOOL:
+        if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes"))
+            *(bool *)(base + o->off) = true;
+        else if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no"))
+            *(bool *)(base + o->off) = false;
+        else {
+            fprintf(stderr, "nexusd: %s: --%s wants true or false, got \"%s\"\n", where, o->name,
+                    val);
+            return -EINVAL;
+        }
+        return 0;
+    case OPT_POLICY:
+        if (!strcmp(val, "disconnect"))
+            c->slow_policy = SLOW_DISCONNECT;
+        else if (!strcmp(val, "drop"))
+            c->slow_policy = SLOW_DROP;
+        else {
+            fprintf(stderr, "nexusd: %s: --slow-policy wants disconnect or drop, got \"%s\"\n",
+                    where, val);
+            return -EINVAL;
+        }
+        return 0;
+    case OPT_LEVEL: {
+        int l = log_level_parse(val);
+        if (l < 0) {
+            fprintf(stderr,
+                    "nexusd: %s: --log-level wants debug, info, warn or error, got \"%s\"\n", where,
+                    val);
+            return -EINVAL;
+        }
+        c->log_level = l;
+        return 0;
+    }
+    case OPT_ADDR:
+    case OPT_MADDR: {
+        char *host = o->type == OPT_ADDR ? c->listen_host : c->metrics_host;
+        uint16_t *port = o->type == OPT_ADDR ? &c->listen_port : &c->metrics_port;
+        if (parse_addr(val, host, sizeof(c->listen_host), port) < 0) {
+            fprintf(stderr, "nexusd: %s: --%s wants HOST:PORT, got \"%s\"\n", where, o->name, val);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    }
+    return -EINVAL;
+}
+
+static const struct opt *find_opt(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
+        if (strlen(opts[i].name) == len && !strncmp(opts[i].name, name, len))
+            return &opts[i];
+    return NULL;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
+        *--e = 0;
+    return s;
+}
+
+static int load_file(struct config *c, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "nexusd: cannot open config file %s: %s\n", path, strerror(errno));
+        return -EINVAL;
+    }
+    char line[1024];
+    int lineno = 0;
+    int r = 0;
+    while (r == 0 && fgets(line, sizeof(line), f)) {
+        lineno++;
+        char *s = trim(line);
+        if (*s == 0 || *s == '#')
+            continue;
+        char *eq = strchr(s, '=');
+        char where[300];
+        snprintf(where, sizeof(where), "%s:%d", path, lineno);
+        if (!eq) {
+            fprintf(stderr, "nexusd: %s: expected `key = value`\n", where);
+            r = -EINVAL;
+            break;
+        }
+        *eq = 0;
+        char *key = trim(s);
+        char *val = trim(eq + 1);
+        if (*val == '"' && strlen(val) >= 2 && val[strlen(val) - 1] == '"') {
+            val[strlen(val) - 1] = 0;
+            val++;
+        }
+        const struct opt *o = find_opt(key, strlen(key));
+        if (!o) {
+            fprintf(stderr, "nexusd: %s: unknown setting \"%s\"\n", where, key);
+            r = -EINVAL;
+            break;
+        }
+        r = set_opt(c, o, val, where);
+    }
+    fclose(f);
+    return r;
+}
+
+int config_parse(struct config *c, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            config_usage();
+            return 1;
+        }
+        if (!strcmp(a, "--version")) {
+            printf("nexusd %s\n", NEXUS_VERSION);
+            return 1;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "nexusd: unexpected argument \"%s\" (see --help)\n", a);
+            return -EINVAL;
+        }
+        const char *name = a + 2;
+        const char *eq = strchr(name, '=');
+        size_t nl = eq ? (size_t)(eq - name) : strlen(name);
+        const char *val = eq ? eq + 1 : NULL;
+        bool is_config = nl == 6 && !strncmp(name, "config", 6);
+        const struct opt *o = is_config ? NULL : find_opt(name, nl);
+        if (!o && !is_config) {
+            fprintf(stderr, "nexusd: unknown flag \"%s\" (see --help)\n", a);
+            return -EINVAL;
+        }
+        if (!val) {
+            if (o && o->type == OPT_BOOL) {
+                val = "true";
+            } else if (i + 1 < argc) {
+                val = argv[++i];
+            } else {
+                fprintf(stderr, "nexusd: flag \"%s\" needs a value\n", a);
+                return -EINVAL;
+            }
+        }
+        int r = is_config ? load_file(c, val) : set_opt(c, o, val, "command line");
+        if (r < 0)
+            return r;
+    }
+    if (c->ring_capacity & (c->ring_capacity - 1)) {
+        fprintf(stderr, "nexusd: --ring-capacity must be a power of two, got %u\n",
+                c->ring_capacity);
+        return -EINVAL;
+    }
+    if (c->recv_buffers & (c->recv_buffers - 1)) {
+        fprintf(stderr, "nexusd: --recv-buffers must be a power of two, got %u\n", c->recv_buffers);
+        return -EINVAL;
+    }
+    return 0;
+}

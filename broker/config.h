@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Every limit and setting of nexusd in one place (STYLE: "every limit has a bound and a
+// policy"). Each default says why it has its value; docs/OPERATIONS.md lists them with what
+// happens when a limit is reached. The configuration is filled once at start-up from flags and
+// an optional config file, then read-only: any thread may read it.
+#ifndef NEXUS_BROKER_CONFIG_H
+#define NEXUS_BROKER_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Shards are indexed by 6 bits in connection ids and interest masks. */
+#define CONFIG_SHARDS_MAX 64
+
+enum slow_policy {
+    SLOW_DISCONNECT, /* close a subscriber whose queue passes the bound (NATS's behaviour) */
+    SLOW_DROP,       /* drop events for it and send a gap notice naming what it missed */
+};
+
+struct config {
+    char listen_host[256];
+    uint16_t listen_port;
+    uint32_t shards; /* 0 until resolved: one per online CPU */
+
+    uint32_t frame_bytes_max; /* largest frame accepted from a client */
+    uint32_t connections_max; /* whole broker */
+    uint32_t subscriptions_per_conn_max;
+    uint64_t outbound_bytes_max; /* queued for one connection before slow policy */
+    enum slow_policy slow_policy;
+    uint32_t ring_capacity; /* messages per shard-to-shard ring (power of two) */
+    uint32_t campaigns_per_shard_max;
+    uint32_t dedup_window_ms;
+    uint32_t dedup_entries_max; /* per campaign */
+    uint32_t recv_buffers;      /* provided buffers per shard (power of two) */
+    uint32_t recv_buffer_bytes;
+    uint32_t drain_ms;        /* SIGTERM: how long queued data may take to flush */
+    uint32_t idle_timeout_ms; /* close connections silent this long; 0 = never */
+    char token[128];          /* non-empty: Hello with this token required */
+    int log_level;
+    bool log_json;
+    uint16_t metrics_port; /* 0 = metrics off */
+    char metrics_host[256];
+};
+
+/* Fills c with the defaults. */
+void config_defaults(struct config *c);
+
+/* Parses argv (and a --config file if named) into c, on top of the defaults. Returns 0 to run,
+ * 1 if --help or --version was printed (exit 0), or -EINVAL after printing an error to stderr
+ * (exit 2). */
+int config_parse(struct config *c, int argc, char **argv);
+
+/* Prints the usage text to stdout. */
+void config_usage(void);
+
+#endif

@@ -1,0 +1,727 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// A client connection: its bytes in (multishot receive into the shard's provided buffers,
+// incremental framing, dispatch by frame kind) and out (a bounded queue of shared frames sent
+// with one sendmsg in flight, short sends resumed), backpressure (pause: stash input, cancel
+// the receive; resume: replay the stash, re-arm), the slow-subscriber policy, and closing.
+// Owned by the shard that accepted it; no other thread touches it.
+//
+// Closing is two-step: conn_close() marks the connection dead at once (nothing is queued or
+// read after that) and shuts the socket down; the memory is freed when the last operation the
+// kernel holds for it completes, since a buffer or msghdr given to the kernel belongs to it
+// until then.
+#include "broker/shard.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "broker/log.h"
+#include "codec/envelope.h"
+#include "codec/wire.h"
+
+/* Declared in shard.c. */
+void shard_buf_return(struct shard *s, uint16_t bid);
+const uint8_t *shard_buf(struct shard *s, uint16_t bid);
+
+enum { OP_RECV = 1, OP_SEND = 2, OP_CANCEL = 3 };
+
+/* Distinct campaigns a connection may have pending gap notices for under the drop policy;
+ * past it the connection is closed as a slow subscriber (a gap table is memory too). */
+#define CONN_GAPS_MAX 1024
+
+/* Longest event_id / entity_id accepted: ids are for humans and logs, and every byte is
+ * copied into every delivered frame. */
+#define CONN_ID_BYTES_MAX     256
+#define CONN_ENTITY_BYTES_MAX 1024
+
+static inline uint64_t conn_ud(struct conn *c, int op)
+{
+    return (uint64_t)(uintptr_t)c | (uint64_t)op;
+}
+
+struct conn *conn_lookup(struct shard *s, uint64_t id)
+{
+    struct conn *c = map_get(&s->conns, id);
+    return c && !(c->flags & CONN_DEAD) ? c : NULL;
+}
+
+struct conn *conn_create(struct shard *s, int fd)
+{
+    struct conn *c = aligned_alloc(16, (sizeof(*c) + 15) & ~(size_t)15);
+    if (!c)
+        return NULL;
+    memset(c, 0, sizeof(*c));
+    c->fd = fd;
+    c->shard = s;
+    c->id = ((uint64_t)s->index << 56) | ++s->next_conn;
+    codec_framer_init(&c->framer, s->cfg->frame_bytes_max);
+    c->last_active_ns = shard_now_ns();
+    if (!s->cfg->token[0])
+        c->flags |= CONN_AUTHED;
+    if (map_put(&s->conns, c->id, c) < 0) {
+        free(c);
+        return NULL;
+    }
+    atomic_fetch_add_explicit(&s->stats.connections, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->stats.connections_total, 1, memory_order_relaxed);
+    log_debug((int)s->index, "connection %llu accepted fd=%d", (unsigned long long)c->id, fd);
+    return c;
+}
+
+static void conn_free(struct conn *c)
+{
+    struct shard *s = c->shard;
+    for (uint32_t i = 0; i < c->q_count; i++)
+        oframe_unref(c->q[(c->q_head + i) & (c->q_cap - 1)]);
+    atomic_fetch_sub_explicit(&s->stats.bytes_queued, c->q_bytes, memory_order_relaxed);
+    free(c->q);
+    free(c->stash);
+    free(c->gaps);
+    free(c->subs);
+    codec_framer_free(&c->framer);
+    close(c->fd);
+    s->dead_count--;
+    free(c);
+}
+
+void conn_op_done(struct conn *c)
+{
+    c->ops_inflight--;
+    if ((c->flags & CONN_REAPED) && c->ops_inflight == 0)
+        conn_free(c);
+}
+
+void conn_close(struct conn *c, const char *why)
+{
+    if (c->flags & CONN_DEAD)
+        return;
+    struct shard *s = c->shard;
+    /* Dead at once: nothing is queued to it or read from it any more. Its subscriptions and
+     * socket are released by conn_reap() at the end of the loop iteration, because a close
+     * can happen in the middle of a fan-out that is walking those subscription lists. */
+    c->flags |= CONN_DEAD;
+    s->dead_count++;
+    atomic_fetch_sub_explicit(&s->broker->connections, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&s->stats.connections, 1, memory_order_relaxed);
+    log_debug((int)s->index, "connection %llu closed: %s", (unsigned long long)c->id, why);
+    c->kill_next = s->kill_head;
+    s->kill_head = c;
+}
+
+void conn_reap(struct shard *s)
+{
+    while (s->kill_head) {
+        struct conn *c = s->kill_head;
+        s->kill_head = c->kill_next;
+        c->flags |= CONN_REAPED;
+        if (c->flags & CONN_ON_RESUME) {
+            struct conn **pp = &s->resume_head;
+            while (*pp != c)
+                pp = &(*pp)->resume_next;
+            *pp = c->resume_next;
+            c->flags &= ~CONN_ON_RESUME;
+        }
+        map_del(&s->conns, c->id);
+        pubsub_conn_gone(c);
+        /* Wakes the receive (and any send) in the kernel, which then complete. */
+        shutdown(c->fd, SHUT_RDWR);
+        if (c->flags & CONN_RECV_ARMED) {
+            struct io_uring_sqe *sqe = shard_sqe(s);
+            io_uring_prep_cancel64(sqe, conn_ud(c, OP_RECV), 0);
+            io_uring_sqe_set_data64(sqe, conn_ud(c, OP_CANCEL));
+            c->ops_inflight++;
+        }
+        if (c->ops_inflight == 0)
+            conn_free(c);
+    }
+}
+
+static void conn_schedule_flush(struct conn *c)
+{
+    if (c->flags & (CONN_ON_FLUSH | CONN_DEAD))
+        return;
+    c->flags |= CONN_ON_FLUSH;
+    c->flush_next = c->shard->flush_head;
+    c->shard->flush_head = c;
+}
+
+void conn_close_after_flush(struct conn *c)
+{
+    if (c->flags & CONN_DEAD)
+        return;
+    c->flags |= CONN_CLOSING;
+    if (c->q_count == 0 && !(c->flags & CONN_SEND_INFLIGHT)) {
+        conn_close(c, "closed after flush");
+        return;
+    }
+    conn_schedule_flush(c);
+}
+
+/* ---- output ------------------------------------------------------------------------------- */
+
+static bool conn_q_push(struct conn *c, struct oframe *f)
+{
+    if (c->q_count == c->q_cap) {
+        uint32_t ncap = c->q_cap ? c->q_cap * 2 : 16;
+        struct oframe **nq = malloc(sizeof(*nq) * ncap);
+        if (!nq)
+            return false;
+        for (uint32_t i = 0; i < c->q_count; i++)
+            nq[i] = c->q[(c->q_head + i) & (c->q_cap - 1)];
+        free(c->q);
+        c->q = nq;
+        c->q_cap = ncap;
+        c->q_head = 0;
+    }
+    c->q[(c->q_head + c->q_count) & (c->q_cap - 1)] = f;
+    c->q_count++;
+    c->q_bytes += f->len;
+    atomic_fetch_add_explicit(&c->shard->stats.bytes_queued, f->len, memory_order_relaxed);
+    conn_schedule_flush(c);
+    return true;
+}
+
+static void conn_slow(struct conn *c, const char *what)
+{
+    struct shard *s = c->shard;
+    atomic_fetch_add_explicit(&s->stats.slow_disconnects, 1, memory_order_relaxed);
+    log_warn((int)s->index,
+             "slow consumer disconnected: connection=%llu queued_bytes=%llu limit=%llu (%s)",
+             (unsigned long long)c->id, (unsigned long long)c->q_bytes,
+             (unsigned long long)s->cfg->outbound_bytes_max, what);
+    conn_close(c, "slow consumer");
+}
+
+void conn_note_gap(struct conn *c, const struct oframe *f)
+{
+    for (uint32_t i = 0; i < c->gap_count; i++) {
+        struct gap *g = &c->gaps[i];
+        if (g->campaign_id == f->campaign_id) {
+            g->last = f->sequence;
+            g->dropped++;
+            return;
+        }
+    }
+    if (c->gap_count == CONN_GAPS_MAX) {
+        conn_slow(c, "too many campaigns with dropped events");
+        return;
+    }
+    if (!c->gaps) {
+        c->gaps = malloc(sizeof(*c->gaps) * CONN_GAPS_MAX);
+        if (!c->gaps) {
+            conn_slow(c, "out of memory for gap table");
+            return;
+        }
+    }
+    struct gap *g = &c->gaps[c->gap_count++];
+    g->campaign_id = f->campaign_id;
+    g->first = g->last = f->sequence;
+    g->dropped = 1;
+}
+
+/* Queues the pending gap notices (before any newer event, so each arrives in order). */
+static void conn_flush_gaps(struct conn *c)
+{
+    for (uint32_t i = 0; i < c->gap_count; i++) {
+        struct gap *g = &c->gaps[i];
+        uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+        int n = codec_gap_encode(buf, sizeof(buf), g->campaign_id, g->first, g->last, g->dropped,
+                                 "slow_consumer");
+        if (n > 0)
+            conn_enqueue_bytes(c, buf, (size_t)n);
+        log_info((int)c->shard->index,
+                 "gap sent: connection=%llu campaign=%lld sequences=%llu..%llu dropped=%llu",
+                 (unsigned long long)c->id, (long long)g->campaign_id, (unsigned long long)g->first,
+                 (unsigned long long)g->last, (unsigned long long)g->dropped);
+    }
+    c->gap_count = 0;
+}
+
+int conn_enqueue(struct conn *c, struct oframe *f)
+{
+    struct shard *s = c->shard;
+    if (c->flags & CONN_DEAD) {
+        oframe_unref(f);
+        return -ENOBUFS;
+    }
+    if (c->q_bytes + f->len > s->cfg->outbound_bytes_max) {
+        if (f->is_event && s->cfg->slow_policy == SLOW_DROP) {
+            atomic_fetch_add_explicit(&s->stats.drops, 1, memory_order_relaxed);
+            if (c->gap_count == 0)
+                log_warn((int)s->index,
+                         "slow consumer: dropping events for connection=%llu queued_bytes=%llu",
+                         (unsigned long long)c->id, (unsigned long long)c->q_bytes);
+            conn_note_gap(c, f);
+        } else {
+            conn_slow(c, f->is_event ? "event" : "reply");
+        }
+        oframe_unref(f);
+        return -ENOBUFS;
+    }
+    if (c->gap_count)
+        conn_flush_gaps(c);
+    if (!conn_q_push(c, f)) {
+        oframe_unref(f);
+        conn_close(c, "out of memory");
+        return -ENOBUFS;
+    }
+    if (f->is_event)
+        atomic_fetch_add_explicit(&s->stats.events_out, 1, memory_order_relaxed);
+    return 0;
+}
+
+void conn_enqueue_bytes(struct conn *c, const uint8_t *buf, size_t len)
+{
+    if (c->flags & CONN_DEAD)
+        return;
+    struct oframe *f = oframe_alloc((uint32_t)len);
+    if (!f) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    memcpy(f->data, buf, len);
+    /* Control replies are small and bounded by the frames that caused them; they may pass
+     * the byte bound by one frame, since refusing an error reply would hide the error. */
+    if (!conn_q_push(c, f)) {
+        oframe_unref(f);
+        conn_close(c, "out of memory");
+    }
+}
+
+void conn_error(struct conn *c, uint64_t correlation, const char *code, const char *fmt, ...)
+{
+    char msg[CODEC_CONTROL_BYTES_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+    int n = codec_error_encode(buf, sizeof(buf), correlation, code, msg);
+    atomic_fetch_add_explicit(&c->shard->stats.errors, 1, memory_order_relaxed);
+    log_debug((int)c->shard->index, "error to connection=%llu correlation=%llu code=%s: %s",
+              (unsigned long long)c->id, (unsigned long long)correlation, code, msg);
+    if (n > 0)
+        conn_enqueue_bytes(c, buf, (size_t)n);
+}
+
+void conn_flush(struct conn *c)
+{
+    if (c->flags & (CONN_SEND_INFLIGHT | CONN_DEAD) || c->q_count == 0)
+        return;
+    uint32_t n = c->q_count < CONN_IOV_MAX ? c->q_count : CONN_IOV_MAX;
+    for (uint32_t i = 0; i < n; i++) {
+        struct oframe *f = c->q[(c->q_head + i) & (c->q_cap - 1)];
+        uint32_t off = i == 0 ? c->q_off : 0;
+        c->iov[i].iov_base = f->data + off;
+        c->iov[i].iov_len = f->len - off;
+    }
+    memset(&c->msg, 0, sizeof(c->msg));
+    c->msg.msg_iov = c->iov;
+    c->msg.msg_iovlen = n;
+    c->send_frames = n;
+    struct io_uring_sqe *sqe = shard_sqe(c->shard);
+    io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, conn_ud(c, OP_SEND));
+    c->flags |= CONN_SEND_INFLIGHT;
+    c->ops_inflight++;
+}
+
+void conn_send_done(struct conn *c, int res)
+{
+    struct shard *s = c->shard;
+    c->flags &= ~CONN_SEND_INFLIGHT;
+    if (c->flags & CONN_DEAD) {
+        conn_op_done(c);
+        return;
+    }
+    c->ops_inflight--;
+    if (res < 0) {
+        if (res == -EAGAIN || res == -EINTR) {
+            conn_schedule_flush(c);
+            return;
+        }
+        conn_close(c, res == -EPIPE || res == -ECONNRESET ? "peer reset" : "send failed");
+        return;
+    }
+    atomic_fetch_add_explicit(&s->stats.bytes_out, (uint64_t)res, memory_order_relaxed);
+    size_t left = (size_t)res;
+    uint64_t freed = 0;
+    while (left && c->q_count) {
+        struct oframe *f = c->q[c->q_head];
+        size_t rest = f->len - c->q_off;
+        if (left < rest) {
+            c->q_off += (uint32_t)left; /* short send: resume inside this frame */
+            break;
+        }
+        left -= rest;
+        c->q_off = 0;
+        c->q_head = (c->q_head + 1) & (c->q_cap - 1);
+        c->q_count--;
+        c->q_bytes -= f->len;
+        freed += f->len;
+        oframe_unref(f);
+        atomic_fetch_add_explicit(&s->stats.frames_out, 1, memory_order_relaxed);
+    }
+    atomic_fetch_sub_explicit(&s->stats.bytes_queued, freed, memory_order_relaxed);
+    if (c->gap_count && c->q_bytes < s->cfg->outbound_bytes_max / 2)
+        conn_flush_gaps(c);
+    if (c->q_count) {
+        conn_schedule_flush(c);
+    } else if (c->flags & CONN_CLOSING) {
+        conn_close(c, "closed after flush");
+    } else if (c->q_cap > 1024) {
+        /* A burst grew the queue array; give the memory back once it is drained. */
+        free(c->q);
+        c->q = NULL;
+        c->q_cap = 0;
+        c->q_head = 0;
+    }
+}
+
+/* ---- input -------------------------------------------------------------------------------- */
+
+void conn_recv_arm(struct conn *c)
+{
+    if (c->flags & (CONN_RECV_ARMED | CONN_DEAD | CONN_CLOSING | CONN_PAUSED))
+        return;
+    struct io_uring_sqe *sqe = shard_sqe(c->shard);
+    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = 0;
+    io_uring_sqe_set_data64(sqe, conn_ud(c, OP_RECV));
+    c->flags |= CONN_RECV_ARMED;
+    c->ops_inflight++;
+}
+
+static bool stash_append(struct conn *c, const uint8_t *data, size_t len)
+{
+    /* Bound: the frame being held back plus what the kernel delivers before the cancel of the
+     * receive lands; 4 MiB of slack is far more than one socket's receive window. */
+    size_t limit = (size_t)c->shard->cfg->frame_bytes_max + CODEC_FRAME_HEADER_BYTES + (4u << 20);
+    if (c->stash_len + len > limit)
+        return false;
+    if (c->stash_len + len > c->stash_cap) {
+        size_t ncap = c->stash_cap ? c->stash_cap : 4096;
+        while (ncap < c->stash_len + len)
+            ncap *= 2;
+        uint8_t *nb = realloc(c->stash, ncap);
+        if (!nb)
+            return false;
+        c->stash = nb;
+        c->stash_cap = (uint32_t)ncap;
+    }
+    memcpy(c->stash + c->stash_len, data, len);
+    c->stash_len += (uint32_t)len;
+    return true;
+}
+
+static void conn_pause(struct conn *c)
+{
+    struct shard *s = c->shard;
+    if (!(c->flags & CONN_PAUSED)) {
+        c->flags |= CONN_PAUSED;
+        atomic_fetch_add_explicit(&s->stats.paused_reads, 1, memory_order_relaxed);
+        if ((c->flags & CONN_RECV_ARMED) && !(c->flags & CONN_RECV_CANCELLED)) {
+            struct io_uring_sqe *sqe = shard_sqe(s);
+            io_uring_prep_cancel64(sqe, conn_ud(c, OP_RECV), 0);
+            io_uring_sqe_set_data64(sqe, conn_ud(c, OP_CANCEL));
+            c->ops_inflight++;
+            c->flags |= CONN_RECV_CANCELLED;
+        }
+    }
+    if (!(c->flags & CONN_ON_RESUME)) {
+        c->flags |= CONN_ON_RESUME;
+        c->resume_next = s->resume_head;
+        s->resume_head = c;
+    }
+}
+
+/* Handles one frame. Returns 0 when done with it, 1 if it must wait (backpressure: the
+ * caller stashes it and pauses), -1 if the connection was closed. */
+static int conn_frame(struct conn *c, const uint8_t *frame, uint32_t len);
+
+/* Feeds raw input through the framer. Returns bytes consumed; less than len means the
+ * connection paused (or closed) and the rest is the caller's to stash. */
+static size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
+{
+    size_t pos = 0;
+    while (pos < len && !(c->flags & (CONN_DEAD | CONN_CLOSING))) {
+        size_t used;
+        const uint8_t *frame;
+        uint32_t flen;
+        int r = codec_framer_feed(&c->framer, data + pos, len - pos, &used, &frame, &flen);
+        if (r == 0) {
+            pos += used;
+            break;
+        }
+        if (r < 0) {
+            pos += used;
+            if (r == -EMSGSIZE)
+                conn_error(c, 0, "frame_too_large", "frame length %u exceeds max_frame_bytes %u",
+                           codec_framer_bad_len(&c->framer), c->shard->cfg->frame_bytes_max);
+            else if (r == -ENODATA)
+                conn_error(c, 0, "frame_empty", "frame length 0 is not allowed");
+            else
+                conn_error(c, 0, "internal", "out of memory assembling a frame");
+            conn_close_after_flush(c);
+            return len;
+        }
+        int fr = conn_frame(c, frame, flen);
+        if (fr > 0) {
+            /* Hold the frame back whole: header, body, then the unprocessed rest. */
+            uint8_t hdr[CODEC_FRAME_HEADER_BYTES];
+            wire_put_be32(hdr, flen);
+            if (!stash_append(c, hdr, sizeof(hdr)) || !stash_append(c, frame, flen)) {
+                conn_close(c, "stash overflow");
+                return len;
+            }
+            pos += used;
+            conn_pause(c);
+            return pos;
+        }
+        pos += used;
+        if (fr < 0)
+            return len;
+    }
+    return pos;
+}
+
+static void conn_input(struct conn *c, const uint8_t *data, size_t len)
+{
+    if ((c->flags & CONN_PAUSED) || c->stash_len) {
+        if (!stash_append(c, data, len))
+            conn_close(c, "input stash overflow while paused");
+        return;
+    }
+    size_t used = conn_process(c, data, len);
+    if (used < len && !(c->flags & CONN_DEAD) && !stash_append(c, data + used, len - used))
+        conn_close(c, "input stash overflow");
+}
+
+void conn_resume(struct conn *c)
+{
+    if (c->flags & CONN_DEAD)
+        return;
+    /* Take the stash out, replay it; whatever pauses again goes into a fresh stash. */
+    uint8_t *buf = c->stash;
+    uint32_t len = c->stash_len;
+    c->stash = NULL;
+    c->stash_len = c->stash_cap = 0;
+    c->flags &= ~CONN_PAUSED;
+    size_t used = len ? conn_process(c, buf, len) : 0;
+    if (used < len && !(c->flags & CONN_DEAD)) {
+        if (!stash_append(c, buf + used, len - used))
+            conn_close(c, "input stash overflow");
+    }
+    free(buf);
+    if (!(c->flags & (CONN_PAUSED | CONN_DEAD)))
+        conn_recv_arm(c);
+}
+
+void conn_recv_done(struct conn *c, struct io_uring_cqe *cqe)
+{
+    struct shard *s = c->shard;
+    int res = cqe->res;
+    bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    if (res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
+        uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        if (!(c->flags & (CONN_DEAD | CONN_CLOSING))) {
+            atomic_fetch_add_explicit(&s->stats.bytes_in, (uint64_t)res, memory_order_relaxed);
+            c->last_active_ns = shard_now_ns();
+            conn_input(c, shard_buf(s, bid), (size_t)res);
+        }
+        shard_buf_return(s, bid);
+    }
+    if (more)
+        return;
+    /* The multishot receive has ended. */
+    c->flags &= ~(CONN_RECV_ARMED | CONN_RECV_CANCELLED);
+    if (c->flags & CONN_DEAD) {
+        conn_op_done(c);
+        return;
+    }
+    c->ops_inflight--;
+    if (res == 0) {
+        conn_close_after_flush(c); /* peer closed its side; finish sending what is queued */
+        return;
+    }
+    if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR) {
+        conn_close(c, res == -ECONNRESET ? "peer reset" : "receive failed");
+        return;
+    }
+    /* -ENOBUFS: buffers ran out (they are returned as each completion is handled, so there
+     * are some again now); or the kernel ended the multishot: arm it again. */
+    conn_recv_arm(c);
+}
+
+/* ---- frames ------------------------------------------------------------------------------- */
+
+static int conn_hello(struct conn *c, uint64_t corr, struct codec_slice body)
+{
+    struct shard *s = c->shard;
+    struct codec_hello h;
+    char err[CODEC_ERR_BYTES];
+    if (codec_hello_decode(body.ptr, body.len, &h, err) < 0) {
+        conn_error(c, corr, "bad_protobuf", "%s", err);
+        return 0;
+    }
+    if (h.protocol_version != 1 && h.protocol_version != 0) {
+        conn_error(c, corr, "unsupported_version",
+                   "protocol_version %u is not supported; this broker speaks 1",
+                   h.protocol_version);
+        conn_close_after_flush(c);
+        return -1;
+    }
+    if (s->cfg->token[0]) {
+        size_t tl = strlen(s->cfg->token);
+        /* Compare without an early exit, so timing does not reveal the token's prefix. */
+        unsigned diff = (unsigned)(tl ^ h.token.len);
+        for (size_t i = 0; i < h.token.len; i++)
+            diff |= (unsigned)(h.token.ptr[i] ^ (uint8_t)s->cfg->token[i % tl]);
+        if (diff) {
+            conn_error(c, corr, "unauthorized", "hello carries a wrong token");
+            conn_close_after_flush(c);
+            return -1;
+        }
+        c->flags |= CONN_AUTHED;
+    }
+    c->flags |= CONN_HELLO_SEEN;
+    uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+    int n = codec_welcome_encode(buf, sizeof(buf), corr, s->broker->shard_count,
+                                 s->cfg->frame_bytes_max, c->id, s->index);
+    if (n > 0)
+        conn_enqueue_bytes(c, buf, (size_t)n);
+    return 0;
+}
+
+static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
+{
+    struct shard *s = c->shard;
+    struct codec_emit e;
+    char err[CODEC_ERR_BYTES];
+    if (codec_emit_decode(body.ptr, body.len, &e, err) < 0) {
+        conn_error(c, corr, "bad_protobuf", "%s", err);
+        return 0;
+    }
+    struct evtype t;
+    char terr[EVTYPE_ERR_BYTES];
+    if (evtype_parse(&t, (const char *)e.event_type.ptr, e.event_type.len, terr, sizeof(terr)) <
+        0) {
+        conn_error(c, corr, "invalid_event_type", "%s", terr);
+        return 0;
+    }
+    if (e.event_id.len > CONN_ID_BYTES_MAX || e.entity_id.len > CONN_ENTITY_BYTES_MAX) {
+        conn_error(c, corr, "limit_exceeded", "%s longer than %u bytes",
+                   e.event_id.len > CONN_ID_BYTES_MAX ? "event_id" : "entity_id",
+                   e.event_id.len > CONN_ID_BYTES_MAX ? CONN_ID_BYTES_MAX : CONN_ENTITY_BYTES_MAX);
+        return 0;
+    }
+    uint32_t owner = shard_of_campaign(s, e.campaign_id);
+    if (owner == s->index ? shard_stalled(s) : !shard_can_send_request(s, owner))
+        return 1;
+    const uint8_t *base = body.ptr;
+    struct emit_msg local;
+    struct emit_msg *m = &local;
+    if (owner != s->index) {
+        m = malloc(sizeof(*m) + body.len);
+        if (!m) {
+            conn_error(c, corr, "internal", "out of memory");
+            return 0;
+        }
+        memcpy(m->body, body.ptr, body.len);
+    }
+#define OFFS(sl, o, l)                                                                             \
+    do {                                                                                           \
+        m->o = (sl).ptr ? (uint32_t)((sl).ptr - base) : 0;                                         \
+        m->l = (sl).len;                                                                           \
+    } while (0)
+    OFFS(e.event_id, id_off, id_len);
+    OFFS(e.event_type, type_off, type_len);
+    OFFS(e.entity_id, entity_off, entity_len);
+    OFFS(e.metadata, md_off, md_len);
+    OFFS(e.payload, pl_off, pl_len);
+    OFFS(e.user_id, user_off, user_len);
+#undef OFFS
+    m->has_md = e.has_metadata;
+    m->has_pl = e.has_payload;
+    m->conn_id = c->id;
+    m->correlation = corr;
+    m->campaign_id = e.campaign_id;
+    m->type = t;
+    m->body_len = body.len;
+    if (owner == s->index) {
+        pubsub_emit(s, m, base);
+    } else {
+        struct ring_msg rm = {.kind = MSG_EMIT, .ptr = m};
+        shard_send(s, owner, 0, &rm);
+    }
+    return 0;
+}
+
+static int conn_frame(struct conn *c, const uint8_t *frame, uint32_t len)
+{
+    struct shard *s = c->shard;
+    struct codec_envelope env;
+    char err[CODEC_ERR_BYTES];
+    atomic_fetch_add_explicit(&s->stats.frames_in, 1, memory_order_relaxed);
+    if (codec_envelope_decode(frame, len, &env, err) < 0) {
+        conn_error(c, 0, "bad_protobuf", "%s", err);
+        return 0;
+    }
+    if (!(c->flags & CONN_AUTHED) && env.kind != CODEC_KIND_HELLO) {
+        conn_error(c, env.correlation, "unauthorized",
+                   "this broker requires a hello frame with a token first");
+        conn_close_after_flush(c);
+        return -1;
+    }
+    switch (env.kind) {
+    case CODEC_KIND_EMIT:
+        return conn_emit(c, env.correlation, env.body);
+    case CODEC_KIND_SUBSCRIBE:
+        pubsub_subscribe(c, env.correlation, env.body.ptr, env.body.len);
+        return 0;
+    case CODEC_KIND_UNSUBSCRIBE: {
+        uint64_t id;
+        if (codec_u64_msg_decode(env.body.ptr, env.body.len, &id, err) < 0)
+            conn_error(c, env.correlation, "bad_protobuf", "%s", err);
+        else
+            pubsub_unsubscribe(c, env.correlation, id);
+        return 0;
+    }
+    case CODEC_KIND_HELLO:
+        return conn_hello(c, env.correlation, env.body);
+    case CODEC_KIND_PING: {
+        uint64_t nonce;
+        if (codec_u64_msg_decode(env.body.ptr, env.body.len, &nonce, err) < 0) {
+            conn_error(c, env.correlation, "bad_protobuf", "%s", err);
+            return 0;
+        }
+        uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+        int n = codec_pong_encode(buf, sizeof(buf), env.correlation, nonce);
+        if (n > 0)
+            conn_enqueue_bytes(c, buf, (size_t)n);
+        return 0;
+    }
+    case CODEC_KIND_PONG:
+        return 0;
+    case CODEC_KIND_STATS:
+        pubsub_stats(c, env.correlation);
+        return 0;
+    case CODEC_KIND_NONE:
+        conn_error(c, env.correlation, "unknown_frame", "frame has no body");
+        return 0;
+    default:
+        if (codec_kind_name(env.kind)[0] != 'u')
+            conn_error(c, env.correlation, "unknown_frame",
+                       "frame kind %s (%u) is sent by the broker, not by clients",
+                       codec_kind_name(env.kind), env.kind);
+        else
+            conn_error(c, env.correlation, "unknown_frame", "unknown frame kind %u", env.kind);
+        return 0;
+    }
+}

@@ -1,0 +1,550 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Publish/subscribe on a shard, both halves:
+//  - owner side: the campaigns this shard owns (xxh3(campaign_id) mod shards). Each has its
+//    sequence counter, its duplicate-suppression window and a count of subscriptions per
+//    shard (interest), so an event is handed only to shards that may want it. An accepted
+//    emit is sequenced, timestamped, encoded once into a shared frame and fanned out.
+//  - subscriber side: the subscriptions of this shard's connections, listed per campaign
+//    (plus the firehose list for campaign 0), and the matching of each delivered event
+//    against them, at most once per connection.
+// Everything here runs on the shard's own thread; other shards reach it through ring messages.
+#include "broker/shard.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/log.h"
+#include "codec/envelope.h"
+#include "codec/stats.h"
+
+struct campaign {
+    int64_t id;
+    uint64_t sequence;
+    uint64_t interest_mask; /* bit per shard with interest > 0 */
+    struct dedup dedup;
+    uint32_t interest[]; /* subscriptions per shard */
+};
+
+static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, bool *over_limit)
+{
+    struct campaign *cp = map_get(&s->campaigns, (uint64_t)id);
+    if (cp || !create)
+        return cp;
+    if (s->campaigns.count >= s->cfg->campaigns_per_shard_max) {
+        if (over_limit)
+            *over_limit = true;
+        return NULL;
+    }
+    uint32_t n = s->broker->shard_count;
+    cp = calloc(1, sizeof(*cp) + sizeof(uint32_t) * n);
+    if (!cp)
+        return NULL;
+    cp->id = id;
+    dedup_init(&cp->dedup, s->cfg->dedup_entries_max);
+    if (map_put(&s->campaigns, (uint64_t)id, cp) < 0) {
+        free(cp);
+        return NULL;
+    }
+    atomic_fetch_add_explicit(&s->stats.campaigns, 1, memory_order_relaxed);
+    return cp;
+}
+
+/* Sends a frame to a connection on any shard (takes the reference). */
+static void to_conn(struct shard *s, uint64_t conn_id, struct oframe *f)
+{
+    uint32_t home = (uint32_t)(conn_id >> 56);
+    if (home == s->index) {
+        struct conn *c = conn_lookup(s, conn_id);
+        if (c)
+            conn_enqueue(c, f);
+        else
+            oframe_unref(f);
+        return;
+    }
+    struct ring_msg m = {.kind = MSG_TO_CONN, .ptr = f, .arg = conn_id};
+    shard_send(s, home, 1, &m);
+}
+
+static void error_to_conn(struct shard *s, uint64_t conn_id, uint64_t corr, const char *code,
+                          const char *msg)
+{
+    uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+    int n = codec_error_encode(buf, sizeof(buf), corr, code, msg);
+    struct oframe *f = n > 0 ? oframe_alloc((uint32_t)n) : NULL;
+    if (!f)
+        return;
+    memcpy(f->data, buf, (size_t)n);
+    atomic_fetch_add_explicit(&s->stats.errors, 1, memory_order_relaxed);
+    to_conn(s, conn_id, f);
+}
+
+static void ack_to_conn(struct shard *s, const struct emit_msg *m, const uint8_t *body,
+                        struct codec_slice id, uint64_t seq, int64_t ts, bool duplicate)
+{
+    struct codec_event_out a;
+    memset(&a, 0, sizeof(a));
+    a.kind = CODEC_KIND_EMIT_ACK;
+    a.correlation = m->correlation;
+    a.success = true;
+    a.event_id = id;
+    a.event_type.ptr = body + m->type_off;
+    a.event_type.len = m->type_len;
+    a.campaign_id = m->campaign_id;
+    a.sequence = seq;
+    a.timestamp_unix_nanos = ts;
+    a.message.ptr = (const uint8_t *)(duplicate ? "duplicate" : "accepted");
+    a.message.len = duplicate ? 9 : 8;
+    struct oframe *f = oframe_alloc((uint32_t)codec_event_size(&a));
+    if (!f)
+        return;
+    codec_event_encode(&a, f->data);
+    to_conn(s, m->conn_id, f);
+}
+
+void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
+{
+    bool over = false;
+    struct campaign *cp = campaign_get(s, m->campaign_id, true, &over);
+    if (!cp) {
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 over ? "campaign limit reached (%u per shard)"
+                      : "out of memory creating campaign (limit %u)",
+                 s->cfg->campaigns_per_shard_max);
+        error_to_conn(s, m->conn_id, m->correlation, "limit_exceeded", msg);
+        return;
+    }
+    int64_t now = shard_now_ns();
+    char uuid[36];
+    struct codec_slice id = {body + m->id_off, m->id_len};
+    if (m->id_len == 0) {
+        shard_uuid4(s, uuid);
+        id.ptr = (const uint8_t *)uuid;
+        id.len = 36;
+    }
+    if (s->cfg->dedup_window_ms) {
+        uint64_t key = dedup_key(id.ptr, id.len, body + m->type_off, m->type_len);
+        if (dedup_check_insert(&cp->dedup, key, now, (int64_t)s->cfg->dedup_window_ms * 1000000)) {
+            atomic_fetch_add_explicit(&s->stats.duplicates, 1, memory_order_relaxed);
+            if (m->correlation)
+                ack_to_conn(s, m, body, id, 0, now, true);
+            return;
+        }
+    }
+    uint64_t seq = ++cp->sequence;
+
+    struct codec_event_out ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.kind = CODEC_KIND_EVENT;
+    ev.success = true;
+    ev.event_id = id;
+    ev.event_type.ptr = body + m->type_off;
+    ev.event_type.len = m->type_len;
+    ev.entity_id.ptr = body + m->entity_off;
+    ev.entity_id.len = m->entity_len;
+    ev.has_metadata = m->has_md;
+    ev.metadata.ptr = body + m->md_off;
+    ev.metadata.len = m->md_len;
+    ev.has_payload = m->has_pl;
+    ev.payload.ptr = body + m->pl_off;
+    ev.payload.len = m->pl_len;
+    ev.campaign_id = m->campaign_id;
+    ev.sequence = seq;
+    ev.timestamp_unix_nanos = now;
+    struct oframe *f = oframe_alloc((uint32_t)codec_event_size(&ev));
+    if (!f) {
+        error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
+        cp->sequence--;
+        return;
+    }
+    struct codec_event_layout lay;
+    codec_event_encode_layout(&ev, f->data, &lay);
+    f->is_event = true;
+    f->campaign_id = m->campaign_id;
+    f->sequence = seq;
+    f->type = m->type;
+    f->type_str = (const char *)f->data + lay.event_type_off;
+    if (m->user_len) {
+        f->user_id = f->data + lay.metadata_off + (m->user_off - m->md_off);
+        f->user_id_len = m->user_len;
+    }
+    atomic_fetch_add_explicit(&s->stats.events_in, 1, memory_order_relaxed);
+
+    if (m->correlation)
+        ack_to_conn(s, m, body, id, seq, now, false);
+
+    /* Fan out: other shards with interest get one reference each, then our own subscribers. */
+    uint64_t mask = (cp->interest_mask | s->firehose_mask) & ~(1ull << s->index);
+    while (mask) {
+        uint32_t d = (uint32_t)__builtin_ctzll(mask);
+        mask &= mask - 1;
+        oframe_ref(f, 1);
+        struct ring_msg rm = {.kind = MSG_DELIVER, .ptr = f};
+        shard_send(s, d, 1, &rm);
+    }
+    pubsub_deliver(s, f);
+    oframe_unref(f);
+}
+
+/* ---- subscriber side ---------------------------------------------------------------------- */
+
+static bool sub_matches(const struct sub *sb, const struct oframe *f)
+{
+    if (sb->user_id_len &&
+        (f->user_id_len != sb->user_id_len || memcmp(f->user_id, sb->user_id, sb->user_id_len)))
+        return false;
+    if (sb->pattern_count == 0)
+        return true;
+    for (uint32_t i = 0; i < sb->pattern_count; i++)
+        if (evpattern_match(&sb->patterns[i], &f->type, f->type_str))
+            return true;
+    return false;
+}
+
+static void deliver_list(struct shard *s, struct sub_list *l, struct oframe *f, uint64_t stamp)
+{
+    for (uint32_t i = 0; i < l->count; i++) {
+        struct sub *sb = l->v[i];
+        struct conn *c = sb->conn;
+        if (c->last_delivery == stamp || (c->flags & CONN_DEAD) || !sub_matches(sb, f))
+            continue;
+        c->last_delivery = stamp;
+        oframe_ref(f, 1);
+        conn_enqueue(c, f);
+    }
+    (void)s;
+}
+
+void pubsub_deliver(struct shard *s, struct oframe *f)
+{
+    uint64_t stamp = ++s->delivery_stamp;
+    struct sub_list *l = map_get(&s->sub_lists, (uint64_t)f->campaign_id);
+    if (l)
+        deliver_list(s, l, f, stamp);
+    if (s->firehose.count)
+        deliver_list(s, &s->firehose, f, stamp);
+}
+
+static int list_add(struct sub_list *l, struct sub *sb)
+{
+    if (l->count == l->cap) {
+        uint32_t ncap = l->cap ? l->cap * 2 : 4;
+        struct sub **nv = realloc(l->v, sizeof(*nv) * ncap);
+        if (!nv)
+            return -ENOMEM;
+        l->v = nv;
+        l->cap = ncap;
+    }
+    sb->list_pos = l->count;
+    l->v[l->count++] = sb;
+    return 0;
+}
+
+static void list_remove(struct sub_list *l, struct sub *sb)
+{
+    uint32_t i = sb->list_pos;
+    l->v[i] = l->v[--l->count];
+    l->v[i]->list_pos = i;
+}
+
+static void send_sub_ack(struct conn *c, uint64_t corr, uint64_t id)
+{
+    uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+    int n = codec_subscribe_ack_encode(buf, sizeof(buf), corr, id);
+    if (n > 0)
+        conn_enqueue_bytes(c, buf, (size_t)n);
+}
+
+/* Tells the owner(s) that this shard gained or lost a subscription. */
+static void send_interest(struct shard *s, struct sub *sb, int32_t delta, uint64_t corr)
+{
+    uint32_t n = s->broker->shard_count;
+    for (uint32_t d = 0; d < n; d++) {
+        if (d == s->index)
+            continue;
+        if (sb->campaign_id != 0 && d != shard_of_campaign(s, sb->campaign_id))
+            continue;
+        struct interest_msg *im = malloc(sizeof(*im));
+        if (!im) {
+            log_error((int)s->index, "out of memory sending subscription interest");
+            abort();
+        }
+        im->campaign_id = sb->campaign_id;
+        im->delta = delta;
+        im->from_shard = s->index;
+        im->conn_id = sb->conn->id;
+        im->sub_id = sb->id;
+        im->correlation = corr;
+        struct ring_msg m = {.kind = MSG_INTEREST, .ptr = im};
+        shard_send(s, d, 0, &m);
+    }
+}
+
+static void sub_free(struct sub *sb)
+{
+    free(sb->patterns);
+    free(sb);
+}
+
+void pubsub_subscribe(struct conn *c, uint64_t corr, const uint8_t *body, uint32_t len)
+{
+    struct shard *s = c->shard;
+    struct codec_subscribe req;
+    char err[CODEC_ERR_BYTES];
+    int r = codec_subscribe_decode(body, len, &req, err);
+    if (r < 0) {
+        conn_error(c, corr, r == -E2BIG ? "limit_exceeded" : "bad_protobuf", "%s", err);
+        return;
+    }
+    if (c->sub_count >= s->cfg->subscriptions_per_conn_max) {
+        conn_error(c, corr, "limit_exceeded", "connection already holds %u subscriptions (max %u)",
+                   c->sub_count, s->cfg->subscriptions_per_conn_max);
+        return;
+    }
+    struct sub *sb = calloc(1, sizeof(*sb));
+    if (!sb) {
+        conn_error(c, corr, "internal", "out of memory");
+        return;
+    }
+    if (req.user_id.len > sizeof(sb->user_id)) {
+        free(sb);
+        conn_error(c, corr, "limit_exceeded", "user_id filter longer than %zu bytes",
+                   sizeof(sb->user_id));
+        return;
+    }
+    bool all = req.pattern_count == 0;
+    for (uint32_t i = 0; i < req.pattern_count; i++)
+        if (req.patterns[i].len == 1 && req.patterns[i].ptr[0] == '*')
+            all = true;
+    if (!all) {
+        sb->patterns = malloc(sizeof(struct evpattern) * req.pattern_count);
+        if (!sb->patterns) {
+            free(sb);
+            conn_error(c, corr, "internal", "out of memory");
+            return;
+        }
+        for (uint32_t i = 0; i < req.pattern_count; i++) {
+            char perr[EVTYPE_ERR_BYTES];
+            if (evpattern_parse(&sb->patterns[i], (const char *)req.patterns[i].ptr,
+                                req.patterns[i].len, perr, sizeof(perr)) < 0) {
+                sub_free(sb);
+                conn_error(c, corr, "invalid_pattern", "pattern %u: %s", i + 1, perr);
+                return;
+            }
+        }
+        sb->pattern_count = req.pattern_count;
+    }
+    memcpy(sb->user_id, req.user_id.ptr ? req.user_id.ptr : (const uint8_t *)"", req.user_id.len);
+    sb->user_id_len = req.user_id.len;
+    sb->campaign_id = req.campaign_id;
+    sb->conn = c;
+    sb->id = ++s->next_sub;
+    sb->correlation = corr;
+
+    struct sub_list *l = &s->firehose;
+    if (sb->campaign_id != 0) {
+        l = map_get(&s->sub_lists, (uint64_t)sb->campaign_id);
+        if (!l) {
+            l = calloc(1, sizeof(*l));
+            if (!l || map_put(&s->sub_lists, (uint64_t)sb->campaign_id, l) < 0) {
+                free(l);
+                sub_free(sb);
+                conn_error(c, corr, "internal", "out of memory");
+                return;
+            }
+        }
+    }
+    if (c->sub_count == c->sub_cap) {
+        uint32_t ncap = c->sub_cap ? c->sub_cap * 2 : 4;
+        struct sub **nv = realloc(c->subs, sizeof(*nv) * ncap);
+        if (!nv) {
+            sub_free(sb);
+            conn_error(c, corr, "internal", "out of memory");
+            return;
+        }
+        c->subs = nv;
+        c->sub_cap = ncap;
+    }
+    if (list_add(l, sb) < 0) {
+        sub_free(sb);
+        conn_error(c, corr, "internal", "out of memory");
+        return;
+    }
+    c->subs[c->sub_count++] = sb;
+    atomic_fetch_add_explicit(&s->stats.subscriptions, 1, memory_order_relaxed);
+
+    /* The ack leaves once every shard that sequences the subscribed campaigns routes them
+     * here; events sequenced after the ack are then certain to arrive. */
+    uint32_t n = s->broker->shard_count;
+    if (sb->campaign_id == 0)
+        sb->acks_pending = n - 1;
+    else
+        sb->acks_pending = shard_of_campaign(s, sb->campaign_id) == s->index ? 0 : 1;
+    if (sb->acks_pending == 0)
+        send_sub_ack(c, corr, sb->id);
+    else
+        send_interest(s, sb, +1, corr);
+}
+
+static void sub_remove(struct shard *s, struct sub *sb)
+{
+    struct sub_list *l = &s->firehose;
+    if (sb->campaign_id != 0)
+        l = map_get(&s->sub_lists, (uint64_t)sb->campaign_id);
+    list_remove(l, sb);
+    if (l->count == 0 && l != &s->firehose) {
+        map_del(&s->sub_lists, (uint64_t)sb->campaign_id);
+        free(l->v);
+        free(l);
+    }
+    uint32_t owner = sb->campaign_id ? shard_of_campaign(s, sb->campaign_id) : UINT32_MAX;
+    if (owner != s->index)
+        send_interest(s, sb, -1, 0);
+    atomic_fetch_sub_explicit(&s->stats.subscriptions, 1, memory_order_relaxed);
+    sub_free(sb);
+}
+
+void pubsub_unsubscribe(struct conn *c, uint64_t corr, uint64_t sub_id)
+{
+    for (uint32_t i = 0; i < c->sub_count; i++) {
+        struct sub *sb = c->subs[i];
+        if (sb->id != sub_id)
+            continue;
+        c->subs[i] = c->subs[--c->sub_count];
+        sub_remove(c->shard, sb);
+        send_sub_ack(c, corr, sub_id);
+        return;
+    }
+    conn_error(c, corr, "unknown_subscription", "subscription %llu is not held by this connection",
+               (unsigned long long)sub_id);
+}
+
+void pubsub_conn_gone(struct conn *c)
+{
+    for (uint32_t i = 0; i < c->sub_count; i++)
+        sub_remove(c->shard, c->subs[i]);
+    c->sub_count = 0;
+}
+
+/* Owner side: a shard's subscription count changed. */
+void pubsub_interest(struct shard *s, struct interest_msg *im)
+{
+    uint32_t from = im->from_shard;
+    if (im->campaign_id == 0) {
+        s->firehose_interest[from] = (uint32_t)((int64_t)s->firehose_interest[from] + im->delta);
+        if (s->firehose_interest[from])
+            s->firehose_mask |= 1ull << from;
+        else
+            s->firehose_mask &= ~(1ull << from);
+    } else {
+        /* Interest creates the campaign entry (its sequence must outlive subscribers); the
+         * count of such entries is bounded by subscriptions, themselves bounded. */
+        struct campaign *cp = campaign_get(s, im->campaign_id, true, NULL);
+        if (!cp) {
+            log_error((int)s->index, "out of memory registering interest");
+            abort();
+        }
+        cp->interest[from] = (uint32_t)((int64_t)cp->interest[from] + im->delta);
+        if (cp->interest[from])
+            cp->interest_mask |= 1ull << from;
+        else
+            cp->interest_mask &= ~(1ull << from);
+    }
+    if (im->delta > 0) {
+        struct ring_msg m = {.kind = MSG_INTEREST_ACK, .ptr = im};
+        shard_send(s, from, 1, &m);
+    } else {
+        free(im);
+    }
+}
+
+/* Subscriber side: an owner now routes to us. */
+void pubsub_interest_ack(struct shard *s, struct interest_msg *im)
+{
+    struct conn *c = conn_lookup(s, im->conn_id);
+    if (c) {
+        for (uint32_t i = 0; i < c->sub_count; i++) {
+            struct sub *sb = c->subs[i];
+            if (sb->id == im->sub_id && sb->acks_pending && --sb->acks_pending == 0)
+                send_sub_ack(c, im->correlation, sb->id);
+        }
+    }
+    free(im);
+}
+
+void pubsub_free_shard(struct shard *s)
+{
+    for (uint32_t i = 0; s->campaigns.slots && i <= s->campaigns.mask; i++) {
+        struct campaign *cp = s->campaigns.slots[i].val;
+        if (cp) {
+            dedup_free(&cp->dedup);
+            free(cp);
+        }
+    }
+    map_free(&s->campaigns);
+    for (uint32_t i = 0; s->sub_lists.slots && i <= s->sub_lists.mask; i++) {
+        struct sub_list *l = s->sub_lists.slots[i].val;
+        if (l) {
+            free(l->v);
+            free(l);
+        }
+    }
+    map_free(&s->sub_lists);
+    free(s->firehose.v);
+}
+
+static uint64_t rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, rss = 0;
+    if (f) {
+        if (fscanf(f, "%lu %lu", &size, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    return (uint64_t)rss * 4096;
+}
+
+void pubsub_stats(struct conn *c, uint64_t corr)
+{
+    struct broker *b = c->shard->broker;
+    struct codec_shard_stats st[CONFIG_SHARDS_MAX];
+    memset(st, 0, sizeof(st));
+    for (uint32_t i = 0; i < b->shard_count; i++) {
+        struct shard_stats *x = &b->shards[i]->stats;
+        struct codec_shard_stats *o = &st[i];
+        o->shard_id = i;
+#define LD(f) atomic_load_explicit(&x->f, memory_order_relaxed)
+        o->connections = LD(connections);
+        o->events_in = LD(events_in);
+        o->events_out = LD(events_out);
+        o->frames_in = LD(frames_in);
+        o->frames_out = LD(frames_out);
+        o->bytes_queued = LD(bytes_queued);
+        o->slow_disconnects = LD(slow_disconnects);
+        o->drops = LD(drops);
+        o->duplicates = LD(duplicates);
+        o->errors = LD(errors);
+        o->campaigns = LD(campaigns);
+        o->subscriptions = LD(subscriptions);
+        o->paused_reads = LD(paused_reads);
+#undef LD
+        for (uint32_t src = 0; src < b->shard_count; src++)
+            if (src != i)
+                o->ring_depth +=
+                    ring_depth(broker_ring(b, 0, src, i)) + ring_depth(broker_ring(b, 1, src, i));
+    }
+    uint8_t *buf = NULL;
+    int n = codec_stats_reply_encode(&buf, corr, st, b->shard_count, rss_bytes());
+    if (n > 0) {
+        struct oframe *f = oframe_alloc((uint32_t)n);
+        if (f) {
+            memcpy(f->data, buf, (size_t)n);
+            conn_enqueue(c, f);
+        }
+    }
+    free(buf);
+}

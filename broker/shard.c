@@ -1,0 +1,609 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// A shard: one thread, one io_uring (single issuer, deferred task running), one SO_REUSEPORT
+// listener with multishot accept, one provided-buffer ring for multishot receives, and the
+// consuming ends of the rings from every other shard. The loop, per iteration: reap
+// completions; drain the delivery rings (always) and the request rings (unless this shard's
+// own outgoing deliveries are backed up); resume paused connections; start the sends that
+// were queued; publish outgoing rings and wake peers that sleep; then sleep in io_uring_enter
+// if there is nothing left to do. Everything here runs on the shard's thread only.
+#include "broker/shard.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "broker/log.h"
+#include "codec/envelope.h"
+
+/* user_data values that are not connections (connections are 16-byte aligned pointers with
+ * the operation in the low bits). */
+enum {
+    UD_ACCEPT = 1,
+    UD_TIMER = 2,
+    UD_WAKE = 3,
+    UD_IGNORE = 4,
+};
+#define UD_OP_MASK 0xfull
+
+/* The shard's housekeeping period: stop requests, idle connections and the drain deadline are
+ * checked this often. 100 ms keeps shutdown prompt and costs nothing measurable. */
+#define SHARD_TICK_MS 100
+
+/* Ring messages taken per ring per iteration: bounds the time before completions are reaped
+ * again (latency for sockets) while amortizing the ring's atomics over a batch. */
+#define SHARD_RING_BATCH 256
+
+/* Provided-buffer group id of the receive buffers (one group per ring). */
+#define SHARD_BGID 0
+
+int64_t shard_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+uint32_t shard_of_campaign(const struct shard *s, int64_t campaign_id)
+{
+    return (uint32_t)(XXH3_64bits(&campaign_id, sizeof(campaign_id)) % s->broker->shard_count);
+}
+
+struct io_uring_sqe *shard_sqe(struct shard *s)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+    if (!sqe) {
+        /* The submission queue is full: hand it to the kernel and take a fresh entry. */
+        io_uring_submit(&s->ring);
+        sqe = io_uring_get_sqe(&s->ring);
+    }
+    /* The SQ is sized so that a submit always frees entries; failing here is a bug. */
+    if (!sqe) {
+        log_error((int)s->index, "io_uring submission queue exhausted");
+        abort();
+    }
+    return sqe;
+}
+
+/* ---- UUIDv4: xoshiro256** seeded once from getrandom(2), no syscall per event ---------- */
+
+static inline uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t rng_next(uint64_t s[4])
+{
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+void shard_uuid4(struct shard *s, char out[36])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t b[16];
+    uint64_t a = rng_next(s->rng), c = rng_next(s->rng);
+    memcpy(b, &a, 8);
+    memcpy(b + 8, &c, 8);
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    int o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+}
+
+/* ---- rings between shards ---------------------------------------------------------------- */
+
+static bool outbox_push(struct outbox *ob, const struct ring_msg *m)
+{
+    if (ob->count == ob->cap) {
+        uint32_t ncap = ob->cap ? ob->cap * 2 : 64;
+        struct ring_msg *nv = malloc(sizeof(*nv) * ncap);
+        if (!nv)
+            return false;
+        for (uint32_t i = 0; i < ob->count; i++)
+            nv[i] = ob->v[(ob->head + i) % ob->cap];
+        free(ob->v);
+        ob->v = nv;
+        ob->cap = ncap;
+        ob->head = 0;
+    }
+    ob->v[(ob->head + ob->count) % ob->cap] = *m;
+    ob->count++;
+    return true;
+}
+
+void shard_send(struct shard *s, uint32_t dst, int cls, const struct ring_msg *m)
+{
+    struct ring *r = broker_ring(s->broker, cls, s->index, dst);
+    struct outbox *ob = &s->outbox[cls][dst];
+    if (ob->count == 0 && ring_push(r, m) == 0) {
+        s->ring_dirty |= 1ull << dst;
+        return;
+    }
+    if (!outbox_push(ob, m)) {
+        /* Out of memory for an overflow slot: nothing sane is left to do for this message. */
+        log_error((int)s->index, "out of memory queueing a message for shard %u", dst);
+        abort();
+    }
+}
+
+bool shard_can_send_request(struct shard *s, uint32_t dst)
+{
+    if (s->outbox[0][dst].count)
+        return false;
+    return ring_free_slots(broker_ring(s->broker, 0, s->index, dst)) > 0;
+}
+
+/* True while a delivery ring of ours is full: new work would only pile up behind it. */
+bool shard_stalled(const struct shard *s)
+{
+    for (uint32_t d = 0; d < s->broker->shard_count; d++)
+        if (s->outbox[1][d].count)
+            return true;
+    return false;
+}
+
+static void shard_wake(struct shard *s, uint32_t dst)
+{
+    struct shard *t = s->broker->shards[dst];
+    /* Pairs with the fence in shard_wait(): either the consumer sees our published items
+     * when it re-checks its rings, or we see its sleeping flag here (Dekker). */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!atomic_load_explicit(&t->sleeping, memory_order_relaxed))
+        return;
+    if (!atomic_exchange_explicit(&t->sleeping, 0, memory_order_relaxed))
+        return;
+    struct io_uring_sqe *sqe = shard_sqe(s);
+    io_uring_prep_msg_ring(sqe, t->ring.ring_fd, 0, UD_WAKE, 0);
+    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+}
+
+static void shard_flush_rings(struct shard *s)
+{
+    uint32_t n = s->broker->shard_count;
+    for (int cls = 0; cls < 2; cls++) {
+        for (uint32_t d = 0; d < n; d++) {
+            struct outbox *ob = &s->outbox[cls][d];
+            if (!ob->count)
+                continue;
+            struct ring *r = broker_ring(s->broker, cls, s->index, d);
+            while (ob->count && ring_push(r, &ob->v[ob->head]) == 0) {
+                ob->head = (ob->head + 1) % ob->cap;
+                ob->count--;
+                s->ring_dirty |= 1ull << d;
+            }
+        }
+    }
+    uint64_t dirty = s->ring_dirty;
+    s->ring_dirty = 0;
+    while (dirty) {
+        uint32_t d = (uint32_t)__builtin_ctzll(dirty);
+        dirty &= dirty - 1;
+        ring_publish(broker_ring(s->broker, 0, s->index, d));
+        ring_publish(broker_ring(s->broker, 1, s->index, d));
+        shard_wake(s, d);
+    }
+}
+
+static void handle_msg(struct shard *s, const struct ring_msg *m)
+{
+    switch (m->kind) {
+    case MSG_EMIT: {
+        struct emit_msg *em = m->ptr;
+        pubsub_emit(s, em, em->body);
+        free(em);
+        break;
+    }
+    case MSG_INTEREST:
+        pubsub_interest(s, m->ptr);
+        break;
+    case MSG_DELIVER:
+        pubsub_deliver(s, m->ptr);
+        oframe_unref(m->ptr);
+        break;
+    case MSG_TO_CONN: {
+        struct conn *c = conn_lookup(s, m->arg);
+        if (c)
+            conn_enqueue(c, m->ptr);
+        else
+            oframe_unref(m->ptr);
+        break;
+    }
+    case MSG_INTEREST_ACK:
+        pubsub_interest_ack(s, m->ptr);
+        break;
+    default:
+        log_error((int)s->index, "unknown ring message kind %u", m->kind);
+        abort();
+    }
+}
+
+/* Drains incoming rings. Returns true if a ring still had messages after its batch. */
+static bool shard_poll_rings(struct shard *s)
+{
+    struct ring_msg batch[SHARD_RING_BATCH];
+    bool more = false;
+    for (uint32_t src = 0; src < s->broker->shard_count; src++) {
+        if (src == s->index)
+            continue;
+        for (int cls = 1; cls >= 0; cls--) {
+            /* Requests may produce deliveries; take none while ours are backed up. */
+            if (cls == 0 && shard_stalled(s)) {
+                more = true;
+                continue;
+            }
+            struct ring *r = broker_ring(s->broker, cls, src, s->index);
+            uint32_t got = ring_pop_batch(r, batch, SHARD_RING_BATCH);
+            for (uint32_t i = 0; i < got; i++)
+                handle_msg(s, &batch[i]);
+            if (got == SHARD_RING_BATCH)
+                more = true;
+        }
+    }
+    return more;
+}
+
+static bool shard_rings_have_input(struct shard *s)
+{
+    for (uint32_t src = 0; src < s->broker->shard_count; src++) {
+        if (src == s->index)
+            continue;
+        if (!ring_empty_consumer(broker_ring(s->broker, 1, src, s->index)) ||
+            !ring_empty_consumer(broker_ring(s->broker, 0, src, s->index)))
+            return true;
+    }
+    return false;
+}
+
+/* ---- accept and timers ------------------------------------------------------------------- */
+
+static void shard_accept_arm(struct shard *s)
+{
+    struct io_uring_sqe *sqe = shard_sqe(s);
+    io_uring_prep_multishot_accept(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, UD_ACCEPT);
+}
+
+static void shard_timer_arm(struct shard *s)
+{
+    s->tick.tv_sec = 0;
+    s->tick.tv_nsec = SHARD_TICK_MS * 1000000LL;
+    struct io_uring_sqe *sqe = shard_sqe(s);
+    io_uring_prep_timeout(sqe, &s->tick, 0, 0);
+    io_uring_sqe_set_data64(sqe, UD_TIMER);
+}
+
+static void shard_accept_done(struct shard *s, struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stopping)
+        shard_accept_arm(s);
+    if (cqe->res < 0) {
+        if (cqe->res != -ECANCELED && cqe->res != -EBADF && cqe->res != -EINVAL)
+            log_warn((int)s->index, "accept failed: %s", strerror(-cqe->res));
+        return;
+    }
+    int fd = cqe->res;
+    if (s->stopping) {
+        close(fd);
+        return;
+    }
+    unsigned prev = atomic_fetch_add_explicit(&s->broker->connections, 1, memory_order_relaxed);
+    if (prev >= s->cfg->connections_max) {
+        atomic_fetch_sub_explicit(&s->broker->connections, 1, memory_order_relaxed);
+        uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+        int n = codec_error_encode(buf, sizeof(buf), 0, "limit_exceeded",
+                                   "the broker is at --max-connections; try again later");
+        /* Best effort, non-blocking: the socket buffer of a new connection is empty. */
+        if (n > 0 && send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+            log_debug((int)s->index, "refusal not sent: %s", strerror(errno));
+        close(fd);
+        atomic_fetch_add_explicit(&s->stats.errors, 1, memory_order_relaxed);
+        log_warn((int)s->index, "connection refused: max_connections=%u reached",
+                 s->cfg->connections_max);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct conn *c = conn_create(s, fd);
+    if (!c) {
+        atomic_fetch_sub_explicit(&s->broker->connections, 1, memory_order_relaxed);
+        close(fd);
+        log_error((int)s->index, "out of memory accepting a connection");
+        return;
+    }
+    conn_recv_arm(c);
+}
+
+static void shard_begin_stop(struct shard *s)
+{
+    s->stopping = true;
+    s->stop_deadline_ns = shard_now_ns() + (int64_t)s->cfg->drain_ms * 1000000;
+    struct io_uring_sqe *sqe = shard_sqe(s);
+    io_uring_prep_cancel64(sqe, UD_ACCEPT, 0);
+    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    for (uint32_t i = 0; s->conns.slots && i <= s->conns.mask; i++)
+        if (s->conns.slots[i].val)
+            conn_close_after_flush(s->conns.slots[i].val);
+    log_info((int)s->index, "draining: %u connections, deadline %u ms", s->conns.count,
+             s->cfg->drain_ms);
+}
+
+static void shard_tick(struct shard *s)
+{
+    s->timer_armed = false;
+    int64_t now = shard_now_ns();
+    if (!s->stopping && atomic_load_explicit(&s->broker->stop, memory_order_relaxed))
+        shard_begin_stop(s);
+    if (s->stopping && now >= s->stop_deadline_ns) {
+        for (uint32_t i = 0; s->conns.slots && i <= s->conns.mask; i++)
+            if (s->conns.slots[i].val)
+                conn_close(s->conns.slots[i].val, "drain deadline passed");
+    }
+    if (s->cfg->idle_timeout_ms && !s->stopping) {
+        int64_t limit = now - (int64_t)s->cfg->idle_timeout_ms * 1000000;
+        for (uint32_t i = 0; s->conns.slots && i <= s->conns.mask; i++) {
+            struct conn *c = s->conns.slots[i].val;
+            if (c && c->last_active_ns < limit && c->sub_count == 0)
+                conn_close(c, "idle timeout");
+        }
+    }
+    shard_timer_arm(s);
+    s->timer_armed = true;
+}
+
+static void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
+{
+    uint64_t ud = io_uring_cqe_get_data64(cqe);
+    if (ud < 16) {
+        switch (ud) {
+        case UD_ACCEPT:
+            shard_accept_done(s, cqe);
+            break;
+        case UD_TIMER:
+            shard_tick(s);
+            break;
+        default:
+            break; /* wake-ups and ignored results */
+        }
+        return;
+    }
+    struct conn *c = (struct conn *)(uintptr_t)(ud & ~UD_OP_MASK);
+    switch (ud & UD_OP_MASK) {
+    case 1:
+        conn_recv_done(c, cqe);
+        break;
+    case 2:
+        conn_send_done(c, cqe->res);
+        break;
+    default:
+        conn_op_done(c);
+        break;
+    }
+}
+
+/* ---- set-up and the loop ----------------------------------------------------------------- */
+
+static int shard_setup_ring(struct shard *s)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    /* Single issuer + deferred task running: completions are only processed when this thread
+     * asks for them, so no IPI or task-work interrupts land in the middle of its work. */
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
+    /* 4096 SQEs; CQ four times as deep, since multishot operations post many completions per
+     * submission. */
+    p.cq_entries = 16384;
+    int r = io_uring_queue_init_params(4096, &s->ring, &p);
+    if (r < 0)
+        return r;
+
+    uint32_t n = s->cfg->recv_buffers;
+    s->buf_ring_bytes = sizeof(struct io_uring_buf) * n;
+    void *mem =
+        mmap(NULL, s->buf_ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (mem == MAP_FAILED)
+        return -errno;
+    s->buf_ring = mem;
+    io_uring_buf_ring_init(s->buf_ring);
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)mem;
+    reg.ring_entries = n;
+    reg.bgid = SHARD_BGID;
+    r = io_uring_register_buf_ring(&s->ring, &reg, 0);
+    if (r < 0)
+        return r;
+    s->bufs = malloc((size_t)n * s->cfg->recv_buffer_bytes);
+    if (!s->bufs)
+        return -ENOMEM;
+    s->buf_mask = (uint32_t)io_uring_buf_ring_mask(n);
+    for (uint32_t i = 0; i < n; i++)
+        io_uring_buf_ring_add(s->buf_ring, s->bufs + (size_t)i * s->cfg->recv_buffer_bytes,
+                              s->cfg->recv_buffer_bytes, (unsigned short)i, (int)s->buf_mask,
+                              (int)i);
+    io_uring_buf_ring_advance(s->buf_ring, (int)n);
+    return 0;
+}
+
+/* Gives a receive buffer back to the kernel. */
+void shard_buf_return(struct shard *s, uint16_t bid);
+void shard_buf_return(struct shard *s, uint16_t bid)
+{
+    io_uring_buf_ring_add(s->buf_ring, s->bufs + (size_t)bid * s->cfg->recv_buffer_bytes,
+                          s->cfg->recv_buffer_bytes, bid, (int)s->buf_mask, 0);
+    io_uring_buf_ring_advance(s->buf_ring, 1);
+}
+
+const uint8_t *shard_buf(struct shard *s, uint16_t bid);
+const uint8_t *shard_buf(struct shard *s, uint16_t bid)
+{
+    return s->bufs + (size_t)bid * s->cfg->recv_buffer_bytes;
+}
+
+int shard_init(struct shard *s);
+int shard_init(struct shard *s)
+{
+    uint64_t seed[4];
+    if (getrandom(seed, sizeof(seed), 0) != sizeof(seed)) {
+        /* getrandom cannot fail for 32 bytes once the pool is ready; fall back to the clock. */
+        for (int i = 0; i < 4; i++)
+            seed[i] = (uint64_t)shard_now_ns() * (2 * (uint64_t)i + 1) ^ (uint64_t)s->index;
+    }
+    memcpy(s->rng, seed, sizeof(seed));
+    map_init(&s->conns);
+    map_init(&s->campaigns);
+    map_init(&s->sub_lists);
+    return shard_setup_ring(s);
+}
+
+static void shard_run_lists(struct shard *s)
+{
+    /* Resume paused connections whose way is clear again. */
+    if (s->resume_head && !shard_stalled(s)) {
+        struct conn *list = s->resume_head;
+        s->resume_head = NULL;
+        while (list) {
+            struct conn *c = list;
+            list = c->resume_next;
+            c->resume_next = NULL;
+            c->flags &= ~CONN_ON_RESUME;
+            conn_resume(c);
+        }
+    }
+    while (s->flush_head) {
+        struct conn *c = s->flush_head;
+        s->flush_head = c->flush_next;
+        c->flush_next = NULL;
+        c->flags &= ~CONN_ON_FLUSH;
+        conn_flush(c);
+    }
+}
+
+static bool shard_outboxes_pending(const struct shard *s)
+{
+    for (int cls = 0; cls < 2; cls++)
+        for (uint32_t d = 0; d < s->broker->shard_count; d++)
+            if (s->outbox[cls][d].count)
+                return true;
+    return false;
+}
+
+/* Waits for completions, sleeping only if no ring holds work (the Dekker half of
+ * shard_wake()). */
+static void shard_wait(struct shard *s, bool busy)
+{
+    if (busy || s->resume_head) {
+        if (shard_outboxes_pending(s) || s->resume_head) {
+            /* A peer must drain our rings first; look again in 50 µs. */
+            struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 50000};
+            struct io_uring_cqe *cqe;
+            io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, &ts, NULL);
+        } else {
+            io_uring_submit_and_get_events(&s->ring);
+        }
+        return;
+    }
+    atomic_store_explicit(&s->sleeping, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (shard_rings_have_input(s)) {
+        atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);
+        io_uring_submit_and_get_events(&s->ring);
+        return;
+    }
+    io_uring_submit_and_wait(&s->ring, 1);
+    atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);
+}
+
+void shard_loop(struct shard *s);
+void shard_loop(struct shard *s)
+{
+    shard_accept_arm(s);
+    shard_timer_arm(s);
+    s->timer_armed = true;
+    for (;;) {
+        struct io_uring_cqe *cqe;
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&s->ring, head, cqe)
+        {
+            shard_cqe(s, cqe);
+            n++;
+        }
+        io_uring_cq_advance(&s->ring, n);
+
+        bool busy = shard_poll_rings(s);
+        shard_run_lists(s);
+        conn_reap(s);
+        shard_flush_rings(s);
+        if (s->stopping && s->conns.count == 0 && s->dead_count == 0)
+            break;
+        shard_wait(s, busy || n == 4096);
+    }
+}
+
+/* After every shard has left its loop: free what is still in flight towards this shard. */
+void shard_drain_and_free(struct shard *s);
+void shard_drain_and_free(struct shard *s)
+{
+    struct ring_msg batch[SHARD_RING_BATCH];
+    for (uint32_t src = 0; src < s->broker->shard_count; src++) {
+        if (src == s->index)
+            continue;
+        for (int cls = 0; cls < 2; cls++) {
+            struct ring *r = broker_ring(s->broker, cls, src, s->index);
+            uint32_t got;
+            while ((got = ring_pop_batch(r, batch, SHARD_RING_BATCH)) > 0) {
+                for (uint32_t i = 0; i < got; i++) {
+                    if (batch[i].kind == MSG_DELIVER || batch[i].kind == MSG_TO_CONN)
+                        oframe_unref(batch[i].ptr);
+                    else
+                        free(batch[i].ptr);
+                }
+            }
+        }
+    }
+}
+
+void shard_free_outboxes(struct shard *s);
+void shard_free_outboxes(struct shard *s)
+{
+    for (int cls = 0; cls < 2; cls++) {
+        for (uint32_t d = 0; d < CONFIG_SHARDS_MAX; d++) {
+            struct outbox *ob = &s->outbox[cls][d];
+            for (uint32_t i = 0; i < ob->count; i++) {
+                struct ring_msg *m = &ob->v[(ob->head + i) % ob->cap];
+                if (m->kind == MSG_DELIVER || m->kind == MSG_TO_CONN)
+                    oframe_unref(m->ptr);
+                else
+                    free(m->ptr);
+            }
+            free(ob->v);
+            memset(ob, 0, sizeof(*ob));
+        }
+    }
+    pubsub_free_shard(s);
+    map_free(&s->conns);
+    io_uring_queue_exit(&s->ring);
+    if (s->buf_ring)
+        munmap(s->buf_ring, s->buf_ring_bytes);
+    free(s->bufs);
+}

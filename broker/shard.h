@@ -1,0 +1,269 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Shards, connections and subscriptions: the types the broker core shares between its files
+// (shard.c: the io_uring loop; conn.c: a connection's bytes in and out; pubsub.c: campaigns,
+// sequencing and fan-out; broker.c: start-up and the shard set). Threading rule: everything in
+// a struct shard, and every conn, sub and campaign hanging off it, belongs to that shard's
+// thread alone. Other shards reach it only through the SPSC rings (struct ring) and the
+// `sleeping` flag; statistics are relaxed atomics that any thread may read.
+#ifndef NEXUS_BROKER_SHARD_H
+#define NEXUS_BROKER_SHARD_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "broker/config.h"
+#include "broker/dedup.h"
+#include "broker/map.h"
+#include "broker/oframe.h"
+#include "codec/evtype.h"
+#include "codec/frame.h"
+#include "ring/spsc.h"
+
+struct broker;
+struct shard;
+
+/* Frames gathered into one sendmsg. 64 small frames ≈ 6 KiB per send: enough to amortize the
+ * syscall, few enough that the iovec array stays in the connection's cache lines. */
+#define CONN_IOV_MAX 64
+
+/* Messages between shards. Requests (to a campaign's owner) may cause deliveries; deliveries
+ * never cause further ring traffic, so a shard always drains its delivery rings and the two
+ * classes cannot deadlock (docs/ARCHITECTURE.md). */
+enum msg_kind {
+    MSG_EMIT = 1,     /* req: ptr = struct emit_msg */
+    MSG_INTEREST,     /* req: ptr = struct interest_msg */
+    MSG_DELIVER,      /* del: ptr = struct oframe (event) */
+    MSG_TO_CONN,      /* del: ptr = struct oframe, arg = connection id */
+    MSG_INTEREST_ACK, /* del: ptr = struct interest_msg */
+};
+
+/* An emit travelling to its campaign's owner: the routing header and a copy of the frame's
+ * body that the slices point into. */
+struct emit_msg {
+    uint64_t conn_id;
+    uint64_t correlation;
+    int64_t campaign_id;
+    struct evtype type;
+    uint32_t body_len;
+    /* slices as offsets into body */
+    uint32_t id_off, id_len, type_off, type_len, entity_off, entity_len;
+    uint32_t md_off, md_len, pl_off, pl_len, user_off, user_len;
+    bool has_md, has_pl;
+    uint8_t body[];
+};
+
+/* Subscription interest registered at a campaign's owner (or at every shard, for the
+ * firehose). delta is +1 or -1; +1 is acknowledged back so the subscribe_ack leaves only once
+ * the owner routes the campaign's events to the subscriber's shard. */
+struct interest_msg {
+    int64_t campaign_id; /* 0: firehose */
+    int32_t delta;
+    uint32_t from_shard;
+    uint64_t conn_id;
+    uint64_t sub_id;
+    uint64_t correlation;
+};
+
+/* Overflow for a ring that was full when a message had to be sent: control messages and the
+ * deliveries of the request being processed. The shard stops taking new requests while any
+ * outbox holds messages, so outboxes stay small (docs/ARCHITECTURE.md, backpressure). */
+struct outbox {
+    struct ring_msg *v;
+    uint32_t head, count, cap;
+};
+
+struct sub {
+    uint64_t id;
+    struct conn *conn;
+    int64_t campaign_id;    /* 0: all campaigns */
+    uint32_t pattern_count; /* 0: every type */
+    uint32_t user_id_len;   /* 0: no user filter */
+    char user_id[128];
+    struct evpattern *patterns;
+    uint32_t list_pos;     /* index in its sub_list */
+    uint32_t acks_pending; /* firehose: shards yet to confirm */
+    uint64_t correlation;
+};
+
+struct sub_list {
+    struct sub **v;
+    uint32_t count, cap;
+};
+
+/* A campaign missed by a connection under the drop policy, reported by a gap frame. */
+struct gap {
+    int64_t campaign_id;
+    uint64_t first, last, dropped;
+};
+
+enum conn_flag {
+    CONN_RECV_ARMED = 1u << 0, /* a multishot recv is in flight */
+    CONN_SEND_INFLIGHT = 1u << 1,
+    CONN_PAUSED = 1u << 2,    /* backpressure: input is stashed, not processed */
+    CONN_CLOSING = 1u << 3,   /* no more input; close once output is flushed */
+    CONN_DEAD = 1u << 4,      /* closed: waiting for in-flight operations to finish */
+    CONN_ON_FLUSH = 1u << 5,  /* on the shard's flush list */
+    CONN_ON_RESUME = 1u << 6, /* on the shard's resume list */
+    CONN_AUTHED = 1u << 7,    /* hello accepted, or no token required */
+    CONN_HELLO_SEEN = 1u << 8,
+    CONN_RECV_CANCELLED = 1u << 9,
+    CONN_REAPED = 1u << 10, /* released: freed when its last operation completes */
+};
+
+struct conn {
+    uint64_t id; /* shard index in the top 8 bits */
+    int fd;
+    uint32_t flags;
+    uint32_t ops_inflight; /* SQEs referencing this conn */
+    struct shard *shard;
+    struct codec_framer framer;
+
+    /* Input held back while paused (backpressure): raw bytes, processed on resume. */
+    uint8_t *stash;
+    uint32_t stash_len, stash_cap;
+
+    /* Output queue: a ring of frame references; q_off bytes of the head frame are sent. */
+    struct oframe **q;
+    uint32_t q_head, q_count, q_cap, q_off;
+    uint64_t q_bytes;
+    uint32_t send_frames; /* frames covered by the send in flight */
+    struct iovec iov[CONN_IOV_MAX];
+    struct msghdr msg;
+
+    struct sub **subs;
+    uint32_t sub_count, sub_cap;
+    uint64_t last_delivery; /* shard delivery stamp: at most once per event per connection */
+
+    struct gap *gaps;
+    uint32_t gap_count;
+
+    int64_t last_active_ns;
+    struct conn *flush_next;  /* shard flush list */
+    struct conn *resume_next; /* shard resume list */
+    struct conn *kill_next;   /* shard list of connections to release */
+};
+
+struct shard_stats {
+    atomic_uint_fast64_t connections, connections_total;
+    atomic_uint_fast64_t frames_in, frames_out, events_in, events_out;
+    atomic_uint_fast64_t bytes_in, bytes_out, bytes_queued;
+    atomic_uint_fast64_t slow_disconnects, drops, duplicates, errors;
+    atomic_uint_fast64_t campaigns, subscriptions, paused_reads;
+};
+
+struct shard {
+    uint32_t index;
+    struct broker *broker;
+    const struct config *cfg;
+    pthread_t thread;
+    struct io_uring ring;
+    int listen_fd;
+
+    struct io_uring_buf_ring *buf_ring;
+    size_t buf_ring_bytes;
+    uint8_t *bufs;
+    uint32_t buf_mask;
+
+    struct map conns;     /* id -> conn */
+    struct map campaigns; /* owner side: id -> struct campaign */
+    struct map sub_lists; /* subscriber side: campaign id -> struct sub_list */
+    struct sub_list firehose;
+    uint32_t firehose_interest[CONFIG_SHARDS_MAX]; /* owner: firehose subs per shard */
+    uint64_t firehose_mask;
+
+    struct outbox outbox[2][CONFIG_SHARDS_MAX]; /* [0] requests, [1] deliveries */
+    uint64_t ring_dirty;                        /* bit per destination shard: unpublished pushes */
+    atomic_int sleeping;
+
+    uint64_t delivery_stamp;
+    uint64_t next_conn, next_sub;
+    uint64_t rng[4]; /* xoshiro256** state for UUIDv4 */
+
+    struct conn *flush_head;
+    struct conn *resume_head;
+    struct conn *kill_head;
+    uint32_t dead_count;
+
+    bool stopping;
+    int64_t stop_deadline_ns;
+    bool timer_armed;
+    struct __kernel_timespec tick;
+
+    struct shard_stats stats;
+};
+
+/* ---- shard.c ---- */
+int64_t shard_now_ns(void);
+/* Queues a message for shard dst on ring class cls (0 requests, 1 deliveries). Never fails:
+ * overflows into the outbox. */
+void shard_send(struct shard *s, uint32_t dst, int cls, const struct ring_msg *m);
+/* True if requests to dst can be queued right now without overflowing. */
+bool shard_can_send_request(struct shard *s, uint32_t dst);
+/* True while one of this shard's delivery rings is full (its outbox holds messages): new
+ * emits would only pile up, so publishers are paused. */
+bool shard_stalled(const struct shard *s);
+struct io_uring_sqe *shard_sqe(struct shard *s);
+uint32_t shard_of_campaign(const struct shard *s, int64_t campaign_id);
+void shard_uuid4(struct shard *s, char out[36]);
+
+/* ---- conn.c ---- */
+struct conn *conn_create(struct shard *s, int fd);
+void conn_recv_arm(struct conn *c);
+void conn_recv_done(struct conn *c, struct io_uring_cqe *cqe);
+void conn_send_done(struct conn *c, int res);
+void conn_flush(struct conn *c);
+void conn_op_done(struct conn *c);
+/* Queues a frame (takes one reference). is_event frames are subject to the slow-subscriber
+ * policy; others close the connection when it is over its bound. Returns 0, or -ENOBUFS if
+ * the frame was not queued (dropped or connection closed). */
+int conn_enqueue(struct conn *c, struct oframe *f);
+/* Queues a control frame built from bytes (copied). */
+void conn_enqueue_bytes(struct conn *c, const uint8_t *buf, size_t len);
+void conn_error(struct conn *c, uint64_t correlation, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void conn_close(struct conn *c, const char *why);
+/* Releases the connections closed since the last call (subscriptions, socket, memory). */
+void conn_reap(struct shard *s);
+void conn_close_after_flush(struct conn *c);
+void conn_resume(struct conn *c);
+void conn_note_gap(struct conn *c, const struct oframe *f);
+struct conn *conn_lookup(struct shard *s, uint64_t id);
+
+/* ---- pubsub.c ---- */
+/* Processes an emit whose campaign this shard owns. Slices point into body, which may be a
+ * receive buffer (only valid during the call). origin_shard/conn_id name the publisher. */
+void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body);
+void pubsub_subscribe(struct conn *c, uint64_t correlation, const uint8_t *body, uint32_t len);
+void pubsub_unsubscribe(struct conn *c, uint64_t correlation, uint64_t sub_id);
+void pubsub_conn_gone(struct conn *c);
+void pubsub_interest(struct shard *s, struct interest_msg *im);
+void pubsub_interest_ack(struct shard *s, struct interest_msg *im);
+void pubsub_deliver(struct shard *s, struct oframe *f);
+void pubsub_free_shard(struct shard *s);
+/* Answers a stats frame with every shard's counters. */
+void pubsub_stats(struct conn *c, uint64_t correlation);
+
+/* ---- broker.c ---- */
+struct broker {
+    struct config cfg;
+    uint32_t shard_count;
+    struct shard **shards;
+    struct ring *rings[2][CONFIG_SHARDS_MAX][CONFIG_SHARDS_MAX]; /* [cls][src][dst] */
+    atomic_int stop;
+    atomic_uint connections; /* whole broker, for connections_max */
+    pthread_barrier_t exit_barrier;
+    int64_t start_ns;
+};
+
+static inline struct ring *broker_ring(struct broker *b, int cls, uint32_t src, uint32_t dst)
+{
+    return b->rings[cls][src][dst];
+}
+
+#endif
