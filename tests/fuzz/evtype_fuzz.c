@@ -9,6 +9,8 @@
 // inside codec/evtype.c guides the fuzzer.
 #include "codec/evtype.h"
 
+#include <errno.h>
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
