@@ -70,9 +70,11 @@ int codec_envelope_decode(const uint8_t *frame, size_t len, struct codec_envelop
             /* Every body kind, known or not, is a message. */
             env->kind = f.number;
             env->body = slice_of(&f);
-        } else {
+        } else if (codec_kind_name(f.number)[0] != 'u') {
             return failf_field(err, "wrong wire type", "Frame", f.number);
         }
+        /* An unknown scalar field is skipped, as proto3 requires: a field added to Frame
+         * later must not make this broker reject frames. */
     }
     if (r < 0)
         return fail(err, "frame is not a valid protobuf message");
