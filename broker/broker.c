@@ -24,6 +24,13 @@ void shard_loop(struct shard *s);
 void shard_drain_and_free(struct shard *s);
 void shard_free_outboxes(struct shard *s);
 
+const struct broker_hooks *broker_hooks;
+
+void broker_set_hooks(const struct broker_hooks *h)
+{
+    broker_hooks = h;
+}
+
 static int read_int_file(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -169,6 +176,8 @@ static void *shard_thread(void *arg)
     snprintf(name, sizeof(name), "nexus-shard-%u", s->index);
     pthread_setname_np(pthread_self(), name);
     int r = shard_init(s);
+    if (r == 0 && broker_hooks && broker_hooks->shard_init)
+        r = broker_hooks->shard_init(s);
     if (r < 0) {
         char msg[512];
         explain(r, msg, sizeof(msg));

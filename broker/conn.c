@@ -128,6 +128,19 @@ void conn_reap(struct shard *s)
         }
         map_del(&s->conns, c->id);
         pubsub_conn_gone(c);
+        /* Requests it made or served end on the shards that hold them. */
+        uint64_t mask = c->notify_mask;
+        while (mask) {
+            uint32_t d = (uint32_t)__builtin_ctzll(mask);
+            mask &= mask - 1;
+            if (d == s->index) {
+                if (broker_hooks && broker_hooks->conn_gone)
+                    broker_hooks->conn_gone(s, c->id);
+            } else {
+                struct ring_msg m = {.kind = MSG_CONN_GONE, .arg = c->id};
+                shard_send(s, d, 0, &m);
+            }
+        }
         /* Wakes the receive (and any send) in the kernel, which then complete. */
         shutdown(c->fd, SHUT_RDWR);
         if (c->flags & CONN_RECV_ARMED) {
@@ -624,6 +637,8 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
     uint32_t owner = shard_of_campaign(s, e.campaign_id);
     if (owner == s->index ? shard_stalled(s) : !shard_can_send_request(s, owner))
         return 1;
+    if (t.state == EVTYPE_REQUESTED || t.state == EVTYPE_CANCEL)
+        c->notify_mask |= 1ull << owner; /* its requests live there: tell it when we close */
     const uint8_t *base = body.ptr;
     struct emit_msg local;
     struct emit_msg *m = &local;
@@ -716,6 +731,10 @@ static int conn_frame(struct conn *c, const uint8_t *frame, uint32_t len)
         conn_error(c, env.correlation, "unknown_frame", "frame has no body");
         return 0;
     default:
+        if (env.kind >= 18 && broker_hooks && broker_hooks->frame) {
+            broker_hooks->frame(c, env.kind, env.correlation, env.body.ptr, env.body.len);
+            return 0;
+        }
         if (codec_kind_name(env.kind)[0] != 'u')
             conn_error(c, env.correlation, "unknown_frame",
                        "frame kind %s (%u) is sent by the broker, not by clients",

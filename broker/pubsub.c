@@ -20,14 +20,6 @@
 #include "codec/envelope.h"
 #include "codec/stats.h"
 
-struct campaign {
-    int64_t id;
-    uint64_t sequence;
-    uint64_t interest_mask; /* bit per shard with interest > 0 */
-    struct dedup dedup;
-    uint32_t interest[]; /* subscriptions per shard */
-};
-
 static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, bool *over_limit)
 {
     struct campaign *cp = map_get(&s->campaigns, (uint64_t)id);
@@ -52,8 +44,13 @@ static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, b
     return cp;
 }
 
+struct campaign *pubsub_campaign(struct shard *s, int64_t id, bool create)
+{
+    return campaign_get(s, id, create, NULL);
+}
+
 /* Sends a frame to a connection on any shard (takes the reference). */
-static void to_conn(struct shard *s, uint64_t conn_id, struct oframe *f)
+void pubsub_to_conn(struct shard *s, uint64_t conn_id, struct oframe *f)
 {
     uint32_t home = (uint32_t)(conn_id >> 56);
     if (home == s->index) {
@@ -68,7 +65,7 @@ static void to_conn(struct shard *s, uint64_t conn_id, struct oframe *f)
     shard_send(s, home, 1, &m);
 }
 
-static void error_to_conn(struct shard *s, uint64_t conn_id, uint64_t corr, const char *code,
+void pubsub_error_to_conn(struct shard *s, uint64_t conn_id, uint64_t corr, const char *code,
                           const char *msg)
 {
     uint8_t buf[CODEC_CONTROL_BYTES_MAX];
@@ -78,11 +75,11 @@ static void error_to_conn(struct shard *s, uint64_t conn_id, uint64_t corr, cons
         return;
     memcpy(f->data, buf, (size_t)n);
     atomic_fetch_add_explicit(&s->stats.errors, 1, memory_order_relaxed);
-    to_conn(s, conn_id, f);
+    pubsub_to_conn(s, conn_id, f);
 }
 
-static void ack_to_conn(struct shard *s, const struct emit_msg *m, const uint8_t *body,
-                        struct codec_slice id, uint64_t seq, int64_t ts, bool duplicate)
+void pubsub_ack(struct shard *s, const struct emit_msg *m, const uint8_t *body,
+                struct codec_slice id, uint64_t seq, int64_t ts, bool duplicate)
 {
     struct codec_event_out a;
     memset(&a, 0, sizeof(a));
@@ -101,7 +98,7 @@ static void ack_to_conn(struct shard *s, const struct emit_msg *m, const uint8_t
     if (!f)
         return;
     codec_event_encode(&a, f->data);
-    to_conn(s, m->conn_id, f);
+    pubsub_to_conn(s, m->conn_id, f);
 }
 
 void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
@@ -114,7 +111,7 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
                  over ? "campaign limit reached (%u per shard)"
                       : "out of memory creating campaign (limit %u)",
                  s->cfg->campaigns_per_shard_max);
-        error_to_conn(s, m->conn_id, m->correlation, "limit_exceeded", msg);
+        pubsub_error_to_conn(s, m->conn_id, m->correlation, "limit_exceeded", msg);
         return;
     }
     int64_t now = shard_now_ns();
@@ -130,78 +127,143 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
         if (dedup_check_insert(&cp->dedup, key, now, (int64_t)s->cfg->dedup_window_ms * 1000000)) {
             atomic_fetch_add_explicit(&s->stats.duplicates, 1, memory_order_relaxed);
             if (m->correlation)
-                ack_to_conn(s, m, body, id, 0, now, true);
+                pubsub_ack(s, m, body, id, 0, now, true);
             return;
         }
     }
-    uint64_t seq = ++cp->sequence;
+    if (broker_hooks && broker_hooks->emit && broker_hooks->emit(s, cp, m, body, id, now))
+        return;
 
-    struct codec_event_out ev;
-    memset(&ev, 0, sizeof(ev));
-    ev.kind = CODEC_KIND_EVENT;
-    ev.success = true;
-    ev.event_id = id;
-    ev.event_type.ptr = body + m->type_off;
-    ev.event_type.len = m->type_len;
-    ev.entity_id.ptr = body + m->entity_off;
-    ev.entity_id.len = m->entity_len;
-    ev.has_metadata = m->has_md;
-    ev.metadata.ptr = body + m->md_off;
-    ev.metadata.len = m->md_len;
-    ev.has_payload = m->has_pl;
-    ev.payload.ptr = body + m->pl_off;
-    ev.payload.len = m->pl_len;
-    ev.campaign_id = m->campaign_id;
-    ev.sequence = seq;
-    ev.timestamp_unix_nanos = now;
-    struct oframe *f = oframe_alloc((uint32_t)codec_event_size(&ev));
-    if (!f) {
-        error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
-        cp->sequence--;
+    struct publish p;
+    memset(&p, 0, sizeof(p));
+    p.ev.event_id = id;
+    p.ev.event_type.ptr = body + m->type_off;
+    p.ev.event_type.len = m->type_len;
+    p.ev.entity_id.ptr = body + m->entity_off;
+    p.ev.entity_id.len = m->entity_len;
+    p.ev.has_metadata = m->has_md;
+    p.ev.metadata.ptr = body + m->md_off;
+    p.ev.metadata.len = m->md_len;
+    p.ev.has_payload = m->has_pl;
+    p.ev.payload.ptr = body + m->pl_off;
+    p.ev.payload.len = m->pl_len;
+    p.type = m->type;
+    p.user_id = m->user_len ? body + m->user_off : NULL;
+    p.user_id_len = m->user_len;
+    p.ev.timestamp_unix_nanos = now;
+    if (pubsub_publish(s, cp, &p) < 0) {
+        pubsub_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
         return;
     }
+    if (m->correlation)
+        pubsub_ack(s, m, body, id, p.ev.sequence, now, false);
+}
+
+int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
+{
+    struct codec_event_out *ev = &p->ev;
+    ev->kind = CODEC_KIND_EVENT;
+    ev->success = true;
+    ev->campaign_id = cp->id;
+    if (!ev->timestamp_unix_nanos)
+        ev->timestamp_unix_nanos = shard_now_ns();
+    ev->sequence = p->unsequenced ? 0 : cp->sequence + 1;
+    struct oframe *f = oframe_alloc((uint32_t)codec_event_size(ev));
+    if (!f)
+        return -ENOMEM;
+    if (!p->unsequenced)
+        cp->sequence++;
+    cp->last_event_ns = ev->timestamp_unix_nanos;
     struct codec_event_layout lay;
-    codec_event_encode_layout(&ev, f->data, &lay);
+    codec_event_encode_layout(ev, f->data, &lay);
     f->is_event = true;
-    f->campaign_id = m->campaign_id;
-    f->sequence = seq;
-    f->type = m->type;
+    f->campaign_id = cp->id;
+    f->sequence = ev->sequence;
+    f->type = p->type;
     f->type_str = (const char *)f->data + lay.event_type_off;
-    if (m->user_len) {
-        f->user_id = f->data + lay.metadata_off + (m->user_off - m->md_off);
-        f->user_id_len = m->user_len;
+    if (p->user_id_len) {
+        f->user_id = f->data + lay.metadata_off + (uint32_t)(p->user_id - ev->metadata.ptr);
+        f->user_id_len = p->user_id_len;
     }
+    f->skip_conn_id = p->direct_conn;
+    f->terminal = p->terminal;
     atomic_fetch_add_explicit(&s->stats.events_in, 1, memory_order_relaxed);
 
-    if (m->correlation)
-        ack_to_conn(s, m, body, id, seq, now, false);
-
-    /* Fan out: other shards with interest get one reference each, then our own subscribers. */
-    uint64_t mask = (cp->interest_mask | s->firehose_mask) & ~(1ull << s->index);
-    while (mask) {
-        uint32_t d = (uint32_t)__builtin_ctzll(mask);
-        mask &= mask - 1;
+    if (p->direct_conn) {
         oframe_ref(f, 1);
-        struct ring_msg rm = {.kind = MSG_DELIVER, .ptr = f};
-        shard_send(s, d, 1, &rm);
+        pubsub_to_conn(s, p->direct_conn, f);
     }
-    pubsub_deliver(s, f);
+    if (!p->unsequenced) {
+        /* Fan out: shards with interest get one reference each, then our own subscribers. */
+        uint64_t mask = (cp->interest_mask | s->firehose_mask) & ~(1ull << s->index);
+        while (mask) {
+            uint32_t d = (uint32_t)__builtin_ctzll(mask);
+            mask &= mask - 1;
+            oframe_ref(f, 1);
+            struct ring_msg rm = {.kind = MSG_DELIVER, .ptr = f};
+            shard_send(s, d, 1, &rm);
+        }
+        pubsub_deliver(s, f);
+    }
     oframe_unref(f);
+    return 0;
 }
 
 /* ---- subscriber side ---------------------------------------------------------------------- */
 
-static bool sub_matches(const struct sub *sb, const struct oframe *f)
+/* The filter of a subscription (or of its owner-side summary) against an event. */
+static bool filter_matches(const struct evpattern *pats, uint32_t npat, const char *user,
+                           uint32_t user_len, const struct evtype *t, const char *type_str,
+                           const uint8_t *ev_user, uint32_t ev_user_len)
 {
-    if (sb->user_id_len &&
-        (f->user_id_len != sb->user_id_len || memcmp(f->user_id, sb->user_id, sb->user_id_len)))
+    if (user_len && (ev_user_len != user_len || memcmp(ev_user, user, user_len)))
         return false;
-    if (sb->pattern_count == 0)
+    if (npat == 0)
         return true;
-    for (uint32_t i = 0; i < sb->pattern_count; i++)
-        if (evpattern_match(&sb->patterns[i], &f->type, f->type_str))
+    for (uint32_t i = 0; i < npat; i++)
+        if (evpattern_match(&pats[i], t, type_str))
             return true;
     return false;
+}
+
+static bool sub_matches(const struct sub *sb, const struct oframe *f)
+{
+    return filter_matches(sb->patterns, sb->pattern_count, sb->user_id, sb->user_id_len, &f->type,
+                          f->type_str, f->user_id, f->user_id_len);
+}
+
+static bool list_any_match(const struct sub_list *l, const struct evtype *t, const char *ts,
+                           const uint8_t *u, uint32_t ul)
+{
+    for (uint32_t i = 0; l && i < l->count; i++) {
+        const struct sub *sb = l->v[i];
+        if (!(sb->conn->flags & CONN_DEAD) &&
+            filter_matches(sb->patterns, sb->pattern_count, sb->user_id, sb->user_id_len, t, ts, u,
+                           ul))
+            return true;
+    }
+    return false;
+}
+
+static bool remote_any_match(const struct remote_subs *rs, const struct evtype *t, const char *ts,
+                             const uint8_t *u, uint32_t ul)
+{
+    for (uint32_t i = 0; i < rs->count; i++) {
+        const struct remote_sub *r = &rs->v[i];
+        if (filter_matches(r->patterns, r->pattern_count, r->user_id, r->user_id_len, t, ts, u, ul))
+            return true;
+    }
+    return false;
+}
+
+bool pubsub_any_match(struct shard *s, struct campaign *cp, const struct evtype *t,
+                      const char *type_str, const uint8_t *user_id, uint32_t user_id_len)
+{
+    return list_any_match(map_get(&s->sub_lists, (uint64_t)cp->id), t, type_str, user_id,
+                          user_id_len) ||
+           list_any_match(&s->firehose, t, type_str, user_id, user_id_len) ||
+           remote_any_match(&cp->remote, t, type_str, user_id, user_id_len) ||
+           remote_any_match(&s->firehose_remote, t, type_str, user_id, user_id_len);
 }
 
 static void deliver_list(struct shard *s, struct sub_list *l, struct oframe *f, uint64_t stamp)
@@ -209,7 +271,8 @@ static void deliver_list(struct shard *s, struct sub_list *l, struct oframe *f, 
     for (uint32_t i = 0; i < l->count; i++) {
         struct sub *sb = l->v[i];
         struct conn *c = sb->conn;
-        if (c->last_delivery == stamp || (c->flags & CONN_DEAD) || !sub_matches(sb, f))
+        if (c->last_delivery == stamp || (c->flags & CONN_DEAD) || c->id == f->skip_conn_id ||
+            !sub_matches(sb, f))
             continue;
         c->last_delivery = stamp;
         oframe_ref(f, 1);
@@ -278,6 +341,22 @@ static void send_interest(struct shard *s, struct sub *sb, int32_t delta, uint64
         im->conn_id = sb->conn->id;
         im->sub_id = sb->id;
         im->correlation = corr;
+        im->patterns = NULL;
+        im->pattern_count = 0;
+        im->user_id_len = 0;
+        if (delta > 0) {
+            if (sb->pattern_count) {
+                im->patterns = malloc(sizeof(struct evpattern) * sb->pattern_count);
+                if (!im->patterns) {
+                    log_error((int)s->index, "out of memory sending subscription interest");
+                    abort();
+                }
+                memcpy(im->patterns, sb->patterns, sizeof(struct evpattern) * sb->pattern_count);
+                im->pattern_count = sb->pattern_count;
+            }
+            memcpy(im->user_id, sb->user_id, sb->user_id_len);
+            im->user_id_len = sb->user_id_len;
+        }
         struct ring_msg m = {.kind = MSG_INTEREST, .ptr = im};
         shard_send(s, d, 0, &m);
     }
@@ -430,6 +509,44 @@ void pubsub_conn_gone(struct conn *c)
 }
 
 /* Owner side: a shard's subscription count changed. */
+static void remote_update(struct remote_subs *rs, struct interest_msg *im)
+{
+    if (im->delta > 0) {
+        if (rs->count == rs->cap) {
+            uint32_t ncap = rs->cap ? rs->cap * 2 : 4;
+            struct remote_sub *nv = realloc(rs->v, sizeof(*nv) * ncap);
+            if (!nv)
+                abort(); /* bounded by subscriptions; no sane way on */
+            rs->v = nv;
+            rs->cap = ncap;
+        }
+        struct remote_sub *r = &rs->v[rs->count++];
+        r->shard = im->from_shard;
+        r->sub_id = im->sub_id;
+        r->patterns = im->patterns; /* ownership moves here */
+        r->pattern_count = im->pattern_count;
+        r->user_id_len = im->user_id_len;
+        memcpy(r->user_id, im->user_id, im->user_id_len);
+        im->patterns = NULL;
+        return;
+    }
+    for (uint32_t i = 0; i < rs->count; i++) {
+        if (rs->v[i].shard == im->from_shard && rs->v[i].sub_id == im->sub_id) {
+            free(rs->v[i].patterns);
+            rs->v[i] = rs->v[--rs->count];
+            return;
+        }
+    }
+}
+
+static void remote_free(struct remote_subs *rs)
+{
+    for (uint32_t i = 0; i < rs->count; i++)
+        free(rs->v[i].patterns);
+    free(rs->v);
+    memset(rs, 0, sizeof(*rs));
+}
+
 void pubsub_interest(struct shard *s, struct interest_msg *im)
 {
     uint32_t from = im->from_shard;
@@ -439,6 +556,7 @@ void pubsub_interest(struct shard *s, struct interest_msg *im)
             s->firehose_mask |= 1ull << from;
         else
             s->firehose_mask &= ~(1ull << from);
+        remote_update(&s->firehose_remote, im);
     } else {
         /* Interest creates the campaign entry (its sequence must outlive subscribers); the
          * count of such entries is bounded by subscriptions, themselves bounded. */
@@ -452,6 +570,7 @@ void pubsub_interest(struct shard *s, struct interest_msg *im)
             cp->interest_mask |= 1ull << from;
         else
             cp->interest_mask &= ~(1ull << from);
+        remote_update(&cp->remote, im);
     }
     if (im->delta > 0) {
         struct ring_msg m = {.kind = MSG_INTEREST_ACK, .ptr = im};
@@ -481,6 +600,7 @@ void pubsub_free_shard(struct shard *s)
         struct campaign *cp = s->campaigns.slots[i].val;
         if (cp) {
             dedup_free(&cp->dedup);
+            remote_free(&cp->remote);
             free(cp);
         }
     }
@@ -494,6 +614,7 @@ void pubsub_free_shard(struct shard *s)
     }
     map_free(&s->sub_lists);
     free(s->firehose.v);
+    remote_free(&s->firehose_remote);
 }
 
 static uint64_t rss_bytes(void)

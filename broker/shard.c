@@ -232,6 +232,14 @@ static void handle_msg(struct shard *s, const struct ring_msg *m)
     case MSG_INTEREST_ACK:
         pubsub_interest_ack(s, m->ptr);
         break;
+    case MSG_CONN_GONE:
+        if (broker_hooks && broker_hooks->conn_gone)
+            broker_hooks->conn_gone(s, m->arg);
+        break;
+    case MSG_HOOK_REQ:
+    case MSG_HOOK_DEL:
+        broker_hooks->msg(s, m);
+        break;
     default:
         log_error((int)s->index, "unknown ring message kind %u", m->kind);
         abort();
@@ -367,6 +375,8 @@ static void shard_tick(struct shard *s)
                 conn_close(c, "idle timeout");
         }
     }
+    if (broker_hooks && broker_hooks->timer)
+        broker_hooks->timer(s, now);
     shard_timer_arm(s);
     s->timer_armed = true;
 }
@@ -560,6 +570,34 @@ void shard_loop(struct shard *s)
     }
 }
 
+/* Frees a message that will never be handled (shutdown). */
+static void shard_msg_free(const struct ring_msg *m)
+{
+    switch (m->kind) {
+    case MSG_DELIVER:
+    case MSG_TO_CONN:
+        oframe_unref(m->ptr);
+        break;
+    case MSG_CONN_GONE:
+        break;
+    case MSG_HOOK_REQ:
+    case MSG_HOOK_DEL:
+        if (broker_hooks && broker_hooks->msg_free)
+            broker_hooks->msg_free(m);
+        break;
+    case MSG_INTEREST:
+    case MSG_INTEREST_ACK: {
+        struct interest_msg *im = m->ptr;
+        free(im->patterns);
+        free(im);
+        break;
+    }
+    default:
+        free(m->ptr);
+        break;
+    }
+}
+
 /* After every shard has left its loop: free what is still in flight towards this shard. */
 void shard_drain_and_free(struct shard *s);
 void shard_drain_and_free(struct shard *s)
@@ -573,10 +611,7 @@ void shard_drain_and_free(struct shard *s)
             uint32_t got;
             while ((got = ring_pop_batch(r, batch, SHARD_RING_BATCH)) > 0) {
                 for (uint32_t i = 0; i < got; i++) {
-                    if (batch[i].kind == MSG_DELIVER || batch[i].kind == MSG_TO_CONN)
-                        oframe_unref(batch[i].ptr);
-                    else
-                        free(batch[i].ptr);
+                    shard_msg_free(&batch[i]);
                 }
             }
         }
@@ -591,15 +626,14 @@ void shard_free_outboxes(struct shard *s)
             struct outbox *ob = &s->outbox[cls][d];
             for (uint32_t i = 0; i < ob->count; i++) {
                 struct ring_msg *m = &ob->v[(ob->head + i) % ob->cap];
-                if (m->kind == MSG_DELIVER || m->kind == MSG_TO_CONN)
-                    oframe_unref(m->ptr);
-                else
-                    free(m->ptr);
+                shard_msg_free(m);
             }
             free(ob->v);
             memset(ob, 0, sizeof(*ob));
         }
     }
+    if (broker_hooks && broker_hooks->shard_free)
+        broker_hooks->shard_free(s);
     pubsub_free_shard(s);
     map_free(&s->conns);
     io_uring_queue_exit(&s->ring);

@@ -22,6 +22,7 @@
 #include "broker/map.h"
 #include "broker/oframe.h"
 #include "codec/evtype.h"
+#include "codec/envelope.h"
 #include "codec/frame.h"
 #include "ring/spsc.h"
 
@@ -41,6 +42,9 @@ enum msg_kind {
     MSG_DELIVER,      /* del: ptr = struct oframe (event) */
     MSG_TO_CONN,      /* del: ptr = struct oframe, arg = connection id */
     MSG_INTEREST_ACK, /* del: ptr = struct interest_msg */
+    MSG_CONN_GONE,    /* req: arg = connection id that closed (requests it held end) */
+    MSG_HOOK_REQ,     /* req: for the handlers layer (aux: its own kind) */
+    MSG_HOOK_DEL,     /* del: for the handlers layer (aux: its own kind) */
 };
 
 /* An emit travelling to its campaign's owner: the routing header and a copy of the frame's
@@ -68,6 +72,39 @@ struct interest_msg {
     uint64_t conn_id;
     uint64_t sub_id;
     uint64_t correlation;
+    /* +1 only: a copy of the subscription's filter, kept by the owner (ownership moves) so it
+     * can tell whether any subscription matches a request (no_handler, BRIEF §3.1). */
+    struct evpattern *patterns;
+    uint32_t pattern_count;
+    uint32_t user_id_len;
+    char user_id[128];
+};
+
+/* The owner's summary of a subscription held by another shard. */
+struct remote_sub {
+    uint32_t shard;
+    uint64_t sub_id;
+    struct evpattern *patterns;
+    uint32_t pattern_count;
+    uint32_t user_id_len;
+    char user_id[128];
+};
+
+struct remote_subs {
+    struct remote_sub *v;
+    uint32_t count, cap;
+};
+
+/* A campaign, on its owning shard. */
+struct campaign {
+    int64_t id;
+    uint64_t sequence;
+    uint64_t interest_mask; /* bit per shard with interest > 0 */
+    struct dedup dedup;
+    struct remote_subs remote;
+    void *state; /* the handlers layer's per-campaign state, or NULL */
+    int64_t last_event_ns;
+    uint32_t interest[]; /* subscriptions per shard */
 };
 
 /* Overflow for a ring that was full when a message had to be sent: control messages and the
@@ -144,6 +181,7 @@ struct conn {
     uint32_t gap_count;
 
     int64_t last_active_ns;
+    uint64_t notify_mask;     /* shards to tell when this connection closes (requests, handlers) */
     struct conn *flush_next;  /* shard flush list */
     struct conn *resume_next; /* shard resume list */
     struct conn *kill_next;   /* shard list of connections to release */
@@ -180,6 +218,9 @@ struct shard {
     struct outbox outbox[2][CONFIG_SHARDS_MAX]; /* [0] requests, [1] deliveries */
     uint64_t ring_dirty;                        /* bit per destination shard: unpublished pushes */
     atomic_int sleeping;
+
+    struct remote_subs firehose_remote;
+    void *hooks_state; /* the handlers layer's per-shard state */
 
     uint64_t delivery_stamp;
     uint64_t next_conn, next_sub;
@@ -236,6 +277,33 @@ void conn_note_gap(struct conn *c, const struct oframe *f);
 struct conn *conn_lookup(struct shard *s, uint64_t id);
 
 /* ---- pubsub.c ---- */
+/* An event to sequence and publish on its campaign's owner. The caller fills ev's slices
+ * (event_id, event_type, entity_id, metadata, payload, correlation_id, stream_seq, code,
+ * message), type (parsed from ev.event_type) and user_id (inside ev.metadata, for user
+ * filters). pubsub_publish assigns ev.sequence, ev.timestamp_unix_nanos and ev.campaign_id. */
+struct publish {
+    struct codec_event_out ev;
+    struct evtype type;
+    const uint8_t *user_id;
+    uint32_t user_id_len;
+    uint64_t direct_conn; /* also deliver to this connection (skipped by its subscriptions) */
+    bool terminal;        /* a lifecycle terminal event (counted by the requester's shard) */
+    bool unsequenced;     /* deliver to direct_conn only; no sequence number (heartbeats) */
+};
+
+/* Sequences, encodes once and fans out. Returns 0 or -ENOMEM. */
+int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p);
+struct campaign *pubsub_campaign(struct shard *s, int64_t id, bool create);
+/* Sends a frame to a connection on any shard (takes the reference). */
+void pubsub_to_conn(struct shard *s, uint64_t conn_id, struct oframe *f);
+void pubsub_error_to_conn(struct shard *s, uint64_t conn_id, uint64_t corr, const char *code,
+                          const char *msg);
+/* Acknowledges an emit (message "accepted" or "duplicate"). */
+void pubsub_ack(struct shard *s, const struct emit_msg *m, const uint8_t *body,
+                struct codec_slice id, uint64_t seq, int64_t ts, bool duplicate);
+/* True if any subscription anywhere matches this type (and user) on campaign cp. */
+bool pubsub_any_match(struct shard *s, struct campaign *cp, const struct evtype *t,
+                      const char *type_str, const uint8_t *user_id, uint32_t user_id_len);
 /* Processes an emit whose campaign this shard owns. Slices point into body, which may be a
  * receive buffer (only valid during the call). origin_shard/conn_id name the publisher. */
 void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body);
@@ -248,6 +316,29 @@ void pubsub_deliver(struct shard *s, struct oframe *f);
 void pubsub_free_shard(struct shard *s);
 /* Answers a stats frame with every shard's counters. */
 void pubsub_stats(struct conn *c, uint64_t correlation);
+
+/* ---- hooks: how the handlers layer (handlers/) plugs into the core without the core
+ * depending on it. All run on the shard's thread. ---- */
+struct broker_hooks {
+    int (*shard_init)(struct shard *s);
+    void (*shard_free)(struct shard *s);
+    /* An accepted (not duplicate) emit on its owner, before it is published. Returns true if
+     * the handlers layer took it over (it then publishes and acknowledges itself). */
+    bool (*emit)(struct shard *s, struct campaign *cp, const struct emit_msg *m,
+                 const uint8_t *body, struct codec_slice id, int64_t now_ns);
+    /* A frame kind the core does not know (>= 18). */
+    void (*frame)(struct conn *c, uint32_t kind, uint64_t correlation, const uint8_t *body,
+                  uint32_t len);
+    void (*msg)(struct shard *s, const struct ring_msg *m);
+    void (*conn_gone)(struct shard *s, uint64_t conn_id);
+    void (*timer)(struct shard *s, int64_t now_ns);
+    /* Frees a hook message left in a ring at shutdown. */
+    void (*msg_free)(const struct ring_msg *m);
+};
+
+/* Installs the hooks; call before broker_start. */
+void broker_set_hooks(const struct broker_hooks *h);
+extern const struct broker_hooks *broker_hooks;
 
 /* ---- broker.c ---- */
 struct broker {
