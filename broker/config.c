@@ -56,6 +56,18 @@ static const struct opt opts[] = {
      "require Hello with this token"},
     {"log-level", OPT_LEVEL, OFF(log_level), 0, 0, "debug | info | warn | error"},
     {"log-json", OPT_BOOL, OFF(log_json), 0, 0, "log JSON lines"},
+    {"heartbeat-ms", OPT_U32, OFF(heartbeat_ms), 100, 60000, "default stream heartbeat interval"},
+    {"request-timeout-ms", OPT_U32, OFF(request_timeout_ms), 100, 86400000,
+     "timeout of plain requests served by external handlers"},
+    {"stream-timeout-ms", OPT_U32, OFF(stream_timeout_ms), 100, 86400000,
+     "longest a stream may stay open"},
+    {"max-streams", OPT_U32, OFF(streams_per_shard_max), 1, 100000000, "open streams per shard"},
+    {"max-requests-per-conn", OPT_U32, OFF(requests_per_conn_max), 1, 10000000,
+     "open requests of one connection (per owning shard)"},
+    {"max-pending-per-handler", OPT_U32, OFF(pending_per_handler_max), 1, 10000000,
+     "open requests one external handler holds (per shard)"},
+    {"test-handlers", OPT_BOOL, OFF(test_handlers), 0, 0,
+     "register the test:* built-in handlers (echo, fail, stream_ticks)"},
     {"metrics", OPT_MADDR, 0, 0, 0, "HOST:PORT for Prometheus metrics over HTTP (off if unset)"},
 };
 
@@ -92,6 +104,15 @@ void config_defaults(struct config *c)
     c->log_level = LOG_INFO;
     c->log_json = false;
     c->metrics_port = 0;
+    /* BRIEF §3.2: 1 s heartbeats, streams end after 30 min. Plain requests get 30 s: an
+     * external handler that has not answered by then is not going to. */
+    c->heartbeat_ms = 1000;
+    c->request_timeout_ms = 30000;
+    c->stream_timeout_ms = 30 * 60 * 1000;
+    /* 100,000 streams per shard at ~1 KiB each (metadata copy, timers) is ~100 MiB. */
+    c->streams_per_shard_max = 100000;
+    c->requests_per_conn_max = 1024;
+    c->pending_per_handler_max = 10000;
     snprintf(c->metrics_host, sizeof(c->metrics_host), "127.0.0.1");
 }
 

@@ -40,6 +40,14 @@ struct config {
     int log_level;
     bool log_json;
     uint16_t metrics_port; /* 0 = metrics off */
+    /* The Provider (handlers/provider.c). */
+    uint32_t heartbeat_ms;       /* default stream heartbeat interval */
+    uint32_t request_timeout_ms; /* plain requests served by external handlers */
+    uint32_t stream_timeout_ms;  /* streams */
+    uint32_t streams_per_shard_max;
+    uint32_t requests_per_conn_max;   /* open requests of one connection, per owning shard */
+    uint32_t pending_per_handler_max; /* open requests one external handler holds, per shard */
+    bool test_handlers;               /* register the test:* built-in handlers */
     char metrics_host[256];
 };
 

@@ -661,6 +661,7 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
     OFFS(e.metadata, md_off, md_len);
     OFFS(e.payload, pl_off, pl_len);
     OFFS(e.user_id, user_off, user_len);
+    OFFS(e.correlation_id, corr_off, corr_len);
 #undef OFFS
     m->has_md = e.has_metadata;
     m->has_pl = e.has_payload;

@@ -9,6 +9,7 @@
 #include "broker/broker.h"
 #include "broker/config.h"
 #include "broker/log.h"
+#include "handlers/provider.h"
 
 int main(int argc, char **argv)
 {
@@ -33,6 +34,14 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+
+    /* One handler table: the built-in rows, plus the test rows when asked for. */
+    static struct handler_row rows[64];
+    size_t nrows = 0;
+    if (cfg.test_handlers)
+        for (size_t i = 0; i < provider_test_row_count; i++)
+            rows[nrows++] = provider_test_rows[i];
+    provider_install(rows, nrows);
 
     struct broker *b = broker_start(&cfg);
     if (!b)

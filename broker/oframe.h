@@ -28,7 +28,8 @@ struct oframe {
     const uint8_t *user_id; /* inside data, or NULL */
     uint32_t user_id_len;
     uint64_t skip_conn_id; /* delivered to it directly: its subscriptions skip this frame */
-    bool terminal;         /* lifecycle terminal event for the connection it is sent to */
+    uint64_t skip_conn_id2;
+    bool terminal; /* lifecycle terminal event for the connection it is sent to */
     uint8_t data[];
 };
 
@@ -47,6 +48,7 @@ static inline struct oframe *oframe_alloc(uint32_t len)
     f->user_id = NULL;
     f->user_id_len = 0;
     f->skip_conn_id = 0;
+    f->skip_conn_id2 = 0;
     f->terminal = false;
     return f;
 }

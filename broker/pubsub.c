@@ -186,12 +186,17 @@ int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
         f->user_id_len = p->user_id_len;
     }
     f->skip_conn_id = p->direct_conn;
+    f->skip_conn_id2 = p->direct_conn2;
     f->terminal = p->terminal;
     atomic_fetch_add_explicit(&s->stats.events_in, 1, memory_order_relaxed);
 
     if (p->direct_conn) {
         oframe_ref(f, 1);
         pubsub_to_conn(s, p->direct_conn, f);
+    }
+    if (p->direct_conn2 && p->direct_conn2 != p->direct_conn) {
+        oframe_ref(f, 1);
+        pubsub_to_conn(s, p->direct_conn2, f);
     }
     if (!p->unsequenced) {
         /* Fan out: shards with interest get one reference each, then our own subscribers. */
@@ -272,7 +277,7 @@ static void deliver_list(struct shard *s, struct sub_list *l, struct oframe *f, 
         struct sub *sb = l->v[i];
         struct conn *c = sb->conn;
         if (c->last_delivery == stamp || (c->flags & CONN_DEAD) || c->id == f->skip_conn_id ||
-            !sub_matches(sb, f))
+            c->id == f->skip_conn_id2 || !sub_matches(sb, f))
             continue;
         c->last_delivery = stamp;
         oframe_ref(f, 1);
@@ -652,6 +657,14 @@ void pubsub_stats(struct conn *c, uint64_t corr)
         o->campaigns = LD(campaigns);
         o->subscriptions = LD(subscriptions);
         o->paused_reads = LD(paused_reads);
+        o->req_success = LD(req_success);
+        o->req_failed = LD(req_failed);
+        o->req_cancelled = LD(req_cancelled);
+        o->req_timeout = LD(req_timeout);
+        o->req_no_handler = LD(req_no_handler);
+        o->open_streams = LD(open_streams);
+        o->heartbeats = LD(heartbeats);
+        o->handler_losses = LD(handler_losses);
 #undef LD
         for (uint32_t src = 0; src < b->shard_count; src++)
             if (src != i)

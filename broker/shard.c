@@ -31,6 +31,7 @@ enum {
     UD_TIMER = 2,
     UD_WAKE = 3,
     UD_IGNORE = 4,
+    UD_HOOK_TIMER = 5,
 };
 #define UD_OP_MASK 0xfull
 
@@ -301,6 +302,24 @@ static void shard_timer_arm(struct shard *s)
     io_uring_sqe_set_data64(sqe, UD_TIMER);
 }
 
+void shard_timer_at(struct shard *s, int64_t deadline_ns)
+{
+    if (s->hook_timer_ns && s->hook_timer_ns <= deadline_ns)
+        return; /* an earlier one is armed; its handler re-arms for the rest */
+    int64_t delta = deadline_ns - shard_now_ns();
+    if (delta < 0)
+        delta = 0;
+    /* The kernel reads the timespec at submission, so a small ring of them suffices: at most
+     * a few are armed per loop iteration, and all are submitted before the ring wraps. */
+    struct __kernel_timespec *ts = &s->hook_ts[s->hook_ts_next++ % 64];
+    ts->tv_sec = delta / 1000000000;
+    ts->tv_nsec = delta % 1000000000;
+    struct io_uring_sqe *sqe = shard_sqe(s);
+    io_uring_prep_timeout(sqe, ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, UD_HOOK_TIMER);
+    s->hook_timer_ns = deadline_ns;
+}
+
 static void shard_accept_done(struct shard *s, struct io_uring_cqe *cqe)
 {
     if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stopping)
@@ -375,8 +394,6 @@ static void shard_tick(struct shard *s)
                 conn_close(c, "idle timeout");
         }
     }
-    if (broker_hooks && broker_hooks->timer)
-        broker_hooks->timer(s, now);
     shard_timer_arm(s);
     s->timer_armed = true;
 }
@@ -391,6 +408,11 @@ static void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
             break;
         case UD_TIMER:
             shard_tick(s);
+            break;
+        case UD_HOOK_TIMER:
+            s->hook_timer_ns = 0;
+            if (broker_hooks && broker_hooks->timer && !s->stopping)
+                broker_hooks->timer(s, shard_now_ns());
             break;
         default:
             break; /* wake-ups and ignored results */

@@ -57,7 +57,7 @@ struct emit_msg {
     uint32_t body_len;
     /* slices as offsets into body */
     uint32_t id_off, id_len, type_off, type_len, entity_off, entity_len;
-    uint32_t md_off, md_len, pl_off, pl_len, user_off, user_len;
+    uint32_t md_off, md_len, pl_off, pl_len, user_off, user_len, corr_off, corr_len;
     bool has_md, has_pl;
     uint8_t body[];
 };
@@ -193,6 +193,9 @@ struct shard_stats {
     atomic_uint_fast64_t bytes_in, bytes_out, bytes_queued;
     atomic_uint_fast64_t slow_disconnects, drops, duplicates, errors;
     atomic_uint_fast64_t campaigns, subscriptions, paused_reads;
+    /* the Provider (handlers/provider.c) */
+    atomic_uint_fast64_t req_success, req_failed, req_cancelled, req_timeout, req_no_handler;
+    atomic_uint_fast64_t open_streams, heartbeats, handler_losses;
 };
 
 struct shard {
@@ -235,6 +238,9 @@ struct shard {
     int64_t stop_deadline_ns;
     bool timer_armed;
     struct __kernel_timespec tick;
+    int64_t hook_timer_ns; /* earliest hook timer armed, 0 = none */
+    struct __kernel_timespec hook_ts[64];
+    uint32_t hook_ts_next;
 
     struct shard_stats stats;
 };
@@ -250,6 +256,8 @@ bool shard_can_send_request(struct shard *s, uint32_t dst);
  * emits would only pile up, so publishers are paused. */
 bool shard_stalled(const struct shard *s);
 struct io_uring_sqe *shard_sqe(struct shard *s);
+/* Makes the timer hook run at or soon after deadline_ns (CLOCK_REALTIME, as shard_now_ns). */
+void shard_timer_at(struct shard *s, int64_t deadline_ns);
 uint32_t shard_of_campaign(const struct shard *s, int64_t campaign_id);
 void shard_uuid4(struct shard *s, char out[36]);
 
@@ -286,9 +294,10 @@ struct publish {
     struct evtype type;
     const uint8_t *user_id;
     uint32_t user_id_len;
-    uint64_t direct_conn; /* also deliver to this connection (skipped by its subscriptions) */
-    bool terminal;        /* a lifecycle terminal event (counted by the requester's shard) */
-    bool unsequenced;     /* deliver to direct_conn only; no sequence number (heartbeats) */
+    uint64_t direct_conn;  /* also deliver to this connection (skipped by its subscriptions) */
+    uint64_t direct_conn2; /* and to this one (an external handler), likewise */
+    bool terminal;         /* a lifecycle terminal event (counted by the requester's shard) */
+    bool unsequenced;      /* deliver to direct_conn only; no sequence number (heartbeats) */
 };
 
 /* Sequences, encodes once and fans out. Returns 0 or -ENOMEM. */

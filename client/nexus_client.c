@@ -199,6 +199,20 @@ int nexus_send_stats(struct nexus_client *c, uint64_t corr)
     SEND_SMALL(c, codec_stats_encode(out, cap, corr));
 }
 
+int nexus_send_register(struct nexus_client *c, uint64_t corr, const struct codec_register *reg)
+{
+    size_t need = 64;
+    for (uint32_t i = 0; i < reg->count; i++)
+        need += reg->specs[i].action.len + 16 + 10 * (size_t)reg->specs[i].campaign_count;
+    if (wreserve(c, need) < 0)
+        return -ENOMEM;
+    int n = codec_register_encode(c->wbuf + c->wlen, need, corr, reg);
+    if (n < 0)
+        return n;
+    c->wlen += (size_t)n;
+    return 0;
+}
+
 int nexus_flush(struct nexus_client *c)
 {
     size_t off = 0;

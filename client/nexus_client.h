@@ -51,6 +51,10 @@ int nexus_send_hello(struct nexus_client *c, uint64_t correlation, const char *t
                      const char *name);
 int nexus_send_ping(struct nexus_client *c, uint64_t correlation, uint64_t nonce);
 int nexus_send_stats(struct nexus_client *c, uint64_t correlation);
+/* Registers this connection as the external handler of the listed actions; the broker
+ * answers with register_ack (or error). */
+int nexus_send_register(struct nexus_client *c, uint64_t correlation,
+                        const struct codec_register *reg);
 
 /* Writes out everything buffered (blocking). Returns 0 or -errno. */
 int nexus_flush(struct nexus_client *c);

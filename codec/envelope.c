@@ -762,7 +762,138 @@ const char *codec_kind_name(uint32_t kind)
         return "stats";
     case CODEC_KIND_STATS_REPLY:
         return "stats_reply";
+    case CODEC_KIND_REGISTER:
+        return "register";
+    case CODEC_KIND_REGISTER_ACK:
+        return "register_ack";
     default:
         return "unknown";
     }
+}
+
+/* ---- external handler registration --------------------------------------------------- */
+
+static int spec_decode(const uint8_t *b, size_t len, struct codec_handler_spec *sp,
+                       char err[CODEC_ERR_BYTES])
+{
+    struct wire_cursor c;
+    struct wire_field f;
+    int r;
+    memset(sp, 0, sizeof(*sp));
+    wire_cursor_init(&c, b, len);
+    while ((r = wire_next(&c, &f)) > 0) {
+        if (f.number == 1) {
+            if (want_utf8(&f, "HandlerSpec", err) < 0)
+                return -EBADMSG;
+            sp->action = slice_of(&f);
+        } else if (f.number == 2) {
+            if (want(&f, WIRE_VARINT, "HandlerSpec", err) < 0)
+                return -EBADMSG;
+            sp->streaming = f.value != 0;
+        } else if (f.number == 3) {
+            /* repeated int64: packed (proto3 default) or not */
+            struct wire_cursor pc;
+            uint64_t v;
+            if (f.type == WIRE_VARINT) {
+                if (sp->campaign_count == CODEC_HANDLER_CAMPAIGNS_MAX)
+                    goto too_many;
+                sp->campaigns[sp->campaign_count++] = (int64_t)f.value;
+                continue;
+            }
+            if (f.type != WIRE_LEN)
+                return failf_field(err, "wrong wire type", "HandlerSpec", 3);
+            wire_cursor_init(&pc, f.data, f.len);
+            while (pc.p < pc.end) {
+                if (wire_read_varint(&pc, &v) < 0)
+                    return fail(err, "campaigns is not a valid packed int64 list");
+                if (sp->campaign_count == CODEC_HANDLER_CAMPAIGNS_MAX)
+                    goto too_many;
+                sp->campaigns[sp->campaign_count++] = (int64_t)v;
+            }
+        }
+    }
+    return r < 0 ? fail(err, "handler spec is not a valid HandlerSpec message") : 0;
+too_many:
+    if (err)
+        snprintf(err, CODEC_ERR_BYTES, "a handler spec lists more than %u campaigns",
+                 CODEC_HANDLER_CAMPAIGNS_MAX);
+    return -E2BIG;
+}
+
+int codec_register_decode(const uint8_t *body, size_t len, struct codec_register *reg,
+                          char err[CODEC_ERR_BYTES])
+{
+    struct wire_cursor c;
+    struct wire_field f;
+    int r;
+    reg->count = 0;
+    wire_cursor_init(&c, body, len);
+    while ((r = wire_next(&c, &f)) > 0) {
+        if (f.number != 1)
+            continue;
+        if (want(&f, WIRE_LEN, "RegisterHandlers", err) < 0)
+            return -EBADMSG;
+        if (reg->count == CODEC_HANDLER_SPECS_MAX) {
+            if (err)
+                snprintf(err, CODEC_ERR_BYTES, "registration lists more than %u actions",
+                         CODEC_HANDLER_SPECS_MAX);
+            return -E2BIG;
+        }
+        int sr = spec_decode(f.data, f.len, &reg->specs[reg->count], err);
+        if (sr < 0)
+            return sr;
+        reg->count++;
+    }
+    return r < 0 ? fail(err, "register is not a valid RegisterHandlers message") : 0;
+}
+
+int codec_register_encode(uint8_t *out, size_t cap, uint64_t correlation,
+                          const struct codec_register *reg)
+{
+    size_t body = 0;
+    for (uint32_t i = 0; i < reg->count; i++) {
+        const struct codec_handler_spec *sp = &reg->specs[i];
+        size_t packed = 0;
+        for (uint32_t k = 0; k < sp->campaign_count; k++)
+            packed += wire_varint_len((uint64_t)sp->campaigns[k]);
+        size_t spec = str_field_len(1, sp->action) + (sp->streaming ? 2 : 0) +
+                      (packed ? wire_len_field_len(3, packed) : 0);
+        body += wire_len_field_len(1, spec);
+    }
+    size_t frame = u64_field_len(1, correlation) + wire_len_field_len(CODEC_KIND_REGISTER, body);
+    if (4 + frame > cap)
+        return -ENOSPC;
+    uint8_t *p = out;
+    wire_put_be32(p, (uint32_t)frame);
+    p += 4;
+    p = put_u64(p, 1, correlation);
+    p = wire_put_tag(p, CODEC_KIND_REGISTER, WIRE_LEN);
+    p = wire_put_varint(p, body);
+    for (uint32_t i = 0; i < reg->count; i++) {
+        const struct codec_handler_spec *sp = &reg->specs[i];
+        size_t packed = 0;
+        for (uint32_t k = 0; k < sp->campaign_count; k++)
+            packed += wire_varint_len((uint64_t)sp->campaigns[k]);
+        size_t spec = str_field_len(1, sp->action) + (sp->streaming ? 2 : 0) +
+                      (packed ? wire_len_field_len(3, packed) : 0);
+        p = wire_put_tag(p, 1, WIRE_LEN);
+        p = wire_put_varint(p, spec);
+        p = put_str(p, 1, sp->action);
+        if (sp->streaming)
+            p = wire_put_varint_field(p, 2, 1);
+        if (packed) {
+            p = wire_put_tag(p, 3, WIRE_LEN);
+            p = wire_put_varint(p, packed);
+            for (uint32_t k = 0; k < sp->campaign_count; k++)
+                p = wire_put_varint(p, (uint64_t)sp->campaigns[k]);
+        }
+    }
+    return (int)(p - out);
+}
+
+int codec_register_ack_encode(uint8_t *out, size_t cap, uint64_t correlation, uint32_t registered)
+{
+    struct msgbuf m = {.n = 0};
+    mb_u64(&m, 1, registered);
+    return mb_wrap(&m, out, cap, correlation, CODEC_KIND_REGISTER_ACK);
 }

@@ -37,6 +37,8 @@ enum codec_kind {
     CODEC_KIND_GAP = 13,
     CODEC_KIND_STATS = 16,
     CODEC_KIND_STATS_REPLY = 17,
+    CODEC_KIND_REGISTER = 18,
+    CODEC_KIND_REGISTER_ACK = 19,
 };
 
 /* A byte slice inside a decoded frame. */
@@ -233,6 +235,28 @@ struct codec_welcome_in {
 };
 int codec_welcome_decode(const uint8_t *body, size_t len, struct codec_welcome_in *w,
                          char err[CODEC_ERR_BYTES]);
+
+/* External handler registration (RegisterHandlers). Bounds: 64 actions per frame, 64
+ * campaigns per action. */
+#define CODEC_HANDLER_SPECS_MAX     64
+#define CODEC_HANDLER_CAMPAIGNS_MAX 64
+struct codec_handler_spec {
+    struct codec_slice action;
+    bool streaming;
+    uint32_t campaign_count;
+    int64_t campaigns[CODEC_HANDLER_CAMPAIGNS_MAX];
+};
+struct codec_register {
+    uint32_t count;
+    struct codec_handler_spec specs[CODEC_HANDLER_SPECS_MAX];
+};
+/* Returns 0, -EBADMSG, or -E2BIG past a bound. */
+int codec_register_decode(const uint8_t *body, size_t len, struct codec_register *r,
+                          char err[CODEC_ERR_BYTES]);
+/* Client side: encodes a RegisterHandlers frame. Returns the length or -ENOSPC. */
+int codec_register_encode(uint8_t *out, size_t cap, uint64_t correlation,
+                          const struct codec_register *r);
+int codec_register_ack_encode(uint8_t *out, size_t cap, uint64_t correlation, uint32_t registered);
 
 /* Name of a frame kind, "unknown" for others. */
 const char *codec_kind_name(uint32_t kind);

@@ -38,6 +38,14 @@ int codec_stats_reply_encode(uint8_t **out, uint64_t correlation,
         x->subscriptions = st[i].subscriptions;
         x->ring_depth = st[i].ring_depth;
         x->paused_reads = st[i].paused_reads;
+        x->requests_success = st[i].req_success;
+        x->requests_failed = st[i].req_failed;
+        x->requests_cancelled = st[i].req_cancelled;
+        x->requests_timeout = st[i].req_timeout;
+        x->requests_no_handler = st[i].req_no_handler;
+        x->open_streams = st[i].open_streams;
+        x->heartbeats = st[i].heartbeats;
+        x->handler_losses = st[i].handler_losses;
         ptrs[i] = x;
     }
     Nexus__V1__StatsReply reply = NEXUS__V1__STATS_REPLY__INIT;
@@ -86,6 +94,14 @@ int codec_stats_reply_decode(const uint8_t *body, size_t len, struct codec_shard
         o->subscriptions = x->subscriptions;
         o->ring_depth = x->ring_depth;
         o->paused_reads = x->paused_reads;
+        o->req_success = x->requests_success;
+        o->req_failed = x->requests_failed;
+        o->req_cancelled = x->requests_cancelled;
+        o->req_timeout = x->requests_timeout;
+        o->req_no_handler = x->requests_no_handler;
+        o->open_streams = x->open_streams;
+        o->heartbeats = x->heartbeats;
+        o->handler_losses = x->handler_losses;
     }
     int n = (int)r->n_shards;
     if (rss_bytes)

@@ -13,6 +13,8 @@ struct codec_shard_stats {
     uint64_t connections, events_in, events_out, frames_in, frames_out, bytes_queued;
     uint64_t slow_disconnects, drops, duplicates, errors, campaigns, subscriptions, ring_depth;
     uint64_t paused_reads;
+    uint64_t req_success, req_failed, req_cancelled, req_timeout, req_no_handler;
+    uint64_t open_streams, heartbeats, handler_losses;
 };
 
 /* Encodes a whole stats_reply frame (length prefix included) into a malloc'd buffer.

@@ -1,0 +1,1105 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The Provider engine of provider.h. Per shard it keeps: the open requests of the campaigns it
+// owns (by (campaign, request event id)), a min-heap of their next deadlines (heartbeat,
+// handler tick, timeout) driven by one io_uring timeout, the external handler registry (every
+// shard holds a copy, since requests for any campaign may arrive at any owner), and per
+// requester counts for the per-connection bound. Runs on the owning shard only.
+#include "handlers/provider.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "broker/log.h"
+#include "broker/shard.h"
+#include "codec/envelope.h"
+#include "codec/structpb.h"
+
+/* Hook message kinds (ring_msg.aux). */
+enum { PV_REG = 1, PV_REG_ACK = 2 };
+
+/* Longest request event id we keep (the broker caps ids at 256 bytes on entry). */
+#define PV_ID_BYTES_MAX 256
+/* Actions one connection may register (codec bound). */
+#define PV_ACTIONS_PER_CONN_MAX CODEC_HANDLER_SPECS_MAX
+
+struct pv_request {
+    uint64_t key;
+    struct shard *shard;
+    struct campaign *cp;
+    int64_t campaign_id;
+    char id[PV_ID_BYTES_MAX];
+    uint32_t id_len;
+    char type[EVTYPE_BYTES_MAX + 1]; /* the requested type; lifecycle types derive from it */
+    struct evtype t;
+    uint64_t requester;
+    bool requester_gone;
+    const struct handler_row *row; /* built-in, or NULL */
+    uint64_t handler_conn;         /* external, or 0 */
+    bool streaming;
+    bool finishing;
+    uint64_t stream_count;
+    int64_t started_ns;
+    uint32_t heartbeat_ms;
+    int64_t next_heartbeat_ns; /* 0: no heartbeats */
+    uint32_t tick_ms;
+    int64_t next_tick_ns; /* 0: no ticks */
+    int64_t deadline_ns;
+    uint32_t heap_idx;
+    uint8_t *metadata; /* copies: lifecycle events carry the request's metadata and entity */
+    uint32_t md_len;
+    bool has_md;
+    uint8_t *payload;
+    uint32_t pl_len;
+    uint32_t user_off, user_len; /* inside metadata */
+    char *entity;
+    uint32_t entity_len;
+    void *state;
+    struct pv_request *next, *prev; /* all requests of the shard */
+};
+
+struct ext_entry {
+    uint64_t conn_id;
+    bool streaming;
+    uint32_t campaign_count;
+    int64_t *campaigns;
+    uint32_t pending;
+};
+
+struct ext_action {
+    char name[EVTYPE_BYTES_MAX + 1];
+    uint32_t name_len;
+    struct ext_entry *v;
+    uint32_t count, cap, rr;
+};
+
+struct pv_reg_msg {
+    uint64_t conn_id;
+    uint64_t reg_id;
+    uint32_t from_shard;
+    struct codec_register reg;
+    uint8_t names[]; /* action name bytes the slices point into */
+};
+
+struct pv_reg_wait {
+    uint64_t conn_id, correlation;
+    uint32_t remaining, registered;
+};
+
+struct pv_shard {
+    struct map requests; /* key -> pv_request */
+    struct pv_request *all;
+    struct pv_request **heap;
+    uint32_t heap_len, heap_cap;
+    struct map actions;  /* xxh3(action name) -> ext_action */
+    struct map per_conn; /* requester conn id -> open request count (uintptr_t) */
+    struct map reg_waits;
+    uint64_t next_reg;
+    uint32_t open_streams;
+};
+
+static const struct handler_row *rows_table;
+static size_t rows_count;
+
+static inline struct pv_shard *pvs(struct shard *s)
+{
+    return s->hooks_state;
+}
+
+/* ---- accessors ---------------------------------------------------------------------------- */
+
+struct shard *provider_shard(struct pv_request *r)
+{
+    return r->shard;
+}
+struct campaign *provider_campaign(struct pv_request *r)
+{
+    return r->cp;
+}
+int64_t provider_campaign_id(struct pv_request *r)
+{
+    return r->campaign_id;
+}
+uint64_t provider_requester(struct pv_request *r)
+{
+    return r->requester;
+}
+void provider_payload(struct pv_request *r, const uint8_t **ptr, uint32_t *len)
+{
+    *ptr = r->payload;
+    *len = r->pl_len;
+}
+void provider_metadata(struct pv_request *r, const uint8_t **ptr, uint32_t *len)
+{
+    *ptr = r->metadata;
+    *len = r->md_len;
+}
+void **provider_state(struct pv_request *r)
+{
+    return &r->state;
+}
+
+/* ---- the deadline heap -------------------------------------------------------------------- */
+
+static int64_t due_of(const struct pv_request *r)
+{
+    int64_t d = r->deadline_ns;
+    if (r->next_heartbeat_ns && r->next_heartbeat_ns < d)
+        d = r->next_heartbeat_ns;
+    if (r->next_tick_ns && r->next_tick_ns < d)
+        d = r->next_tick_ns;
+    return d;
+}
+
+static void heap_swap(struct pv_shard *p, uint32_t a, uint32_t b)
+{
+    struct pv_request *t = p->heap[a];
+    p->heap[a] = p->heap[b];
+    p->heap[b] = t;
+    p->heap[a]->heap_idx = a;
+    p->heap[b]->heap_idx = b;
+}
+
+static void heap_up(struct pv_shard *p, uint32_t i)
+{
+    while (i > 0) {
+        uint32_t parent = (i - 1) / 2;
+        if (due_of(p->heap[parent]) <= due_of(p->heap[i]))
+            break;
+        heap_swap(p, i, parent);
+        i = parent;
+    }
+}
+
+static void heap_down(struct pv_shard *p, uint32_t i)
+{
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < p->heap_len && due_of(p->heap[l]) < due_of(p->heap[m]))
+            m = l;
+        if (r < p->heap_len && due_of(p->heap[r]) < due_of(p->heap[m]))
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(p, i, m);
+        i = m;
+    }
+}
+
+static int heap_push(struct pv_shard *p, struct pv_request *r)
+{
+    if (p->heap_len == p->heap_cap) {
+        uint32_t ncap = p->heap_cap ? p->heap_cap * 2 : 64;
+        struct pv_request **nh = realloc(p->heap, sizeof(*nh) * ncap);
+        if (!nh)
+            return -ENOMEM;
+        p->heap = nh;
+        p->heap_cap = ncap;
+    }
+    r->heap_idx = p->heap_len;
+    p->heap[p->heap_len++] = r;
+    heap_up(p, r->heap_idx);
+    return 0;
+}
+
+static void heap_remove(struct pv_shard *p, struct pv_request *r)
+{
+    uint32_t i = r->heap_idx;
+    if (i >= p->heap_len || p->heap[i] != r)
+        return;
+    p->heap_len--;
+    if (i != p->heap_len) {
+        p->heap[i] = p->heap[p->heap_len];
+        p->heap[i]->heap_idx = i;
+        heap_down(p, i);
+        heap_up(p, i);
+    }
+    r->heap_idx = UINT32_MAX;
+}
+
+/* Re-sorts r after its deadlines changed, and arms the shard timer for the earliest. */
+static void heap_fix(struct pv_shard *p, struct shard *s, struct pv_request *r)
+{
+    if (r->heap_idx < p->heap_len && p->heap[r->heap_idx] == r) {
+        heap_down(p, r->heap_idx);
+        heap_up(p, r->heap_idx);
+    }
+    if (p->heap_len)
+        shard_timer_at(s, due_of(p->heap[0]));
+}
+
+/* ---- publishing lifecycle events ---------------------------------------------------------- */
+
+static uint64_t request_key(int64_t campaign, const void *id, uint32_t len)
+{
+    return XXH3_64bits_withSeed(id, len, (uint64_t)campaign);
+}
+
+/* Publishes S:A:vN:<state> for r. to_requester: deliver to it directly; to_handler: also to
+ * the external handler. unsequenced: to the requester only, outside the campaign sequence. */
+static int pv_publish(struct pv_request *r, enum evtype_state state, const uint8_t *payload,
+                      uint32_t len, const char *code, uint64_t stream_seq, bool terminal,
+                      bool to_handler, bool unsequenced)
+{
+    struct shard *s = r->shard;
+    char type[EVTYPE_BYTES_MAX + 1];
+    int tl = evtype_with_state(&r->t, r->type, state, type, sizeof(type));
+    if (tl < 0)
+        return tl;
+    struct publish p;
+    memset(&p, 0, sizeof(p));
+    char uuid[36];
+    shard_uuid4(s, uuid);
+    p.ev.event_id.ptr = (const uint8_t *)uuid;
+    p.ev.event_id.len = 36;
+    p.ev.event_type.ptr = (const uint8_t *)type;
+    p.ev.event_type.len = (uint32_t)tl;
+    if (evtype_parse(&p.type, type, (size_t)tl, NULL, 0) < 0)
+        return -EINVAL;
+    p.ev.entity_id.ptr = (const uint8_t *)r->entity;
+    p.ev.entity_id.len = r->entity_len;
+    p.ev.has_metadata = r->has_md;
+    p.ev.metadata.ptr = r->metadata;
+    p.ev.metadata.len = r->md_len;
+    if (r->user_len) {
+        p.user_id = r->metadata + r->user_off;
+        p.user_id_len = r->user_len;
+    }
+    if (payload) {
+        p.ev.has_payload = true;
+        p.ev.payload.ptr = payload;
+        p.ev.payload.len = len;
+    }
+    p.ev.correlation_id.ptr = (const uint8_t *)r->id;
+    p.ev.correlation_id.len = r->id_len;
+    p.ev.stream_seq = stream_seq;
+    if (code) {
+        p.ev.code.ptr = (const uint8_t *)code;
+        p.ev.code.len = (uint32_t)strlen(code);
+    }
+    p.direct_conn = r->requester_gone ? 0 : r->requester;
+    p.direct_conn2 = to_handler ? r->handler_conn : 0;
+    p.terminal = terminal;
+    p.unsequenced = unsequenced;
+    if (unsequenced && !p.direct_conn)
+        return 0;
+    return pubsub_publish(s, r->cp, &p);
+}
+
+static void per_conn_add(struct pv_shard *p, uint64_t conn, int delta)
+{
+    uintptr_t n = (uintptr_t)map_get(&p->per_conn, conn);
+    /* Values are stored +1 so that a count of zero is not a NULL (absent) value. */
+    if (n == 0)
+        n = 1;
+    n = (uintptr_t)((intptr_t)n + delta);
+    if (n <= 1)
+        map_del(&p->per_conn, conn);
+    else
+        map_put(&p->per_conn, conn, (void *)n);
+}
+
+static struct ext_action *ext_find(struct pv_shard *p, const char *name, size_t len)
+{
+    struct ext_action *a = map_get(&p->actions, XXH3_64bits(name, len));
+    return a && a->name_len == len && memcmp(a->name, name, len) == 0 ? a : NULL;
+}
+
+static struct ext_entry *ext_entry_of(struct pv_shard *p, const struct pv_request *r)
+{
+    size_t al = evtype_prefix_len(&r->t, EVTYPE_SEG_ACTION);
+    struct ext_action *a = ext_find(p, r->type, al);
+    for (uint32_t i = 0; a && i < a->count; i++)
+        if (a->v[i].conn_id == r->handler_conn)
+            return &a->v[i];
+    return NULL;
+}
+
+static void pv_free(struct pv_request *r)
+{
+    struct pv_shard *p = pvs(r->shard);
+    map_del(&p->requests, r->key);
+    heap_remove(p, r);
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        p->all = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    per_conn_add(p, r->requester, -1);
+    if (r->handler_conn) {
+        struct ext_entry *e = ext_entry_of(p, r);
+        if (e && e->pending)
+            e->pending--;
+    }
+    if (r->streaming) {
+        p->open_streams--;
+        atomic_fetch_sub_explicit(&r->shard->stats.open_streams, 1, memory_order_relaxed);
+    }
+    free(r->metadata);
+    free(r->payload);
+    free(r->entity);
+    free(r);
+}
+
+void provider_finish(struct pv_request *r, enum evtype_state state, const uint8_t *payload,
+                     uint32_t len, const char *code, const char *message)
+{
+    if (r->finishing)
+        return;
+    r->finishing = true;
+    struct shard *s = r->shard;
+    uint8_t buf[CODEC_CONTROL_BYTES_MAX + 256];
+    if (!payload && (code || message)) {
+        struct structpb_writer w;
+        structpb_begin(&w, buf, sizeof(buf));
+        if (code)
+            structpb_add_string(&w, "code", code, strlen(code));
+        if (message)
+            structpb_add_string(&w, "message", message, strnlen(message, 256));
+        int n = structpb_finish(&w, &payload);
+        len = n > 0 ? (uint32_t)n : 0;
+        if (n <= 0)
+            payload = NULL;
+    }
+    bool to_handler = r->handler_conn && state != EVTYPE_SUCCESS && state != EVTYPE_FAILED;
+    if (pv_publish(r, state, payload, len, code, 0, true, to_handler, false) < 0)
+        log_error((int)s->index, "out of memory publishing a terminal event");
+    switch (state) {
+    case EVTYPE_SUCCESS:
+        atomic_fetch_add_explicit(&s->stats.req_success, 1, memory_order_relaxed);
+        break;
+    case EVTYPE_CANCELLED:
+        atomic_fetch_add_explicit(&s->stats.req_cancelled, 1, memory_order_relaxed);
+        break;
+    case EVTYPE_TIMEOUT:
+        atomic_fetch_add_explicit(&s->stats.req_timeout, 1, memory_order_relaxed);
+        break;
+    default:
+        atomic_fetch_add_explicit(&s->stats.req_failed, 1, memory_order_relaxed);
+        break;
+    }
+    if (r->row && r->row->stop)
+        r->row->stop(r);
+    pv_free(r);
+}
+
+int provider_stream(struct pv_request *r, const uint8_t *payload, uint32_t len)
+{
+    if (r->finishing)
+        return 0;
+    r->stream_count++;
+    return pv_publish(r, EVTYPE_STREAM, payload, len, NULL, r->stream_count, false, false, false);
+}
+
+void provider_set_tick(struct pv_request *r, uint32_t interval_ms)
+{
+    r->tick_ms = interval_ms;
+    r->next_tick_ns = interval_ms ? shard_now_ns() + (int64_t)interval_ms * 1000000 : 0;
+    if (r->heap_idx != UINT32_MAX)
+        heap_fix(pvs(r->shard), r->shard, r);
+}
+
+/* ---- requests ----------------------------------------------------------------------------- */
+
+/* Picks an external handler for the action and campaign: round robin over the connections
+ * registered, skipping those at their pending bound. Returns NULL if none can take it; *busy
+ * tells whether some were registered but all full. */
+static struct ext_entry *ext_pick(struct pv_shard *p, const char *type, const struct evtype *t,
+                                  int64_t campaign, uint32_t pending_max, bool *busy)
+{
+    *busy = false;
+    struct ext_action *a = ext_find(p, type, evtype_prefix_len(t, EVTYPE_SEG_ACTION));
+    if (!a || a->count == 0)
+        return NULL;
+    for (uint32_t k = 0; k < a->count; k++) {
+        struct ext_entry *e = &a->v[(a->rr + k) % a->count];
+        bool allowed = e->campaign_count == 0;
+        for (uint32_t i = 0; i < e->campaign_count && !allowed; i++)
+            allowed = e->campaigns[i] == campaign;
+        if (!allowed)
+            continue;
+        if (e->pending >= pending_max) {
+            *busy = true;
+            continue;
+        }
+        a->rr = (a->rr + k + 1) % a->count;
+        return e;
+    }
+    return NULL;
+}
+
+static const struct handler_row *row_find(const char *type, const struct evtype *t)
+{
+    size_t al = evtype_prefix_len(t, EVTYPE_SEG_ACTION);
+    for (size_t i = 0; i < rows_count; i++)
+        if (strlen(rows_table[i].action) == al && memcmp(rows_table[i].action, type, al) == 0)
+            return &rows_table[i];
+    return NULL;
+}
+
+/* A number from the request's payload data, clamped to [lo, hi]; def when absent. */
+static uint32_t payload_ms(const uint8_t *pl, uint32_t len, const char *key, uint32_t def,
+                           uint32_t lo, uint32_t hi)
+{
+    struct structpb_value v;
+    if (!pl || !len || structpb_payload_get(pl, len, key, &v) != 1 || v.kind != STRUCTPB_NUMBER ||
+        v.number != v.number)
+        return def;
+    double x = v.number < lo ? lo : v.number > hi ? hi : v.number;
+    return (uint32_t)x;
+}
+
+static void *dup_bytes(const uint8_t *src, uint32_t len)
+{
+    void *d = malloc(len ? len : 1);
+    if (d && len)
+        memcpy(d, src, len);
+    return d;
+}
+
+/* Publishes the emitted event itself (a request or a cancel) unchanged, and acknowledges it.
+ * direct: deliver it to that connection too (the handler chosen for it). */
+static int publish_emit(struct shard *s, struct campaign *cp, const struct emit_msg *m,
+                        const uint8_t *body, struct codec_slice id, int64_t now, uint64_t direct)
+{
+    struct publish p;
+    memset(&p, 0, sizeof(p));
+    p.ev.event_id = id;
+    p.ev.event_type.ptr = body + m->type_off;
+    p.ev.event_type.len = m->type_len;
+    p.ev.entity_id.ptr = body + m->entity_off;
+    p.ev.entity_id.len = m->entity_len;
+    p.ev.has_metadata = m->has_md;
+    p.ev.metadata.ptr = body + m->md_off;
+    p.ev.metadata.len = m->md_len;
+    p.ev.has_payload = m->has_pl;
+    p.ev.payload.ptr = body + m->pl_off;
+    p.ev.payload.len = m->pl_len;
+    p.ev.timestamp_unix_nanos = now;
+    p.type = m->type;
+    p.user_id = m->user_len ? body + m->user_off : NULL;
+    p.user_id_len = m->user_len;
+    p.direct_conn = direct;
+    if (pubsub_publish(s, cp, &p) < 0) {
+        pubsub_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
+        return -ENOMEM;
+    }
+    if (m->correlation)
+        pubsub_ack(s, m, body, id, p.ev.sequence, now, false);
+    return 0;
+}
+
+/* A request that cannot be served: published (audit), then answered with `failed` and code,
+ * through a record on the stack so that the lifecycle event is built the usual way. */
+static void fail_request(struct shard *s, struct campaign *cp, const struct emit_msg *m,
+                         const uint8_t *body, struct codec_slice id, int64_t now, const char *code,
+                         const char *message)
+{
+    if (publish_emit(s, cp, m, body, id, now, 0) < 0)
+        return;
+    struct pv_request r;
+    memset(&r, 0, sizeof(r));
+    r.shard = s;
+    r.cp = cp;
+    r.campaign_id = cp->id;
+    memcpy(r.id, id.ptr, id.len);
+    r.id_len = id.len;
+    memcpy(r.type, body + m->type_off, m->type_len);
+    r.t = m->type;
+    r.requester = m->conn_id;
+    r.has_md = m->has_md;
+    r.metadata = (uint8_t *)(uintptr_t)(body + m->md_off);
+    r.md_len = m->md_len;
+    r.user_off = m->user_len ? m->user_off - m->md_off : 0;
+    r.user_len = m->user_len;
+    r.entity = (char *)(uintptr_t)(body + m->entity_off);
+    r.entity_len = m->entity_len;
+    uint8_t buf[CODEC_CONTROL_BYTES_MAX + 256];
+    struct structpb_writer w;
+    const uint8_t *pl = NULL;
+    structpb_begin(&w, buf, sizeof(buf));
+    structpb_add_string(&w, "code", code, strlen(code));
+    structpb_add_string(&w, "message", message, strlen(message));
+    int n = structpb_finish(&w, &pl);
+    pv_publish(&r, EVTYPE_FAILED, n > 0 ? pl : NULL, n > 0 ? (uint32_t)n : 0, code, 0, true, false,
+               false);
+    if (strcmp(code, "no_handler") == 0)
+        atomic_fetch_add_explicit(&s->stats.req_no_handler, 1, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&s->stats.req_failed, 1, memory_order_relaxed);
+}
+
+static struct pv_request *request_new(struct shard *s, struct campaign *cp,
+                                      const struct emit_msg *m, const uint8_t *body,
+                                      struct codec_slice id, uint64_t key, int64_t now)
+{
+    struct pv_request *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->key = key;
+    r->shard = s;
+    r->cp = cp;
+    r->campaign_id = cp->id;
+    memcpy(r->id, id.ptr, id.len);
+    r->id_len = id.len;
+    memcpy(r->type, body + m->type_off, m->type_len);
+    r->type[m->type_len] = 0;
+    r->t = m->type;
+    r->requester = m->conn_id;
+    r->started_ns = now;
+    r->heap_idx = UINT32_MAX;
+    r->has_md = m->has_md;
+    r->metadata = dup_bytes(body + m->md_off, m->md_len);
+    r->md_len = m->md_len;
+    r->user_off = m->user_len ? m->user_off - m->md_off : 0;
+    r->user_len = m->user_len;
+    r->payload = dup_bytes(body + m->pl_off, m->pl_len);
+    r->pl_len = m->has_pl ? m->pl_len : 0;
+    r->entity = dup_bytes(body + m->entity_off, m->entity_len);
+    r->entity_len = m->entity_len;
+    if (!r->metadata || !r->payload || !r->entity) {
+        free(r->metadata);
+        free(r->payload);
+        free(r->entity);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void handle_request(struct shard *s, struct campaign *cp, const struct emit_msg *m,
+                           const uint8_t *body, struct codec_slice id, int64_t now)
+{
+    struct pv_shard *p = pvs(s);
+    const struct config *cfg = s->cfg;
+    const char *type = (const char *)body + m->type_off;
+    const struct handler_row *row = row_find(type, &m->type);
+    struct ext_entry *ext = NULL;
+    bool busy = false;
+    if (!row)
+        ext = ext_pick(p, type, &m->type, cp->id, cfg->pending_per_handler_max, &busy);
+    if (!row && !ext) {
+        if (busy) {
+            fail_request(s, cp, m, body, id, now, "handler_busy",
+                         "every handler of this action is at --max-pending-per-handler");
+            return;
+        }
+        /* No handler: a plain event if anyone listens (services that answer on their own),
+         * else "no responders". */
+        if (pubsub_any_match(s, cp, &m->type, type, m->user_len ? body + m->user_off : NULL,
+                             m->user_len))
+            publish_emit(s, cp, m, body, id, now, 0);
+        else
+            fail_request(s, cp, m, body, id, now, "no_handler",
+                         "no handler is registered for this action and no subscription matches");
+        return;
+    }
+    bool streaming =
+        row ? row->streaming : (ext->streaming || evtype_is_streaming_request(&m->type, type));
+    uintptr_t open = (uintptr_t)map_get(&p->per_conn, m->conn_id); /* count + 1 */
+    if (open > cfg->requests_per_conn_max) {
+        fail_request(s, cp, m, body, id, now, "limit_exceeded",
+                     "this connection has --max-requests-per-conn requests open here");
+        return;
+    }
+    if (streaming && p->open_streams >= cfg->streams_per_shard_max) {
+        fail_request(s, cp, m, body, id, now, "limit_exceeded",
+                     "this shard has --max-streams streams open");
+        return;
+    }
+    uint64_t key = request_key(cp->id, id.ptr, id.len);
+    if (map_get(&p->requests, key)) {
+        fail_request(s, cp, m, body, id, now, "duplicate_request",
+                     "a request with this event id is still open in this campaign");
+        return;
+    }
+    struct pv_request *r = request_new(s, cp, m, body, id, key, now);
+    if (!r || map_put(&p->requests, key, r) < 0 || heap_push(p, r) < 0) {
+        if (r) {
+            map_del(&p->requests, key);
+            free(r->metadata);
+            free(r->payload);
+            free(r->entity);
+            free(r);
+        }
+        pubsub_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
+        return;
+    }
+    r->row = row;
+    r->handler_conn = ext ? ext->conn_id : 0;
+    r->streaming = streaming;
+    r->next = p->all;
+    if (p->all)
+        p->all->prev = r;
+    p->all = r;
+    per_conn_add(p, r->requester, +1);
+    if (ext)
+        ext->pending++;
+    if (streaming) {
+        p->open_streams++;
+        atomic_fetch_add_explicit(&s->stats.open_streams, 1, memory_order_relaxed);
+        r->heartbeat_ms =
+            payload_ms(r->payload, r->pl_len, "heartbeat_ms", cfg->heartbeat_ms, 100, 60000);
+        r->next_heartbeat_ns = now + (int64_t)r->heartbeat_ms * 1000000;
+    }
+    uint32_t limit = streaming ? cfg->stream_timeout_ms : cfg->request_timeout_ms;
+    uint32_t timeout_ms = payload_ms(r->payload, r->pl_len, "timeout_ms", limit, 100, limit);
+    r->deadline_ns = now + (int64_t)timeout_ms * 1000000;
+    heap_fix(p, s, r);
+
+    /* requested (to the external handler too), then started, then the handler runs. */
+    if (publish_emit(s, cp, m, body, id, now, r->handler_conn) < 0 ||
+        pv_publish(r, EVTYPE_STARTED, NULL, 0, NULL, 0, false, false, false) < 0) {
+        provider_finish(r, EVTYPE_FAILED, NULL, 0, "internal", "out of memory");
+        return;
+    }
+    if (row)
+        row->start(r); /* may finish (and free) r */
+}
+
+static struct pv_request *find_request(struct pv_shard *p, int64_t campaign, const uint8_t *id,
+                                       uint32_t len)
+{
+    struct pv_request *r = map_get(&p->requests, request_key(campaign, id, len));
+    return r && r->campaign_id == campaign && r->id_len == len && memcmp(r->id, id, len) == 0
+               ? r
+               : NULL;
+}
+
+static bool conn_serves(struct pv_shard *p, uint64_t conn, const char *type, const struct evtype *t)
+{
+    struct ext_action *a = ext_find(p, type, evtype_prefix_len(t, EVTYPE_SEG_ACTION));
+    for (uint32_t i = 0; a && i < a->count; i++)
+        if (a->v[i].conn_id == conn)
+            return true;
+    return false;
+}
+
+static void handler_reply(struct shard *s, struct pv_request *r, const struct emit_msg *m,
+                          const uint8_t *body, struct codec_slice id, int64_t now)
+{
+    if (m->correlation)
+        pubsub_ack(s, m, body, id, 0, now, false);
+    const uint8_t *pl = m->has_pl ? body + m->pl_off : NULL;
+    switch (m->type.state) {
+    case EVTYPE_STREAM:
+        if (provider_stream(r, pl, m->pl_len) < 0)
+            provider_finish(r, EVTYPE_FAILED, NULL, 0, "internal", "out of memory");
+        break;
+    case EVTYPE_SUCCESS:
+        provider_finish(r, EVTYPE_SUCCESS, pl, m->pl_len, NULL, NULL);
+        break;
+    default: {
+        /* failed: the handler's payload goes out as is; its data.code names the code. */
+        char code[64] = "handler_failed";
+        struct structpb_value v;
+        if (pl && structpb_payload_get(pl, m->pl_len, "code", &v) == 1 &&
+            v.kind == STRUCTPB_STRING && v.len > 0 && v.len < sizeof(code)) {
+            memcpy(code, v.ptr, v.len);
+            code[v.len] = 0;
+        }
+        provider_finish(r, EVTYPE_FAILED, pl, m->pl_len, code, NULL);
+        break;
+    }
+    }
+}
+
+/* The emit hook: requests, cancels and handler replies; everything else is a plain event. */
+static bool pv_emit(struct shard *s, struct campaign *cp, const struct emit_msg *m,
+                    const uint8_t *body, struct codec_slice id, int64_t now)
+{
+    struct pv_shard *p = pvs(s);
+    const char *type = (const char *)body + m->type_off;
+    enum evtype_state st = m->type.state;
+    if (st == EVTYPE_REQUESTED) {
+        handle_request(s, cp, m, body, id, now);
+        return true;
+    }
+    struct pv_request *r =
+        m->corr_len ? find_request(p, cp->id, body + m->corr_off, m->corr_len) : NULL;
+    if (r && strncmp(r->type, type, evtype_prefix_len(&r->t, EVTYPE_SEG_VERSION)) != 0)
+        r = NULL; /* the correlation id names a request of another action */
+    if (st == EVTYPE_CANCEL) {
+        if (!m->corr_len)
+            return false; /* a plain event whose state happens to be cancel */
+        if (!r || r->requester != m->conn_id) {
+            pubsub_error_to_conn(s, m->conn_id, m->correlation, "unknown_request",
+                                 "cancel names no open request of this connection "
+                                 "(metadata.global_context.correlation_id)");
+            return true;
+        }
+        if (publish_emit(s, cp, m, body, id, now, r->handler_conn) == 0)
+            provider_finish(r, EVTYPE_CANCELLED, NULL, 0, NULL, NULL);
+        return true;
+    }
+    bool reply = st == EVTYPE_STREAM || st == EVTYPE_SUCCESS || st == EVTYPE_FAILED;
+    if (reply && m->corr_len && (r || conn_serves(p, m->conn_id, type, &m->type))) {
+        if (!r || r->handler_conn != m->conn_id) {
+            pubsub_error_to_conn(s, m->conn_id, m->correlation, "unknown_request",
+                                 "this connection holds no open request with that "
+                                 "correlation_id");
+            return true;
+        }
+        handler_reply(s, r, m, body, id, now);
+        return true;
+    }
+    /* The states the broker emits for an action with a handler are not for clients to forge. */
+    size_t al = evtype_prefix_len(&m->type, EVTYPE_SEG_ACTION);
+    if (st != EVTYPE_COMPLETED && (row_find(type, &m->type) || ext_find(p, type, al))) {
+        char msg[EVTYPE_BYTES_MAX + 96];
+        snprintf(msg, sizeof(msg),
+                 "state %s of %.*s is emitted by the broker: that action has a handler",
+                 evtype_state_name(st), (int)al, type);
+        pubsub_error_to_conn(s, m->conn_id, m->correlation, "invalid_event_type", msg);
+        return true;
+    }
+    return false;
+}
+
+/* ---- timers ------------------------------------------------------------------------------- */
+
+static void heartbeat(struct pv_request *r, int64_t now)
+{
+    uint8_t buf[128];
+    struct structpb_writer w;
+    const uint8_t *pl;
+    structpb_begin(&w, buf, sizeof(buf));
+    structpb_add_number(&w, "stream_count", (double)r->stream_count);
+    structpb_add_number(&w, "age_ms", (double)((now - r->started_ns) / 1000000));
+    int n = structpb_finish(&w, &pl);
+    if (n > 0 && pv_publish(r, EVTYPE_HEARTBEAT, pl, (uint32_t)n, NULL, r->stream_count, false,
+                            false, true) == 0)
+        atomic_fetch_add_explicit(&r->shard->stats.heartbeats, 1, memory_order_relaxed);
+}
+
+static int64_t next_after(int64_t due, uint32_t ms, int64_t now)
+{
+    due += (int64_t)ms * 1000000;
+    return due <= now ? now + (int64_t)ms * 1000000 : due;
+}
+
+static void pv_timer(struct shard *s, int64_t now)
+{
+    struct pv_shard *p = pvs(s);
+    /* Bounded per call, so that a burst of due timers cannot starve the sockets. */
+    for (int budget = 4096; budget > 0 && p->heap_len; budget--) {
+        struct pv_request *r = p->heap[0];
+        if (due_of(r) > now)
+            break;
+        if (now >= r->deadline_ns) {
+            provider_finish(r, EVTYPE_TIMEOUT, NULL, 0, "timeout",
+                            r->streaming ? "the stream outlived its limit"
+                                         : "the handler did not answer in time");
+            continue;
+        }
+        if (r->next_heartbeat_ns && now >= r->next_heartbeat_ns) {
+            heartbeat(r, now);
+            r->next_heartbeat_ns = next_after(r->next_heartbeat_ns, r->heartbeat_ms, now);
+        }
+        bool tick = r->next_tick_ns && now >= r->next_tick_ns;
+        if (tick)
+            r->next_tick_ns = next_after(r->next_tick_ns, r->tick_ms, now);
+        heap_down(p, 0);
+        if (tick && r->row && r->row->tick)
+            r->row->tick(r, now); /* may finish (and free) r */
+    }
+    if (p->heap_len)
+        shard_timer_at(s, due_of(p->heap[0]));
+}
+
+/* ---- connections that went away ----------------------------------------------------------- */
+
+static void ext_remove_conn(struct pv_shard *p, uint64_t conn)
+{
+    for (uint32_t i = 0; p->actions.slots && i <= p->actions.mask; i++) {
+        struct ext_action *a = p->actions.slots[i].val;
+        if (!a)
+            continue;
+        for (uint32_t k = 0; k < a->count;) {
+            if (a->v[k].conn_id == conn) {
+                free(a->v[k].campaigns);
+                a->v[k] = a->v[--a->count];
+            } else {
+                k++;
+            }
+        }
+        if (a->count)
+            a->rr %= a->count;
+    }
+}
+
+static void pv_conn_gone(struct shard *s, uint64_t conn)
+{
+    struct pv_shard *p = pvs(s);
+    struct pv_request *r = p->all;
+    while (r) {
+        struct pv_request *next = r->next; /* provider_finish frees only r */
+        if (r->requester == conn) {
+            /* Nothing goes to the vanished requester; the handler and the campaign learn. */
+            r->requester_gone = true;
+            provider_finish(r, EVTYPE_CANCELLED, NULL, 0, NULL, "requester disconnected");
+        } else if (r->handler_conn == conn) {
+            atomic_fetch_add_explicit(&s->stats.handler_losses, 1, memory_order_relaxed);
+            r->handler_conn = 0;
+            provider_finish(r, EVTYPE_FAILED, NULL, 0, "handler_lost",
+                            "the handler serving this request disconnected");
+        }
+        r = next;
+    }
+    ext_remove_conn(p, conn);
+    map_del(&p->per_conn, conn);
+}
+
+/* ---- external handler registration -------------------------------------------------------- */
+
+static int ext_add(struct pv_shard *p, uint64_t conn, const struct codec_handler_spec *sp)
+{
+    const char *name = (const char *)sp->action.ptr;
+    uint32_t len = sp->action.len;
+    struct ext_action *a = ext_find(p, name, len);
+    if (!a) {
+        a = calloc(1, sizeof(*a));
+        if (!a)
+            return -ENOMEM;
+        memcpy(a->name, name, len);
+        a->name_len = len;
+        if (map_put(&p->actions, XXH3_64bits(name, len), a) < 0) {
+            free(a);
+            return -ENOMEM;
+        }
+    }
+    for (uint32_t i = 0; i < a->count; i++)
+        if (a->v[i].conn_id == conn)
+            return 0; /* already registered: idempotent */
+    if (a->count == a->cap) {
+        uint32_t ncap = a->cap ? a->cap * 2 : 4;
+        struct ext_entry *nv = realloc(a->v, sizeof(*nv) * ncap);
+        if (!nv)
+            return -ENOMEM;
+        a->v = nv;
+        a->cap = ncap;
+    }
+    struct ext_entry *e = &a->v[a->count];
+    memset(e, 0, sizeof(*e));
+    e->conn_id = conn;
+    e->streaming = sp->streaming;
+    if (sp->campaign_count) {
+        e->campaigns = malloc(sizeof(int64_t) * sp->campaign_count);
+        if (!e->campaigns)
+            return -ENOMEM;
+        memcpy(e->campaigns, sp->campaigns, sizeof(int64_t) * sp->campaign_count);
+        e->campaign_count = sp->campaign_count;
+    }
+    a->count++;
+    return 0;
+}
+
+static void reg_apply(struct shard *s, const struct pv_reg_msg *rm)
+{
+    for (uint32_t i = 0; i < rm->reg.count; i++)
+        if (ext_add(pvs(s), rm->conn_id, &rm->reg.specs[i]) < 0)
+            log_error((int)s->index, "out of memory registering a handler");
+}
+
+static void reg_done(struct shard *s, uint64_t reg_id)
+{
+    struct pv_shard *p = pvs(s);
+    struct pv_reg_wait *w = map_get(&p->reg_waits, reg_id);
+    if (!w || --w->remaining)
+        return;
+    map_del(&p->reg_waits, reg_id);
+    struct conn *c = conn_lookup(s, w->conn_id);
+    if (c) {
+        uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+        int n = codec_register_ack_encode(buf, sizeof(buf), w->correlation, w->registered);
+        if (n > 0)
+            conn_enqueue_bytes(c, buf, (size_t)n);
+    }
+    free(w);
+}
+
+static void pv_frame(struct conn *c, uint32_t kind, uint64_t corr, const uint8_t *body,
+                     uint32_t len)
+{
+    struct shard *s = c->shard;
+    if (kind != CODEC_KIND_REGISTER) {
+        conn_error(c, corr, "unknown_frame",
+                   kind == CODEC_KIND_REGISTER_ACK
+                       ? "frame kind register_ack (19) is sent by the broker, not by clients"
+                       : "unknown frame kind %u",
+                   kind);
+        return;
+    }
+    struct pv_reg_msg *rm = malloc(sizeof(*rm) + len);
+    if (!rm) {
+        conn_error(c, corr, "internal", "out of memory");
+        return;
+    }
+    char err[CODEC_ERR_BYTES];
+    memcpy(rm->names, body, len);
+    int r = codec_register_decode(rm->names, len, &rm->reg, err);
+    if (r < 0) {
+        free(rm);
+        conn_error(c, corr, r == -E2BIG ? "limit_exceeded" : "bad_protobuf", "%s", err);
+        return;
+    }
+    for (uint32_t i = 0; i < rm->reg.count; i++) {
+        /* An action is `service:action`: check it as the type S:A:v1:requested would be. */
+        const struct codec_handler_spec *sp = &rm->reg.specs[i];
+        char probe[EVTYPE_BYTES_MAX + 32];
+        char terr[EVTYPE_ERR_BYTES];
+        struct evtype t;
+        int pl = snprintf(probe, sizeof(probe), "%.*s:v1:requested", (int)sp->action.len,
+                          (const char *)sp->action.ptr);
+        if (sp->action.len > EVTYPE_BYTES_MAX ||
+            memchr(sp->action.ptr, ':', sp->action.len) == NULL ||
+            evtype_parse(&t, probe, (size_t)pl, terr, sizeof(terr)) < 0 ||
+            evtype_prefix_len(&t, EVTYPE_SEG_ACTION) != sp->action.len) {
+            free(rm);
+            conn_error(c, corr, "invalid_event_type",
+                       "handler action %u must be service:action (%s)", i + 1,
+                       sp->action.len ? terr : "empty");
+            return;
+        }
+    }
+    uint32_t n = s->broker->shard_count;
+    struct pv_shard *p = pvs(s);
+    struct pv_reg_wait *w = calloc(1, sizeof(*w));
+    uint64_t reg_id = ++p->next_reg;
+    if (!w || map_put(&p->reg_waits, reg_id, w) < 0) {
+        free(w);
+        free(rm);
+        conn_error(c, corr, "internal", "out of memory");
+        return;
+    }
+    w->conn_id = c->id;
+    w->correlation = corr;
+    w->remaining = n;
+    w->registered = rm->reg.count;
+    rm->conn_id = c->id;
+    rm->reg_id = reg_id;
+    rm->from_shard = s->index;
+    c->notify_mask = n == 64 ? ~0ull : (1ull << n) - 1; /* every shard holds its registration */
+    /* Every other shard gets its own copy (slices rebased onto the copy). */
+    for (uint32_t d = 0; d < n; d++) {
+        if (d == s->index)
+            continue;
+        struct pv_reg_msg *cp = malloc(sizeof(*cp) + len);
+        if (!cp) {
+            log_error((int)s->index, "out of memory broadcasting a registration");
+            abort();
+        }
+        memcpy(cp, rm, sizeof(*cp) + len);
+        for (uint32_t i = 0; i < cp->reg.count; i++)
+            cp->reg.specs[i].action.ptr = cp->names + (rm->reg.specs[i].action.ptr - rm->names);
+        struct ring_msg msg = {.kind = MSG_HOOK_REQ, .aux = PV_REG, .ptr = cp};
+        shard_send(s, d, 0, &msg);
+    }
+    reg_apply(s, rm);
+    free(rm);
+    reg_done(s, reg_id);
+}
+
+static void pv_msg(struct shard *s, const struct ring_msg *m)
+{
+    if (m->aux == PV_REG) {
+        struct pv_reg_msg *rm = m->ptr;
+        reg_apply(s, rm);
+        struct ring_msg ack = {.kind = MSG_HOOK_DEL, .aux = PV_REG_ACK, .arg = rm->reg_id};
+        shard_send(s, rm->from_shard, 1, &ack);
+        free(rm);
+    } else if (m->aux == PV_REG_ACK) {
+        reg_done(s, m->arg);
+    }
+}
+
+static void pv_msg_free(const struct ring_msg *m)
+{
+    if (m->aux == PV_REG)
+        free(m->ptr);
+}
+
+/* ---- set-up ------------------------------------------------------------------------------- */
+
+static int pv_shard_init(struct shard *s)
+{
+    struct pv_shard *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    map_init(&p->requests);
+    map_init(&p->actions);
+    map_init(&p->per_conn);
+    map_init(&p->reg_waits);
+    s->hooks_state = p;
+    return 0;
+}
+
+static void pv_shard_free(struct shard *s)
+{
+    struct pv_shard *p = pvs(s);
+    if (!p)
+        return;
+    while (p->all) {
+        struct pv_request *r = p->all;
+        if (r->row && r->row->stop)
+            r->row->stop(r);
+        pv_free(r);
+    }
+    for (uint32_t i = 0; p->actions.slots && i <= p->actions.mask; i++) {
+        struct ext_action *a = p->actions.slots[i].val;
+        if (!a)
+            continue;
+        for (uint32_t k = 0; k < a->count; k++)
+            free(a->v[k].campaigns);
+        free(a->v);
+        free(a);
+    }
+    for (uint32_t i = 0; p->reg_waits.slots && i <= p->reg_waits.mask; i++)
+        free(p->reg_waits.slots[i].val);
+    map_free(&p->requests);
+    map_free(&p->actions);
+    map_free(&p->per_conn);
+    map_free(&p->reg_waits);
+    free(p->heap);
+    free(p);
+    s->hooks_state = NULL;
+}
+
+static const struct broker_hooks pv_hooks = {
+    .shard_init = pv_shard_init,
+    .shard_free = pv_shard_free,
+    .emit = pv_emit,
+    .frame = pv_frame,
+    .msg = pv_msg,
+    .conn_gone = pv_conn_gone,
+    .timer = pv_timer,
+    .msg_free = pv_msg_free,
+};
+
+void provider_install(const struct handler_row *rows, size_t count)
+{
+    /* The table is validated once, here: a bad row is a programming error. */
+    for (size_t i = 0; i < count; i++) {
+        char probe[EVTYPE_BYTES_MAX + 32];
+        struct evtype t;
+        char err[EVTYPE_ERR_BYTES];
+        int n = snprintf(probe, sizeof(probe), "%s:v1:requested", rows[i].action);
+        if (evtype_parse(&t, probe, (size_t)n, err, sizeof(err)) < 0 ||
+            evtype_prefix_len(&t, EVTYPE_SEG_ACTION) != strlen(rows[i].action) || !rows[i].start) {
+            log_error(-1, "handler table row %zu (%s) is invalid: %s", i, rows[i].action, err);
+            abort();
+        }
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(rows[k].action, rows[i].action) == 0) {
+                log_error(-1, "handler table lists %s twice", rows[i].action);
+                abort();
+            }
+    }
+    rows_table = rows;
+    rows_count = count;
+    broker_set_hooks(&pv_hooks);
+}
