@@ -200,4 +200,143 @@ static inline int64_t h_campaign_on(uint32_t shard, uint32_t shards, int64_t fro
             return c;
 }
 
+/* ---- helpers added for the integration suite (append-only) --------------------------------- */
+
+#include <stdbool.h>
+#include <sys/resource.h>
+
+#include "codec/stats.h"
+#include "codec/wire.h"
+
+/* Waits up to timeout_ms for the broker to exit on its own (after a SIGTERM the test sent).
+ * Returns its exit status, 128 + signal if it was killed by one, or -1 if it was still running
+ * (it is then killed, so that no broker outlives its test). */
+static inline int h_wait_exit(struct broker_proc *b, int timeout_ms)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    int st = 0;
+    while (h_now_ms() < deadline) {
+        pid_t r = waitpid(b->pid, &st, WNOHANG);
+        if (r == b->pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        usleep(5000);
+    }
+    kill(b->pid, SIGKILL);
+    waitpid(b->pid, NULL, 0);
+    return -1;
+}
+
+/* Builds a raw frame: length prefix, Frame.correlation (field 1, omitted when 0) and a
+ * length-delimited body on field `kind` (any number, known or not). Returns the frame's length
+ * (prefix included); out must hold body_len + 32 bytes. */
+static inline size_t h_raw_frame(uint8_t *out, uint64_t correlation, uint32_t kind,
+                                 const void *body, size_t body_len)
+{
+    uint8_t *p = out + 4;
+    if (correlation)
+        p = wire_put_varint_field(p, 1, correlation);
+    p = wire_put_len_field(p, kind, body, body_len);
+    wire_put_be32(out, (uint32_t)(p - out - 4));
+    return (size_t)(p - out);
+}
+
+/* Sends a stats frame and decodes the reply into at most cap shard entries. Returns the shard
+ * count, or a negative number if no stats reply came within timeout_ms. */
+static inline int h_stats(struct nexus_client *c, struct codec_shard_stats *st, uint32_t cap,
+                          int timeout_ms)
+{
+    uint64_t corr = nexus_next_correlation(c);
+    if (nexus_send_stats(c, corr) < 0)
+        return -1;
+    struct nexus_frame f;
+    if (nexus_wait_reply(c, corr, &f, timeout_ms) != 1 || f.kind != CODEC_KIND_STATS_REPLY)
+        return -2;
+    uint64_t rss = 0;
+    return codec_stats_reply_decode(f.body.ptr, f.body.len, st, cap, &rss);
+}
+
+/* Round trip through the broker on one connection (ping → pong): everything the broker queued
+ * on this connection before the pong has been read once it returns 1. Frames that arrive before
+ * the pong stay queued for nexus_recv. */
+static inline int h_ping(struct nexus_client *c, int timeout_ms)
+{
+    uint64_t corr = nexus_next_correlation(c);
+    if (nexus_send_ping(c, corr, corr * 7) < 0)
+        return -1;
+    struct nexus_frame f;
+    int r = nexus_wait_reply(c, corr, &f, timeout_ms);
+    if (r != 1)
+        return r;
+    return f.kind == CODEC_KIND_PONG && f.u.nonce == corr * 7 ? 1 : -EPROTO;
+}
+
+/* True when the slice holds exactly the NUL-terminated string s. */
+static inline bool h_slice_eq(struct codec_slice sl, const char *s)
+{
+    size_t n = strlen(s);
+    return sl.len == n && (n == 0 || memcmp(sl.ptr, s, n) == 0);
+}
+
+/* True when the slice contains the NUL-terminated string s. */
+static inline bool h_slice_has(struct codec_slice sl, const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0)
+        return true;
+    for (size_t i = 0; i + n <= sl.len; i++)
+        if (memcmp(sl.ptr + i, s, n) == 0)
+            return true;
+    return false;
+}
+
+/* Raises RLIMIT_NOFILE's soft limit to at least want (children started afterwards, such as the
+ * broker, inherit it). Returns 0, or -1 if the hard limit is lower. */
+static inline int h_raise_nofile(rlim_t want)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return -1;
+    if (rl.rlim_cur >= want)
+        return 0;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want)
+        return -1;
+    rl.rlim_cur = want;
+    return setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+/* Brokers started through H_START, so that a failing test (cmocka leaves the test function at
+ * the failed assertion) does not leave its broker running: h_teardown kills what is left. */
+#define H_TRACKED_MAX 16
+static pid_t h_tracked[H_TRACKED_MAX];
+
+static inline struct broker_proc h_track(struct broker_proc b)
+{
+    for (int i = 0; i < H_TRACKED_MAX; i++) {
+        if (h_tracked[i] == 0) {
+            h_tracked[i] = b.pid;
+            break;
+        }
+    }
+    return b;
+}
+
+/* h_start, remembered for h_teardown. */
+#define H_START(...) h_track(h_start(__VA_ARGS__))
+
+/* cmocka teardown: kills and reaps every tracked broker still running. A broker h_stop already
+ * reaped is not our child any more, so waitpid fails for it and it is left alone. */
+static inline int h_teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < H_TRACKED_MAX; i++) {
+        pid_t pid = h_tracked[i];
+        h_tracked[i] = 0;
+        if (pid > 0 && waitpid(pid, NULL, WNOHANG) == 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+        }
+    }
+    return 0;
+}
+
 #endif
