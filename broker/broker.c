@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "broker/log.h"
+#include "broker/metrics.h"
 #include "broker/shard.h"
 
 /* From shard.c. */
@@ -277,6 +278,14 @@ struct broker *broker_start(const struct config *cfg)
         broker_wait(b);
         return NULL;
     }
+    if (b->cfg.metrics_port) {
+        b->metrics = metrics_start(b);
+        if (!b->metrics) {
+            broker_stop(b);
+            broker_wait(b);
+            return NULL;
+        }
+    }
     log_info(-1, "nexusd %s listening on %s:%u with %u shards", NEXUS_VERSION, b->cfg.listen_host,
              b->cfg.listen_port, b->shard_count);
     return b;
@@ -289,6 +298,8 @@ void broker_stop(struct broker *b)
 
 int broker_wait(struct broker *b)
 {
+    metrics_stop(b->metrics);
+    b->metrics = NULL;
     for (uint32_t i = 0; i < b->shard_count; i++)
         pthread_join(b->shards[i]->thread, NULL);
     for (uint32_t i = 0; i < b->shard_count; i++)

@@ -255,6 +255,19 @@ static void conn_flush_gaps(struct conn *c)
     c->gap_count = 0;
 }
 
+static void conn_note_latency(struct shard *s, int64_t ts_ns)
+{
+    int64_t us = (shard_now_ns() - ts_ns) / 1000;
+    if (us < 0)
+        us = 0;
+    unsigned b = 0;
+    while (b < SHARD_LATENCY_BUCKETS - 1 && (uint64_t)us >= (1ull << b))
+        b++;
+    atomic_fetch_add_explicit(&s->stats.latency_us_bucket[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->stats.latency_samples, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->stats.latency_us_sum, (uint64_t)us, memory_order_relaxed);
+}
+
 int conn_enqueue(struct conn *c, struct oframe *f)
 {
     struct shard *s = c->shard;
@@ -283,8 +296,11 @@ int conn_enqueue(struct conn *c, struct oframe *f)
         conn_close(c, "out of memory");
         return -ENOBUFS;
     }
-    if (f->is_event)
+    if (f->is_event) {
         atomic_fetch_add_explicit(&s->stats.events_out, 1, memory_order_relaxed);
+        if (++s->latency_tick % SHARD_LATENCY_SAMPLE == 0 && f->ts_ns)
+            conn_note_latency(s, f->ts_ns);
+    }
     return 0;
 }
 

@@ -23,6 +23,7 @@ struct oframe {
     bool is_event;
     int64_t campaign_id;
     uint64_t sequence;
+    int64_t ts_ns;          /* broker acceptance time (delivery latency metrics) */
     struct evtype type;     /* offsets into type_str */
     const char *type_str;   /* inside data */
     const uint8_t *user_id; /* inside data, or NULL */
@@ -44,6 +45,7 @@ static inline struct oframe *oframe_alloc(uint32_t len)
     f->is_event = false;
     f->campaign_id = 0;
     f->sequence = 0;
+    f->ts_ns = 0;
     f->type_str = NULL;
     f->user_id = NULL;
     f->user_id_len = 0;

@@ -179,6 +179,7 @@ int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
     f->is_event = true;
     f->campaign_id = cp->id;
     f->sequence = ev->sequence;
+    f->ts_ns = ev->timestamp_unix_nanos;
     f->type = p->type;
     f->type_str = (const char *)f->data + lay.event_type_off;
     if (p->user_id_len) {

@@ -187,6 +187,12 @@ struct conn {
     struct conn *kill_next;   /* shard list of connections to release */
 };
 
+/* 2^0 .. 2^23 µs (8.4 s) and one overflow bucket. */
+#define SHARD_LATENCY_BUCKETS 25
+/* Sampling 1 in 16 deliveries keeps the clock read off most of the hot path while giving
+ * thousands of samples per second under any real load. */
+#define SHARD_LATENCY_SAMPLE 16
+
 struct shard_stats {
     atomic_uint_fast64_t connections, connections_total;
     atomic_uint_fast64_t frames_in, frames_out, events_in, events_out;
@@ -196,6 +202,10 @@ struct shard_stats {
     /* the Provider (handlers/provider.c) */
     atomic_uint_fast64_t req_success, req_failed, req_cancelled, req_timeout, req_no_handler;
     atomic_uint_fast64_t open_streams, heartbeats, handler_losses;
+    /* Delivery latency (acceptance on the owner to queueing on the subscriber's connection),
+     * sampled 1 in SHARD_LATENCY_SAMPLE deliveries: bucket i counts samples < 2^i µs. */
+    atomic_uint_fast64_t latency_us_bucket[SHARD_LATENCY_BUCKETS];
+    atomic_uint_fast64_t latency_samples, latency_us_sum;
 };
 
 struct shard {
@@ -226,6 +236,7 @@ struct shard {
     void *hooks_state; /* the handlers layer's per-shard state */
 
     uint64_t delivery_stamp;
+    uint32_t latency_tick;
     uint64_t next_conn, next_sub;
     uint64_t rng[4]; /* xoshiro256** state for UUIDv4 */
 
@@ -358,6 +369,7 @@ struct broker {
     atomic_int stop;
     atomic_uint connections; /* whole broker, for connections_max */
     pthread_barrier_t exit_barrier;
+    struct metrics *metrics;
     int64_t start_ns;
 };
 
