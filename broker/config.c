@@ -122,10 +122,10 @@ void config_usage(void)
            "Nexus event broker: thread-per-core, io_uring, length-prefixed protobuf over TCP.\n\n"
            "Flags (each also a key in the --config file, as `key = value`):\n");
     for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
-        printf("  --%-20s %s\n", opts[i].name, opts[i].help);
-    printf("  --%-20s %s\n", "config FILE", "read settings from FILE (flags given later win)");
-    printf("  --%-20s %s\n", "help", "print this help");
-    printf("  --%-20s %s\n", "version", "print the version");
+        printf("  --%-24s %s\n", opts[i].name, opts[i].help);
+    printf("  --%-24s %s\n", "config FILE", "read settings from FILE (flags given later win)");
+    printf("  --%-24s %s\n", "help", "print this help");
+    printf("  --%-24s %s\n", "version", "print the version");
     printf("\nSizes accept K, M and G suffixes (powers of 1024).\n"
            "Defaults: --listen 127.0.0.1:7400, one shard per CPU, --max-frame-bytes 1M,\n"
            "--max-outbound-bytes 16M, --slow-policy disconnect, --dedup-window-ms 3000.\n");
