@@ -148,6 +148,18 @@ size_t metrics_render(struct broker *b, char *buf, size_t cap)
     return n < cap ? n : cap;
 }
 
+/* A submission entry; the ring is only ever used for one operation (and its timeout) at a
+ * time, so it cannot be full. */
+static struct io_uring_sqe *metrics_sqe(struct metrics *m)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&m->ring);
+    if (!sqe) {
+        log_error(-1, "metrics: io_uring submission queue unexpectedly full");
+        abort();
+    }
+    return sqe;
+}
+
 /* Runs one operation on the metrics ring and waits for it, bounded by a linked timeout. */
 static int run_op(struct metrics *m, struct io_uring_sqe *sqe, bool timed)
 {
@@ -156,7 +168,7 @@ static int run_op(struct metrics *m, struct io_uring_sqe *sqe, bool timed)
     io_uring_sqe_set_data64(sqe, 1);
     if (timed) {
         sqe->flags |= IOSQE_IO_LINK;
-        struct io_uring_sqe *t = io_uring_get_sqe(&m->ring);
+        struct io_uring_sqe *t = metrics_sqe(m);
         io_uring_prep_link_timeout(t, &ts, 0);
         io_uring_sqe_set_data64(t, 2);
     }
@@ -179,7 +191,7 @@ static void serve(struct metrics *m, int fd)
     char req[METRICS_REQUEST_BYTES_MAX];
     size_t have = 0;
     while (have < sizeof(req) - 1 && !memmem(req, have, "\r\n\r\n", 4)) {
-        struct io_uring_sqe *sqe = io_uring_get_sqe(&m->ring);
+        struct io_uring_sqe *sqe = metrics_sqe(m);
         io_uring_prep_recv(sqe, fd, req + have, sizeof(req) - 1 - have, 0);
         int r = run_op(m, sqe, true);
         if (r <= 0)
@@ -204,7 +216,7 @@ static void serve(struct metrics *m, int fd)
     memcpy(out + hl, body, bl);
     size_t total = (size_t)hl + bl, sent = 0;
     while (sent < total) {
-        struct io_uring_sqe *sqe = io_uring_get_sqe(&m->ring);
+        struct io_uring_sqe *sqe = metrics_sqe(m);
         io_uring_prep_send(sqe, fd, out + sent, total - sent, MSG_NOSIGNAL);
         int r = run_op(m, sqe, true);
         if (r <= 0)
@@ -220,7 +232,7 @@ static void *metrics_thread(void *arg)
     struct metrics *m = arg;
     pthread_setname_np(pthread_self(), "nexus-metrics");
     while (!atomic_load(&m->stop)) {
-        struct io_uring_sqe *sqe = io_uring_get_sqe(&m->ring);
+        struct io_uring_sqe *sqe = metrics_sqe(m);
         io_uring_prep_accept(sqe, m->fd, NULL, NULL, SOCK_CLOEXEC);
         int fd = run_op(m, sqe, false);
         if (fd < 0) {

@@ -951,7 +951,7 @@ static void pv_frame(struct conn *c, uint32_t kind, uint64_t corr, const uint8_t
         /* An action is `service:action`: check it as the type S:A:v1:requested would be. */
         const struct codec_handler_spec *sp = &rm->reg.specs[i];
         char probe[EVTYPE_BYTES_MAX + 32];
-        char terr[EVTYPE_ERR_BYTES];
+        char terr[EVTYPE_ERR_BYTES] = "expected service:action";
         struct evtype t;
         int pl = snprintf(probe, sizeof(probe), "%.*s:v1:requested", (int)sp->action.len,
                           (const char *)sp->action.ptr);
@@ -959,10 +959,10 @@ static void pv_frame(struct conn *c, uint32_t kind, uint64_t corr, const uint8_t
             memchr(sp->action.ptr, ':', sp->action.len) == NULL ||
             evtype_parse(&t, probe, (size_t)pl, terr, sizeof(terr)) < 0 ||
             evtype_prefix_len(&t, EVTYPE_SEG_ACTION) != sp->action.len) {
-            free(rm);
             conn_error(c, corr, "invalid_event_type",
                        "handler action %u must be service:action (%s)", i + 1,
                        sp->action.len ? terr : "empty");
+            free(rm);
             return;
         }
     }
