@@ -964,7 +964,7 @@ static void test_subscribe_patterns_max(void **state)
 {
     (void)state;
     enum { N = CODEC_SUBSCRIBE_PATTERNS_MAX + 1 };
-    char names[N][16];
+    char names[N][32];
     const char *patterns[N];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "svc%d:*", i);
