@@ -67,8 +67,8 @@ struct conn *conn_create(struct shard *s, int fd)
         free(c);
         return NULL;
     }
-    atomic_fetch_add_explicit(&s->stats.connections, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->stats.connections_total, 1, memory_order_relaxed);
+    stat_add(&s->stats.connections, 1);
+    stat_add(&s->stats.connections_total, 1);
     log_debug((int)s->index, "connection %llu accepted fd=%d", (unsigned long long)c->id, fd);
     return c;
 }
@@ -78,7 +78,7 @@ static void conn_free(struct conn *c)
     struct shard *s = c->shard;
     for (uint32_t i = 0; i < c->q_count; i++)
         oframe_unref(c->q[(c->q_head + i) & (c->q_cap - 1)]);
-    atomic_fetch_sub_explicit(&s->stats.bytes_queued, c->q_bytes, memory_order_relaxed);
+    stat_sub(&s->stats.bytes_queued, c->q_bytes);
     free(c->q);
     free(c->stash);
     free(c->gaps);
@@ -107,7 +107,7 @@ void conn_close(struct conn *c, const char *why)
     c->flags |= CONN_DEAD;
     s->dead_count++;
     atomic_fetch_sub_explicit(&s->broker->connections, 1, memory_order_relaxed);
-    atomic_fetch_sub_explicit(&s->stats.connections, 1, memory_order_relaxed);
+    stat_sub(&s->stats.connections, 1);
     log_debug((int)s->index, "connection %llu closed: %s", (unsigned long long)c->id, why);
     c->kill_next = s->kill_head;
     s->kill_head = c;
@@ -194,7 +194,7 @@ static bool conn_q_push(struct conn *c, struct oframe *f)
     c->q[(c->q_head + c->q_count) & (c->q_cap - 1)] = f;
     c->q_count++;
     c->q_bytes += f->len;
-    atomic_fetch_add_explicit(&c->shard->stats.bytes_queued, f->len, memory_order_relaxed);
+    stat_add(&c->shard->stats.bytes_queued, f->len);
     conn_schedule_flush(c);
     return true;
 }
@@ -202,7 +202,7 @@ static bool conn_q_push(struct conn *c, struct oframe *f)
 static void conn_slow(struct conn *c, const char *what)
 {
     struct shard *s = c->shard;
-    atomic_fetch_add_explicit(&s->stats.slow_disconnects, 1, memory_order_relaxed);
+    stat_add(&s->stats.slow_disconnects, 1);
     log_warn((int)s->index,
              "slow consumer disconnected: connection=%llu queued_bytes=%llu limit=%llu (%s)",
              (unsigned long long)c->id, (unsigned long long)c->q_bytes,
@@ -263,9 +263,9 @@ static void conn_note_latency(struct shard *s, int64_t ts_ns)
     unsigned b = 0;
     while (b < SHARD_LATENCY_BUCKETS - 1 && (uint64_t)us >= (1ull << b))
         b++;
-    atomic_fetch_add_explicit(&s->stats.latency_us_bucket[b], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->stats.latency_samples, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->stats.latency_us_sum, (uint64_t)us, memory_order_relaxed);
+    stat_add(&s->stats.latency_us_bucket[b], 1);
+    stat_add(&s->stats.latency_samples, 1);
+    stat_add(&s->stats.latency_us_sum, (uint64_t)us);
 }
 
 int conn_enqueue(struct conn *c, struct oframe *f)
@@ -277,7 +277,7 @@ int conn_enqueue(struct conn *c, struct oframe *f)
     }
     if (c->q_bytes + f->len > s->cfg->outbound_bytes_max) {
         if (f->is_event && s->cfg->slow_policy == SLOW_DROP) {
-            atomic_fetch_add_explicit(&s->stats.drops, 1, memory_order_relaxed);
+            stat_add(&s->stats.drops, 1);
             if (c->gap_count == 0)
                 log_warn((int)s->index,
                          "slow consumer: dropping events for connection=%llu queued_bytes=%llu",
@@ -297,7 +297,7 @@ int conn_enqueue(struct conn *c, struct oframe *f)
         return -ENOBUFS;
     }
     if (f->is_event) {
-        atomic_fetch_add_explicit(&s->stats.events_out, 1, memory_order_relaxed);
+        stat_add(&s->stats.events_out, 1);
         if (++s->latency_tick % SHARD_LATENCY_SAMPLE == 0 && f->ts_ns)
             conn_note_latency(s, f->ts_ns);
     }
@@ -331,7 +331,7 @@ void conn_error(struct conn *c, uint64_t correlation, const char *code, const ch
     va_end(ap);
     uint8_t buf[CODEC_CONTROL_BYTES_MAX];
     int n = codec_error_encode(buf, sizeof(buf), correlation, code, msg);
-    atomic_fetch_add_explicit(&c->shard->stats.errors, 1, memory_order_relaxed);
+    stat_add(&c->shard->stats.errors, 1);
     log_debug((int)c->shard->index, "error to connection=%llu correlation=%llu code=%s: %s",
               (unsigned long long)c->id, (unsigned long long)correlation, code, msg);
     if (n > 0)
@@ -377,7 +377,7 @@ void conn_send_done(struct conn *c, int res)
         conn_close(c, res == -EPIPE || res == -ECONNRESET ? "peer reset" : "send failed");
         return;
     }
-    atomic_fetch_add_explicit(&s->stats.bytes_out, (uint64_t)res, memory_order_relaxed);
+    stat_add(&s->stats.bytes_out, (uint64_t)res);
     size_t left = (size_t)res;
     uint64_t freed = 0;
     while (left && c->q_count) {
@@ -394,9 +394,9 @@ void conn_send_done(struct conn *c, int res)
         c->q_bytes -= f->len;
         freed += f->len;
         oframe_unref(f);
-        atomic_fetch_add_explicit(&s->stats.frames_out, 1, memory_order_relaxed);
+        stat_add(&s->stats.frames_out, 1);
     }
-    atomic_fetch_sub_explicit(&s->stats.bytes_queued, freed, memory_order_relaxed);
+    stat_sub(&s->stats.bytes_queued, freed);
     if (c->gap_count && c->q_bytes < s->cfg->outbound_bytes_max / 2)
         conn_flush_gaps(c);
     if (c->q_count) {
@@ -454,7 +454,7 @@ static void conn_pause(struct conn *c)
     struct shard *s = c->shard;
     if (!(c->flags & CONN_PAUSED)) {
         c->flags |= CONN_PAUSED;
-        atomic_fetch_add_explicit(&s->stats.paused_reads, 1, memory_order_relaxed);
+        stat_add(&s->stats.paused_reads, 1);
         if ((c->flags & CONN_RECV_ARMED) && !(c->flags & CONN_RECV_CANCELLED)) {
             struct io_uring_sqe *sqe = shard_sqe(s);
             io_uring_prep_cancel64(sqe, conn_ud(c, OP_RECV), 0);
@@ -560,7 +560,7 @@ void conn_recv_done(struct conn *c, struct io_uring_cqe *cqe)
     if (res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
         uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
         if (!(c->flags & (CONN_DEAD | CONN_CLOSING))) {
-            atomic_fetch_add_explicit(&s->stats.bytes_in, (uint64_t)res, memory_order_relaxed);
+            stat_add(&s->stats.bytes_in, (uint64_t)res);
             c->last_active_ns = shard_now_ns();
             conn_input(c, shard_buf(s, bid), (size_t)res);
         }
@@ -700,7 +700,7 @@ static int conn_frame(struct conn *c, const uint8_t *frame, uint32_t len)
     struct shard *s = c->shard;
     struct codec_envelope env;
     char err[CODEC_ERR_BYTES];
-    atomic_fetch_add_explicit(&s->stats.frames_in, 1, memory_order_relaxed);
+    stat_add(&s->stats.frames_in, 1);
     if (codec_envelope_decode(frame, len, &env, err) < 0) {
         conn_error(c, 0, "bad_protobuf", "%s", err);
         return 0;

@@ -40,7 +40,7 @@ static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, b
         free(cp);
         return NULL;
     }
-    atomic_fetch_add_explicit(&s->stats.campaigns, 1, memory_order_relaxed);
+    stat_add(&s->stats.campaigns, 1);
     return cp;
 }
 
@@ -74,7 +74,7 @@ void pubsub_error_to_conn(struct shard *s, uint64_t conn_id, uint64_t corr, cons
     if (!f)
         return;
     memcpy(f->data, buf, (size_t)n);
-    atomic_fetch_add_explicit(&s->stats.errors, 1, memory_order_relaxed);
+    stat_add(&s->stats.errors, 1);
     pubsub_to_conn(s, conn_id, f);
 }
 
@@ -125,7 +125,7 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
     if (s->cfg->dedup_window_ms) {
         uint64_t key = dedup_key(id.ptr, id.len, body + m->type_off, m->type_len);
         if (dedup_check_insert(&cp->dedup, key, now, (int64_t)s->cfg->dedup_window_ms * 1000000)) {
-            atomic_fetch_add_explicit(&s->stats.duplicates, 1, memory_order_relaxed);
+            stat_add(&s->stats.duplicates, 1);
             if (m->correlation)
                 pubsub_ack(s, m, body, id, 0, now, true);
             return;
@@ -189,7 +189,7 @@ int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
     f->skip_conn_id = p->direct_conn;
     f->skip_conn_id2 = p->direct_conn2;
     f->terminal = p->terminal;
-    atomic_fetch_add_explicit(&s->stats.events_in, 1, memory_order_relaxed);
+    stat_add(&s->stats.events_in, 1);
 
     if (p->direct_conn) {
         oframe_ref(f, 1);
@@ -272,19 +272,32 @@ bool pubsub_any_match(struct shard *s, struct campaign *cp, const struct evtype 
            remote_any_match(&s->firehose_remote, t, type_str, user_id, user_id_len);
 }
 
-static void deliver_list(struct shard *s, struct sub_list *l, struct oframe *f, uint64_t stamp)
+/* Matches f against a subscription list and queues it on each matching connection, at most
+ * once per connection (stamp). References are taken in one atomic add per batch rather than
+ * one per subscriber. */
+static void deliver_list(struct sub_list *l, struct oframe *f, uint64_t stamp)
 {
-    for (uint32_t i = 0; i < l->count; i++) {
-        struct sub *sb = l->v[i];
-        struct conn *c = sb->conn;
-        if (c->last_delivery == stamp || (c->flags & CONN_DEAD) || c->id == f->skip_conn_id ||
-            c->id == f->skip_conn_id2 || !sub_matches(sb, f))
+    struct conn *batch[128];
+    uint32_t i = 0;
+    while (i < l->count) {
+        uint32_t n = 0;
+        for (; i < l->count && n < 128; i++) {
+            struct sub *sb = l->v[i];
+            struct conn *c = sb->conn;
+            if (c->last_delivery == stamp || (c->flags & CONN_DEAD) || c->id == f->skip_conn_id ||
+                c->id == f->skip_conn_id2 || !sub_matches(sb, f))
+                continue;
+            c->last_delivery = stamp;
+            batch[n++] = c;
+        }
+        if (!n)
             continue;
-        c->last_delivery = stamp;
-        oframe_ref(f, 1);
-        conn_enqueue(c, f);
+        oframe_ref(f, n);
+        /* conn_enqueue may close a connection (slow consumer); closing only marks it and
+         * defers unlinking its subscriptions, so this list stays intact. */
+        for (uint32_t k = 0; k < n; k++)
+            conn_enqueue(batch[k], f);
     }
-    (void)s;
 }
 
 void pubsub_deliver(struct shard *s, struct oframe *f)
@@ -292,9 +305,9 @@ void pubsub_deliver(struct shard *s, struct oframe *f)
     uint64_t stamp = ++s->delivery_stamp;
     struct sub_list *l = map_get(&s->sub_lists, (uint64_t)f->campaign_id);
     if (l)
-        deliver_list(s, l, f, stamp);
+        deliver_list(l, f, stamp);
     if (s->firehose.count)
-        deliver_list(s, &s->firehose, f, stamp);
+        deliver_list(&s->firehose, f, stamp);
 }
 
 static int list_add(struct sub_list *l, struct sub *sb)
@@ -459,7 +472,7 @@ void pubsub_subscribe(struct conn *c, uint64_t corr, const uint8_t *body, uint32
         return;
     }
     c->subs[c->sub_count++] = sb;
-    atomic_fetch_add_explicit(&s->stats.subscriptions, 1, memory_order_relaxed);
+    stat_add(&s->stats.subscriptions, 1);
 
     /* The ack leaves once every shard that sequences the subscribed campaigns routes them
      * here; events sequenced after the ack are then certain to arrive. */
@@ -488,7 +501,7 @@ static void sub_remove(struct shard *s, struct sub *sb)
     uint32_t owner = sb->campaign_id ? shard_of_campaign(s, sb->campaign_id) : UINT32_MAX;
     if (owner != s->index)
         send_interest(s, sb, -1, 0);
-    atomic_fetch_sub_explicit(&s->stats.subscriptions, 1, memory_order_relaxed);
+    stat_sub(&s->stats.subscriptions, 1);
     sub_free(sb);
 }
 

@@ -344,7 +344,7 @@ static void shard_accept_done(struct shard *s, struct io_uring_cqe *cqe)
         if (n > 0 && send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
             log_debug((int)s->index, "refusal not sent: %s", strerror(errno));
         close(fd);
-        atomic_fetch_add_explicit(&s->stats.errors, 1, memory_order_relaxed);
+        stat_add(&s->stats.errors, 1);
         log_warn((int)s->index, "connection refused: max_connections=%u reached",
                  s->cfg->connections_max);
         return;

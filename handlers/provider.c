@@ -337,7 +337,7 @@ static void pv_free(struct pv_request *r)
     }
     if (r->streaming) {
         p->open_streams--;
-        atomic_fetch_sub_explicit(&r->shard->stats.open_streams, 1, memory_order_relaxed);
+        stat_sub(&r->shard->stats.open_streams, 1);
     }
     free(r->metadata);
     free(r->payload);
@@ -370,16 +370,16 @@ void provider_finish(struct pv_request *r, enum evtype_state state, const uint8_
         log_error((int)s->index, "out of memory publishing a terminal event");
     switch (state) {
     case EVTYPE_SUCCESS:
-        atomic_fetch_add_explicit(&s->stats.req_success, 1, memory_order_relaxed);
+        stat_add(&s->stats.req_success, 1);
         break;
     case EVTYPE_CANCELLED:
-        atomic_fetch_add_explicit(&s->stats.req_cancelled, 1, memory_order_relaxed);
+        stat_add(&s->stats.req_cancelled, 1);
         break;
     case EVTYPE_TIMEOUT:
-        atomic_fetch_add_explicit(&s->stats.req_timeout, 1, memory_order_relaxed);
+        stat_add(&s->stats.req_timeout, 1);
         break;
     default:
-        atomic_fetch_add_explicit(&s->stats.req_failed, 1, memory_order_relaxed);
+        stat_add(&s->stats.req_failed, 1);
         break;
     }
     if (r->row && r->row->stop)
@@ -528,9 +528,9 @@ static void fail_request(struct shard *s, struct campaign *cp, const struct emit
     pv_publish(&r, EVTYPE_FAILED, n > 0 ? pl : NULL, n > 0 ? (uint32_t)n : 0, code, 0, true, false,
                false);
     if (strcmp(code, "no_handler") == 0)
-        atomic_fetch_add_explicit(&s->stats.req_no_handler, 1, memory_order_relaxed);
+        stat_add(&s->stats.req_no_handler, 1);
     else
-        atomic_fetch_add_explicit(&s->stats.req_failed, 1, memory_order_relaxed);
+        stat_add(&s->stats.req_failed, 1);
 }
 
 static struct pv_request *request_new(struct shard *s, struct campaign *cp,
@@ -641,7 +641,7 @@ static void handle_request(struct shard *s, struct campaign *cp, const struct em
         ext->pending++;
     if (streaming) {
         p->open_streams++;
-        atomic_fetch_add_explicit(&s->stats.open_streams, 1, memory_order_relaxed);
+        stat_add(&s->stats.open_streams, 1);
         r->heartbeat_ms =
             payload_ms(r->payload, r->pl_len, "heartbeat_ms", cfg->heartbeat_ms, 100, 60000);
         r->next_heartbeat_ns = now + (int64_t)r->heartbeat_ms * 1000000;
@@ -773,7 +773,7 @@ static void heartbeat(struct pv_request *r, int64_t now)
     int n = structpb_finish(&w, &pl);
     if (n > 0 && pv_publish(r, EVTYPE_HEARTBEAT, pl, (uint32_t)n, NULL, r->stream_count, false,
                             false, true) == 0)
-        atomic_fetch_add_explicit(&r->shard->stats.heartbeats, 1, memory_order_relaxed);
+        stat_add(&r->shard->stats.heartbeats, 1);
 }
 
 static int64_t next_after(int64_t due, uint32_t ms, int64_t now)
@@ -843,7 +843,7 @@ static void pv_conn_gone(struct shard *s, uint64_t conn)
             r->requester_gone = true;
             provider_finish(r, EVTYPE_CANCELLED, NULL, 0, NULL, "requester disconnected");
         } else if (r->handler_conn == conn) {
-            atomic_fetch_add_explicit(&s->stats.handler_losses, 1, memory_order_relaxed);
+            stat_add(&s->stats.handler_losses, 1);
             r->handler_conn = 0;
             provider_finish(r, EVTYPE_FAILED, NULL, 0, "handler_lost",
                             "the handler serving this request disconnected");
