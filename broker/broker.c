@@ -157,22 +157,10 @@ static int listen_socket(const struct config *cfg, char *err, size_t cap)
     return fd;
 }
 
-struct start_sync {
-    pthread_barrier_t ready;
-    atomic_int failed;
-};
-
-struct shard_arg {
-    struct shard *s;
-    struct start_sync *sync;
-};
-
 static void *shard_thread(void *arg)
 {
-    struct shard_arg *sa = arg;
-    struct shard *s = sa->s;
-    struct start_sync *sync = sa->sync;
-    free(sa);
+    struct shard *s = arg;
+    struct broker *b = s->broker;
     char name[16];
     snprintf(name, sizeof(name), "nexus-shard-%u", s->index);
     pthread_setname_np(pthread_self(), name);
@@ -183,10 +171,11 @@ static void *shard_thread(void *arg)
         char msg[512];
         explain(r, msg, sizeof(msg));
         log_error((int)s->index, "shard start-up failed: %s", msg);
-        atomic_store(&sync->failed, 1);
+        atomic_store(&b->start_failed, 1);
     }
-    pthread_barrier_wait(&sync->ready);
-    if (!atomic_load(&sync->failed))
+    /* The barrier and the flag live in the broker, which outlives every shard thread. */
+    pthread_barrier_wait(&b->start_barrier);
+    if (!atomic_load(&b->start_failed))
         shard_loop(s);
     /* Every shard has left its loop before anyone frees what is in flight between them. */
     pthread_barrier_wait(&s->broker->exit_barrier);
@@ -258,23 +247,16 @@ struct broker *broker_start(const struct config *cfg)
             return NULL;
         }
     }
-    struct start_sync *sync = calloc(1, sizeof(*sync));
-    pthread_barrier_init(&sync->ready, NULL, b->shard_count + 1);
+    pthread_barrier_init(&b->start_barrier, NULL, b->shard_count + 1);
     pthread_barrier_init(&b->exit_barrier, NULL, b->shard_count);
     for (uint32_t i = 0; i < b->shard_count; i++) {
-        struct shard_arg *sa = malloc(sizeof(*sa));
-        sa->s = b->shards[i];
-        sa->sync = sync;
-        if (pthread_create(&b->shards[i]->thread, NULL, shard_thread, sa) != 0) {
+        if (pthread_create(&b->shards[i]->thread, NULL, shard_thread, b->shards[i]) != 0) {
             log_error(-1, "cannot start shard thread %u", i);
             abort();
         }
     }
-    pthread_barrier_wait(&sync->ready);
-    bool failed = atomic_load(&sync->failed);
-    pthread_barrier_destroy(&sync->ready);
-    free(sync);
-    if (failed) {
+    pthread_barrier_wait(&b->start_barrier);
+    if (atomic_load(&b->start_failed)) {
         broker_wait(b);
         return NULL;
     }
@@ -305,6 +287,7 @@ int broker_wait(struct broker *b)
     for (uint32_t i = 0; i < b->shard_count; i++)
         shard_free_outboxes(b->shards[i]);
     pthread_barrier_destroy(&b->exit_barrier);
+    pthread_barrier_destroy(&b->start_barrier);
     broker_free(b);
     return 0;
 }

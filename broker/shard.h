@@ -383,6 +383,8 @@ struct broker {
     atomic_int stop;
     atomic_uint connections; /* whole broker, for connections_max */
     pthread_barrier_t exit_barrier;
+    pthread_barrier_t start_barrier;
+    atomic_int start_failed;
     struct metrics *metrics;
     int64_t start_ns;
 };
