@@ -339,4 +339,192 @@ static inline int h_teardown(void **state)
     return 0;
 }
 
+/* ---- child processes: command line tools under test (append-only) --------------------------- */
+
+#include <fcntl.h>
+#include <poll.h>
+
+/* A child process whose stdout and stderr are captured (stdin is /dev/null). out and err hold
+ * everything read so far, NUL-terminated. */
+struct h_child {
+    pid_t pid;
+    int out_fd, err_fd; /* -1 once at end of file */
+    char *out, *err;
+    size_t out_len, err_len, out_cap, err_cap;
+};
+
+/* Starts argv[0] (a path, or a name looked up in PATH). Returns 0, or -1 if it could not be
+ * started (a failed exec shows as exit status 127). */
+static inline int h_child_start(struct h_child *ch, const char *const *argv)
+{
+    int po[2], pe[2];
+    memset(ch, 0, sizeof(*ch));
+    ch->out_fd = ch->err_fd = -1;
+    /* O_CLOEXEC: a second child must not inherit the first one's pipes, or their end of file
+     * would wait for it. dup2 below clears the flag on the child's own 1 and 2. */
+    if (pipe2(po, O_CLOEXEC) < 0)
+        return -1;
+    if (pipe2(pe, O_CLOEXEC) < 0) {
+        close(po[0]);
+        close(po[1]);
+        return -1;
+    }
+    fflush(NULL);
+    ch->pid = fork();
+    if (ch->pid == 0) {
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, 0);
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        execvp(argv[0], (char *const *)argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    if (ch->pid < 0) {
+        close(po[0]);
+        close(pe[0]);
+        return -1;
+    }
+    ch->out_fd = po[0];
+    ch->err_fd = pe[0];
+    ch->out = calloc(1, 1);
+    ch->err = calloc(1, 1);
+    return ch->out && ch->err ? 0 : -1;
+}
+
+static inline void h_child_append(char **buf, size_t *len, size_t *cap, const char *src, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t ncap = *cap ? *cap : 4096;
+        while (ncap < *len + n + 1)
+            ncap *= 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb) {
+            fprintf(stderr, "h_child_append: out of memory\n");
+            exit(1);
+        }
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, src, n);
+    *len += n;
+    (*buf)[*len] = 0;
+}
+
+/* Reads what the child has written, waiting up to timeout_ms for something. Returns 1 once
+ * both pipes are at end of file, else 0. */
+static inline int h_child_pump(struct h_child *ch, int timeout_ms)
+{
+    struct pollfd p[2] = {{.fd = ch->out_fd, .events = POLLIN},
+                          {.fd = ch->err_fd, .events = POLLIN}};
+    if (ch->out_fd < 0 && ch->err_fd < 0)
+        return 1;
+    if (poll(p, 2, timeout_ms) <= 0)
+        return 0;
+    for (int i = 0; i < 2; i++) {
+        if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+            continue;
+        char buf[4096];
+        ssize_t n = read(p[i].fd, buf, sizeof(buf));
+        if (n > 0) {
+            if (i == 0)
+                h_child_append(&ch->out, &ch->out_len, &ch->out_cap, buf, (size_t)n);
+            else
+                h_child_append(&ch->err, &ch->err_len, &ch->err_cap, buf, (size_t)n);
+        } else if (n == 0 || errno != EINTR) {
+            close(p[i].fd);
+            if (i == 0)
+                ch->out_fd = -1;
+            else
+                ch->err_fd = -1;
+        }
+    }
+    return ch->out_fd < 0 && ch->err_fd < 0;
+}
+
+/* Waits until the child's stdout (which = 1) or stderr (2) contains needle. Returns true if it
+ * did within timeout_ms. */
+static inline bool h_child_wait_for(struct h_child *ch, int which, const char *needle,
+                                    int timeout_ms)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    for (;;) {
+        if (strstr(which == 1 ? ch->out : ch->err, needle))
+            return true;
+        int64_t left = deadline - h_now_ms();
+        if (left <= 0 || h_child_pump(ch, (int)(left < 50 ? left : 50)) == 1) {
+            h_child_pump(ch, 0);
+            return strstr(which == 1 ? ch->out : ch->err, needle) != NULL;
+        }
+    }
+}
+
+/* Reads to end of file and reaps the child. Returns its exit status, 128 + the signal that
+ * ended it, or -1 if it had not finished within timeout_ms (it is then killed). */
+static inline int h_child_finish(struct h_child *ch, int timeout_ms)
+{
+    int64_t deadline = h_now_ms() + timeout_ms;
+    while (h_now_ms() < deadline && h_child_pump(ch, 50) == 0) {
+    }
+    int st = 0;
+    while (h_now_ms() < deadline) {
+        pid_t r = waitpid(ch->pid, &st, WNOHANG);
+        if (r == ch->pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        usleep(5000);
+    }
+    kill(ch->pid, SIGKILL);
+    waitpid(ch->pid, NULL, 0);
+    return -1;
+}
+
+static inline void h_child_free(struct h_child *ch)
+{
+    if (ch->out_fd >= 0)
+        close(ch->out_fd);
+    if (ch->err_fd >= 0)
+        close(ch->err_fd);
+    free(ch->out);
+    free(ch->err);
+    memset(ch, 0, sizeof(*ch));
+    ch->out_fd = ch->err_fd = -1;
+}
+
+/* Runs argv to completion, capturing its output in *ch (h_child_free it). Returns the exit
+ * status as h_child_finish does, or -1 if it could not be started. */
+static inline int h_run(struct h_child *ch, const char *const *argv, int timeout_ms)
+{
+    if (h_child_start(ch, argv) < 0)
+        return -1;
+    return h_child_finish(ch, timeout_ms);
+}
+
+/* Number of lines of s (each ended by '\n'). */
+static inline int h_count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* Copies line i (0-based, without its '\n') of s into out. Returns true if there is one. */
+static inline bool h_line(const char *s, int i, char *out, size_t cap)
+{
+    for (; i > 0 && *s; s++)
+        if (*s == '\n')
+            i--;
+    if (!*s)
+        return false;
+    size_t n = strcspn(s, "\n");
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, s, n);
+    out[n] = 0;
+    return true;
+}
+
 #endif

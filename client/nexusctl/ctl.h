@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// What the parts of nexusctl share: global options, exit codes (the contract scripts rely on,
+// printed by `nexusctl --help`), the connection and signal set-up, error reporting and the JSON
+// form of delivered events. The commands live in cmd_publish.c (emit, request, stream) and
+// cmd_observe.c (subscribe, stats); main.c parses the global flags and dispatches.
+// Single-threaded: one connection, one command per process.
+#ifndef NEXUS_CTL_H
+#define NEXUS_CTL_H
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "client/nexus_client.h"
+
+/* Exit statuses. Values are stable: scripts test them. */
+enum ctl_exit {
+    CTL_EXIT_OK = 0,
+    CTL_EXIT_INTERNAL = 1,      /* out of memory, cannot write output */
+    CTL_EXIT_USAGE = 2,         /* bad flag, bad argument, bad JSON */
+    CTL_EXIT_REJECTED = 3,      /* the broker answered with an error frame */
+    CTL_EXIT_UNREACHABLE = 4,   /* cannot resolve or connect to the broker */
+    CTL_EXIT_CONNECTION = 5,    /* connection lost, or the peer does not speak the protocol */
+    CTL_EXIT_TIMEOUT = 6,       /* nexusctl's own --timeout (or an ack wait) ran out */
+    CTL_EXIT_FAILED = 10,       /* request ended `failed` */
+    CTL_EXIT_CANCELLED = 11,    /* request ended `cancelled` */
+    CTL_EXIT_REQ_TIMEOUT = 12,  /* request ended `timeout` (the broker's limit) */
+    CTL_EXIT_NO_HANDLER = 13,   /* request ended `failed` with code no_handler */
+    CTL_EXIT_INTERRUPTED = 130, /* a second Ctrl-C while waiting for `cancelled` */
+};
+
+/* Global options, given before or after the command name. */
+struct ctl_opts {
+    char host[256];
+    uint16_t port;
+    const char *token;
+    bool pretty;
+    bool verbose;
+};
+
+/* Option ids of the global flags inside every command's getopt table. */
+enum {
+    CTL_OPT_BROKER = 1000,
+    CTL_OPT_HOST,
+    CTL_OPT_PORT,
+    CTL_OPT_TOKEN,
+    CTL_OPT_PRETTY,
+    CTL_OPT_VERBOSE,
+    CTL_OPT_HELP,
+};
+
+#define CTL_GLOBAL_OPTIONS                                                                         \
+    {"broker", required_argument, NULL, 'b'}, {"host", required_argument, NULL, CTL_OPT_HOST},     \
+        {"port", required_argument, NULL, CTL_OPT_PORT},                                           \
+        {"token", required_argument, NULL, CTL_OPT_TOKEN},                                         \
+        {"pretty", no_argument, NULL, CTL_OPT_PRETTY}, {"verbose", no_argument, NULL, 'v'},        \
+    {                                                                                              \
+        "help", no_argument, NULL, CTL_OPT_HELP                                                    \
+    }
+
+/* The default broker address: $NEXUS_BROKER if set, else 127.0.0.1:7400. */
+void ctl_opts_init(struct ctl_opts *o);
+
+/* Applies a global option (id from CTL_GLOBAL_OPTIONS except CTL_OPT_HELP, or the short
+ * forms 'b' and 'v', which every command's option string lists). Returns 1 when
+ * applied, 0 when opt is not a global option, -1 (message printed) on a bad value. */
+int ctl_global_option(struct ctl_opts *o, int opt, const char *arg);
+
+/* Parses HOST:PORT, [IPv6]:PORT or HOST (port kept) into o. Returns 0 or -1 (printed). */
+int ctl_parse_broker(struct ctl_opts *o, const char *arg);
+
+/* Number parsers for flags: the whole string must be a number in range. Return 0 or -1
+ * (message printed, naming the flag). */
+int ctl_parse_i64(const char *flag, const char *s, int64_t *out);
+int ctl_parse_u64(const char *flag, const char *s, uint64_t *out);
+/* A duration: a number with an optional unit ms (the default), s or m. */
+int ctl_parse_duration_ms(const char *flag, const char *s, int64_t *ms);
+
+/* "nexusctl: <message>" on stderr, one line. */
+void ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same, only with --verbose. */
+void ctl_info(const struct ctl_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Connects and says hello (with --token when given). Returns CTL_EXIT_OK with *out set, or
+ * the exit status after printing why. */
+int ctl_connect(const struct ctl_opts *o, struct nexus_client **out);
+
+/* Maps a negative return of the client library to an exit status, printing "<what>: why". */
+int ctl_io_error(int r, const char *what);
+
+/* Prints a broker error frame ("<what>: broker error CODE: MESSAGE") and returns
+ * CTL_EXIT_REJECTED. */
+int ctl_broker_error(const struct nexus_frame *f, const char *what);
+
+/* Prints a delivered event or an emit_ack as one JSON line on stdout. Returns 0, or -1 if it
+ * could not be written (out of memory, closed stdout). */
+int ctl_print_event(const struct ctl_opts *o, const struct codec_event_in *ev);
+int ctl_print_gap(const struct ctl_opts *o, const struct codec_gap_in *g);
+
+/* The state segment (after the last ':') of an event type slice, as a NUL-terminated copy. */
+void ctl_event_state(const struct codec_event_in *ev, char *out, size_t cap);
+
+/* SIGINT / SIGTERM: counted in ctl_interrupts, so that loops can notice them between frames. */
+extern volatile sig_atomic_t ctl_interrupts;
+void ctl_signals_install(void);
+
+/* Receive slices: a loop waiting on the broker wakes at least this often to see signals. */
+#define CTL_POLL_SLICE_MS 100
+/* How long a reply (welcome, ack, subscribe ack, stats) may take before nexusctl gives up. */
+#define CTL_REPLY_TIMEOUT_MS 10000
+
+int64_t ctl_now_ms(void);
+
+/* Commands: argv[0] is the command name. Each returns the exit status. */
+int ctl_cmd_emit(struct ctl_opts *o, int argc, char **argv);
+int ctl_cmd_request(struct ctl_opts *o, int argc, char **argv);
+int ctl_cmd_stream(struct ctl_opts *o, int argc, char **argv);
+int ctl_cmd_subscribe(struct ctl_opts *o, int argc, char **argv);
+int ctl_cmd_stats(struct ctl_opts *o, int argc, char **argv);
+
+#endif
