@@ -548,7 +548,11 @@ void conn_resume(struct conn *c)
             conn_close(c, "input stash overflow");
     }
     free(buf);
-    if (!(c->flags & (CONN_PAUSED | CONN_DEAD)))
+    if (c->flags & (CONN_PAUSED | CONN_DEAD))
+        return;
+    if (c->flags & CONN_PEER_EOF)
+        conn_close_after_flush(c);
+    else
         conn_recv_arm(c);
 }
 
@@ -576,7 +580,12 @@ void conn_recv_done(struct conn *c, struct io_uring_cqe *cqe)
     }
     c->ops_inflight--;
     if (res == 0) {
-        conn_close_after_flush(c); /* peer closed its side; finish sending what is queued */
+        /* The peer closed its side. Input held back by backpressure is still to be handled:
+         * conn_resume closes once it has been. Otherwise finish sending what is queued. */
+        if ((c->flags & CONN_PAUSED) || c->stash_len)
+            c->flags |= CONN_PEER_EOF;
+        else
+            conn_close_after_flush(c);
         return;
     }
     if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR) {

@@ -150,7 +150,8 @@ enum conn_flag {
     CONN_AUTHED = 1u << 7,    /* hello accepted, or no token required */
     CONN_HELLO_SEEN = 1u << 8,
     CONN_RECV_CANCELLED = 1u << 9,
-    CONN_REAPED = 1u << 10, /* released: freed when its last operation completes */
+    CONN_REAPED = 1u << 10,   /* released: freed when its last operation completes */
+    CONN_PEER_EOF = 1u << 11, /* the peer closed its side while input was held back */
 };
 
 struct conn {
