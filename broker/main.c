@@ -9,6 +9,8 @@
 #include "broker/broker.h"
 #include "broker/config.h"
 #include "broker/log.h"
+#include "handlers/campaign.h"
+#include "handlers/media.h"
 #include "handlers/provider.h"
 
 int main(int argc, char **argv)
@@ -38,6 +40,10 @@ int main(int argc, char **argv)
     /* One handler table: the built-in rows, plus the test rows when asked for. */
     static struct handler_row rows[64];
     size_t nrows = 0;
+    for (size_t i = 0; i < campaign_row_count; i++)
+        rows[nrows++] = campaign_rows[i];
+    for (size_t i = 0; i < media_row_count; i++)
+        rows[nrows++] = media_rows[i];
     if (cfg.test_handlers)
         for (size_t i = 0; i < provider_test_row_count; i++)
             rows[nrows++] = provider_test_rows[i];

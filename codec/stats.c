@@ -10,6 +10,8 @@
 #include "codec/wire.h"
 #include "nexus.pb-c.h"
 
+void (*codec_stats_extra)(uint32_t shard, struct codec_shard_stats *st);
+
 int codec_stats_reply_encode(uint8_t **out, uint64_t correlation,
                              const struct codec_shard_stats *st, uint32_t n, uint64_t rss_bytes)
 {
@@ -46,6 +48,8 @@ int codec_stats_reply_encode(uint8_t **out, uint64_t correlation,
         x->open_streams = st[i].open_streams;
         x->heartbeats = st[i].heartbeats;
         x->handler_losses = st[i].handler_losses;
+        x->media_rooms = st[i].media_rooms;
+        x->media_peers = st[i].media_peers;
         ptrs[i] = x;
     }
     Nexus__V1__StatsReply reply = NEXUS__V1__STATS_REPLY__INIT;
@@ -102,6 +106,8 @@ int codec_stats_reply_decode(const uint8_t *body, size_t len, struct codec_shard
         o->open_streams = x->open_streams;
         o->heartbeats = x->heartbeats;
         o->handler_losses = x->handler_losses;
+        o->media_rooms = x->media_rooms;
+        o->media_peers = x->media_peers;
     }
     int n = (int)r->n_shards;
     if (rss_bytes)

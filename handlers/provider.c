@@ -17,6 +17,7 @@
 #include "broker/shard.h"
 #include "codec/envelope.h"
 #include "codec/structpb.h"
+#include "handlers/provider_gather.h"
 
 /* Hook message kinds (ring_msg.aux). */
 enum { PV_REG = 1, PV_REG_ACK = 2 };
@@ -58,6 +59,7 @@ struct pv_request {
     char *entity;
     uint32_t entity_len;
     void *state;
+    struct pv_campaign *counted;    /* a stream counted in this campaign's open streams */
     struct pv_request *next, *prev; /* all requests of the shard */
 };
 
@@ -99,10 +101,38 @@ struct pv_shard {
     struct map reg_waits;
     uint64_t next_reg;
     uint32_t open_streams;
+    void *slot[PROVIDER_SLOTS]; /* the modules' per-shard state */
 };
 
 static const struct handler_row *rows_table;
 static size_t rows_count;
+
+/* The modules the rows name, each once. Built-in families of handlers are few (campaign,
+ * media); 8 leaves room. */
+#define PV_MODULES_MAX 8
+static const struct provider_module *modules[PV_MODULES_MAX];
+static size_t module_count;
+static bool modules_observe; /* some module watches published events */
+
+/* What the Provider keeps in campaign->state: the modules' per-campaign slots and the count
+ * of streams open on the campaign. Freed with the shard (campaigns live as long as it). */
+struct pv_campaign {
+    void *slot[PROVIDER_SLOTS];
+    uint32_t open_streams;
+};
+
+/* Tells the modules about an event that was just sequenced on campaign cp. */
+static void pv_observe(struct shard *s, struct campaign *cp, const struct publish *p)
+{
+    for (size_t i = 0; modules_observe && i < module_count; i++)
+        if (modules[i]->published)
+            modules[i]->published(s, cp, p);
+}
+
+static bool pv_private(const struct pv_request *r)
+{
+    return r->row && r->row->unpublished;
+}
 
 static inline struct pv_shard *pvs(struct shard *s)
 {
@@ -286,7 +316,10 @@ static int pv_publish(struct pv_request *r, enum evtype_state state, const uint8
     p.unsequenced = unsequenced;
     if (unsequenced && !p.direct_conn)
         return 0;
-    return pubsub_publish(s, r->cp, &p);
+    int rc = pubsub_publish(s, r->cp, &p);
+    if (rc == 0 && !unsequenced)
+        pv_observe(s, r->cp, &p);
+    return rc;
 }
 
 static void per_conn_add(struct pv_shard *p, uint64_t conn, int delta)
@@ -337,6 +370,8 @@ static void pv_free(struct pv_request *r)
     }
     if (r->streaming) {
         p->open_streams--;
+        if (r->counted)
+            r->counted->open_streams--;
         stat_sub(&r->shard->stats.open_streams, 1);
     }
     free(r->metadata);
@@ -366,7 +401,7 @@ void provider_finish(struct pv_request *r, enum evtype_state state, const uint8_
             payload = NULL;
     }
     bool to_handler = r->handler_conn && state != EVTYPE_SUCCESS && state != EVTYPE_FAILED;
-    if (pv_publish(r, state, payload, len, code, 0, true, to_handler, false) < 0)
+    if (pv_publish(r, state, payload, len, code, 0, true, to_handler, pv_private(r)) < 0)
         log_error((int)s->index, "out of memory publishing a terminal event");
     switch (state) {
     case EVTYPE_SUCCESS:
@@ -488,10 +523,24 @@ static int publish_emit(struct shard *s, struct campaign *cp, const struct emit_
         pubsub_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
         return -ENOMEM;
     }
+    pv_observe(s, cp, &p);
     if (m->correlation)
         pubsub_ack(s, m, body, id, p.ev.sequence, now, false);
     return 0;
 }
+
+/* A plain event. While a module watches published events (history), the Provider publishes
+ * it itself exactly as pubsub_emit would, so that the module sees it sequenced. */
+static bool pv_plain(struct shard *s, struct campaign *cp, const struct emit_msg *m,
+                     const uint8_t *body, struct codec_slice id, int64_t now)
+{
+    if (!modules_observe)
+        return false;
+    publish_emit(s, cp, m, body, id, now, 0);
+    return true;
+}
+
+static const struct handler_row *row_find(const char *type, const struct evtype *t);
 
 /* A request that cannot be served: published (audit), then answered with `failed` and code,
  * through a record on the stack so that the lifecycle event is built the usual way. */
@@ -499,10 +548,16 @@ static void fail_request(struct shard *s, struct campaign *cp, const struct emit
                          const uint8_t *body, struct codec_slice id, int64_t now, const char *code,
                          const char *message)
 {
-    if (publish_emit(s, cp, m, body, id, now, 0) < 0)
+    /* A private exchange (media:signal) is acknowledged, never published, even when refused. */
+    const struct handler_row *row = row_find((const char *)body + m->type_off, &m->type);
+    bool priv = row && row->unpublished;
+    if (priv && m->correlation)
+        pubsub_ack(s, m, body, id, 0, now, false);
+    if (!priv && publish_emit(s, cp, m, body, id, now, 0) < 0)
         return;
     struct pv_request r;
     memset(&r, 0, sizeof(r));
+    r.row = row;
     r.shard = s;
     r.cp = cp;
     r.campaign_id = cp->id;
@@ -526,7 +581,7 @@ static void fail_request(struct shard *s, struct campaign *cp, const struct emit
     structpb_add_string(&w, "message", message, strlen(message));
     int n = structpb_finish(&w, &pl);
     pv_publish(&r, EVTYPE_FAILED, n > 0 ? pl : NULL, n > 0 ? (uint32_t)n : 0, code, 0, true, false,
-               false);
+               priv);
     if (strcmp(code, "no_handler") == 0)
         stat_add(&s->stats.req_no_handler, 1);
     else
@@ -613,8 +668,10 @@ static void handle_request(struct shard *s, struct campaign *cp, const struct em
     }
     uint64_t key = request_key(cp->id, id.ptr, id.len);
     if (map_get(&p->requests, key)) {
-        fail_request(s, cp, m, body, id, now, "duplicate_request",
-                     "a request with this event id is still open in this campaign");
+        /* Rejected as a frame, not with a lifecycle event: a `failed` carrying this id as
+         * correlation would read as the end of the request that is still open. */
+        pubsub_error_to_conn(s, m->conn_id, m->correlation, "duplicate_request",
+                             "a request with this event id is still open in this campaign");
         return;
     }
     struct pv_request *r = request_new(s, cp, m, body, id, key, now);
@@ -641,6 +698,10 @@ static void handle_request(struct shard *s, struct campaign *cp, const struct em
         ext->pending++;
     if (streaming) {
         p->open_streams++;
+        if (provider_campaign_slot(cp, PROVIDER_SLOT_CAMPAIGN)) {
+            r->counted = cp->state;
+            r->counted->open_streams++;
+        }
         stat_add(&s->stats.open_streams, 1);
         r->heartbeat_ms =
             payload_ms(r->payload, r->pl_len, "heartbeat_ms", cfg->heartbeat_ms, 100, 60000);
@@ -652,8 +713,11 @@ static void handle_request(struct shard *s, struct campaign *cp, const struct em
     heap_fix(p, s, r);
 
     /* requested (to the external handler too), then started, then the handler runs. */
-    if (publish_emit(s, cp, m, body, id, now, r->handler_conn) < 0 ||
-        pv_publish(r, EVTYPE_STARTED, NULL, 0, NULL, 0, false, false, false) < 0) {
+    bool priv = pv_private(r);
+    if (priv && m->correlation)
+        pubsub_ack(s, m, body, id, 0, now, false);
+    if ((!priv && publish_emit(s, cp, m, body, id, now, r->handler_conn) < 0) ||
+        pv_publish(r, EVTYPE_STARTED, NULL, 0, NULL, 0, false, false, priv) < 0) {
         provider_finish(r, EVTYPE_FAILED, NULL, 0, "internal", "out of memory");
         return;
     }
@@ -725,7 +789,7 @@ static bool pv_emit(struct shard *s, struct campaign *cp, const struct emit_msg 
         r = NULL; /* the correlation id names a request of another action */
     if (st == EVTYPE_CANCEL) {
         if (!m->corr_len)
-            return false; /* a plain event whose state happens to be cancel */
+            return pv_plain(s, cp, m, body, id, now); /* a plain event whose state is cancel */
         if (!r || r->requester != m->conn_id) {
             pubsub_error_to_conn(s, m->conn_id, m->correlation, "unknown_request",
                                  "cancel names no open request of this connection "
@@ -757,7 +821,7 @@ static bool pv_emit(struct shard *s, struct campaign *cp, const struct emit_msg 
         pubsub_error_to_conn(s, m->conn_id, m->correlation, "invalid_event_type", msg);
         return true;
     }
-    return false;
+    return pv_plain(s, cp, m, body, id, now);
 }
 
 /* ---- timers ------------------------------------------------------------------------------- */
@@ -827,8 +891,15 @@ static void ext_remove_conn(struct pv_shard *p, uint64_t conn)
                 k++;
             }
         }
-        if (a->count)
+        if (a->count) {
             a->rr %= a->count;
+        } else {
+            /* No handler left: the action is unhandled again (no_handler, plain events). */
+            map_del(&p->actions, p->actions.slots[i].key);
+            free(a->v);
+            free(a);
+            i--; /* backward-shift deletion may have moved another entry into slot i */
+        }
     }
 }
 
@@ -852,6 +923,9 @@ static void pv_conn_gone(struct shard *s, uint64_t conn)
     }
     ext_remove_conn(p, conn);
     map_del(&p->per_conn, conn);
+    for (size_t i = 0; i < module_count; i++)
+        if (modules[i]->conn_gone)
+            modules[i]->conn_gone(s, conn);
 }
 
 /* ---- external handler registration -------------------------------------------------------- */
@@ -1014,6 +1088,8 @@ static void pv_msg(struct shard *s, const struct ring_msg *m)
         free(rm);
     } else if (m->aux == PV_REG_ACK) {
         reg_done(s, m->arg);
+    } else if (pv_gather_owns(m->aux)) {
+        pv_gather_msg(s, m);
     }
 }
 
@@ -1021,6 +1097,8 @@ static void pv_msg_free(const struct ring_msg *m)
 {
     if (m->aux == PV_REG)
         free(m->ptr);
+    else if (pv_gather_owns(m->aux))
+        pv_gather_msg_free(m);
 }
 
 /* ---- set-up ------------------------------------------------------------------------------- */
@@ -1035,6 +1113,11 @@ static int pv_shard_init(struct shard *s)
     map_init(&p->per_conn);
     map_init(&p->reg_waits);
     s->hooks_state = p;
+    for (size_t i = 0; i < module_count; i++) {
+        int r = modules[i]->shard_init ? modules[i]->shard_init(s) : 0;
+        if (r < 0)
+            return r;
+    }
     return 0;
 }
 
@@ -1048,6 +1131,17 @@ static void pv_shard_free(struct shard *s)
         if (r->row && r->row->stop)
             r->row->stop(r);
         pv_free(r);
+    }
+    for (size_t i = 0; i < module_count; i++)
+        if (modules[i]->shard_free)
+            modules[i]->shard_free(s);
+    pv_gather_shard_free(s);
+    for (uint32_t i = 0; s->campaigns.slots && i <= s->campaigns.mask; i++) {
+        struct campaign *cp = s->campaigns.slots[i].val;
+        if (cp) {
+            free(cp->state);
+            cp->state = NULL;
+        }
     }
     for (uint32_t i = 0; p->actions.slots && i <= p->actions.mask; i++) {
         struct ext_action *a = p->actions.slots[i].val;
@@ -1101,5 +1195,112 @@ void provider_install(const struct handler_row *rows, size_t count)
     }
     rows_table = rows;
     rows_count = count;
+    for (size_t i = 0; i < count; i++) {
+        const struct provider_module *mod = rows[i].module;
+        size_t k = 0;
+        while (mod && k < module_count && modules[k] != mod)
+            k++;
+        if (!mod || k < module_count)
+            continue;
+        if (module_count == PV_MODULES_MAX) {
+            log_error(-1, "handler table names more than %d modules", PV_MODULES_MAX);
+            abort();
+        }
+        modules[module_count++] = mod;
+        modules_observe |= mod->published != NULL;
+        if (mod->install)
+            mod->install();
+    }
     broker_set_hooks(&pv_hooks);
+}
+
+/* ---- for the built-in modules (provider.h) ------------------------------------------------ */
+
+void **provider_shard_slot(struct shard *s, enum provider_slot slot)
+{
+    return &pvs(s)->slot[slot];
+}
+
+void **provider_campaign_slot(struct campaign *cp, enum provider_slot slot)
+{
+    if (!cp->state && !(cp->state = calloc(1, sizeof(struct pv_campaign))))
+        return NULL;
+    return &((struct pv_campaign *)cp->state)->slot[slot];
+}
+
+uint32_t provider_campaign_streams(struct campaign *cp)
+{
+    return cp->state ? ((struct pv_campaign *)cp->state)->open_streams : 0;
+}
+
+void provider_request_id(struct pv_request *r, const char **id, uint32_t *len)
+{
+    *id = r->id;
+    *len = r->id_len;
+}
+
+void provider_user_id(struct pv_request *r, const uint8_t **ptr, uint32_t *len)
+{
+    *ptr = r->user_len ? r->metadata + r->user_off : NULL;
+    *len = r->user_len;
+}
+
+int provider_stream_private(struct pv_request *r, const uint8_t *payload, uint32_t len)
+{
+    if (r->finishing)
+        return 0;
+    r->stream_count++;
+    return pv_publish(r, EVTYPE_STREAM, payload, len, NULL, r->stream_count, false, false, true);
+}
+
+/* Publishes an event of any type, correlated with r and carrying its metadata and entity, to
+ * the campaign's subscribers (not directly to the requester). */
+static int pv_publish_typed(struct pv_request *r, const char *type, const uint8_t *payload,
+                            uint32_t len)
+{
+    struct publish p;
+    memset(&p, 0, sizeof(p));
+    size_t tl = strlen(type);
+    if (evtype_parse(&p.type, type, tl, NULL, 0) < 0)
+        return -EINVAL;
+    char uuid[36];
+    shard_uuid4(r->shard, uuid);
+    p.ev.event_id.ptr = (const uint8_t *)uuid;
+    p.ev.event_id.len = 36;
+    p.ev.event_type.ptr = (const uint8_t *)type;
+    p.ev.event_type.len = (uint32_t)tl;
+    p.ev.entity_id.ptr = (const uint8_t *)r->entity;
+    p.ev.entity_id.len = r->entity_len;
+    p.ev.has_metadata = r->has_md;
+    p.ev.metadata.ptr = r->metadata;
+    p.ev.metadata.len = r->md_len;
+    if (r->user_len) {
+        p.user_id = r->metadata + r->user_off;
+        p.user_id_len = r->user_len;
+    }
+    p.ev.has_payload = payload != NULL;
+    p.ev.payload.ptr = payload;
+    p.ev.payload.len = payload ? len : 0;
+    p.ev.correlation_id.ptr = (const uint8_t *)r->id;
+    p.ev.correlation_id.len = r->id_len;
+    int rc = pubsub_publish(r->shard, r->cp, &p);
+    if (rc == 0)
+        pv_observe(r->shard, r->cp, &p);
+    return rc;
+}
+
+void provider_finish_and_publish(struct pv_request *r, const uint8_t *payload, uint32_t len,
+                                 const char *event_type, const uint8_t *fpl, uint32_t flen)
+{
+    if (r->finishing)
+        return;
+    /* provider_finish frees r: the follow-up is built from a copy of what it needs. */
+    struct pv_request copy = *r;
+    copy.metadata = dup_bytes(r->metadata, r->md_len);
+    copy.entity = dup_bytes((const uint8_t *)r->entity, r->entity_len);
+    provider_finish(r, EVTYPE_SUCCESS, payload, len, NULL, NULL);
+    if (!copy.metadata || !copy.entity || pv_publish_typed(&copy, event_type, fpl, flen) < 0)
+        log_error((int)copy.shard->index, "out of memory publishing %s", event_type);
+    free(copy.metadata);
+    free(copy.entity);
 }

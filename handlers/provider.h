@@ -21,11 +21,20 @@
 struct shard;
 struct campaign;
 struct pv_request;
+struct publish;
+struct provider_module;
 
 /* A built-in handler: one row of the table. */
 struct handler_row {
     const char *action; /* "service:action" */
     bool streaming;
+    /* The exchange is private to the requester: its `requested` event is acknowledged but not
+     * published, and its lifecycle events go to the requester only, outside the campaign
+     * sequence (media:signal: signalling must not reach the campaign's subscribers). */
+    bool unpublished;
+    /* The module the row belongs to (shard set-up, connection loss, event observation), or
+     * NULL. */
+    const struct provider_module *module;
     /* Runs after `started` is published. A plain handler calls provider_finish before it
      * returns; a streaming one may call provider_stream now and later (from tick), and
      * provider_finish when done. */
@@ -62,6 +71,73 @@ int provider_stream(struct pv_request *r, const uint8_t *payload, uint32_t len);
  * calls are ignored. After it returns, r is freed: do not touch it. */
 void provider_finish(struct pv_request *r, enum evtype_state state, const uint8_t *payload,
                      uint32_t len, const char *code, const char *message);
+
+/* ---- modules: what a family of built-in rows (handlers/campaign.c, handlers/media.c) needs
+ * beyond one request. Every callback is optional and runs on the shard's own thread. ---- */
+struct provider_module {
+    /* Once, from provider_install, on the main thread before any shard starts. */
+    void (*install)(void);
+    /* After the Provider's own per-shard set-up. Returns 0 or -errno (start-up fails). */
+    int (*shard_init)(struct shard *s);
+    /* At shutdown, after every request has ended (its stop ran), before the campaigns and the
+     * Provider's slots are freed: release what the module keeps in its slots. */
+    void (*shard_free)(struct shard *s);
+    /* A connection closed whose notify mask names this shard (every connection that emitted
+     * a request to a campaign this shard owns). */
+    void (*conn_gone)(struct shard *s, uint64_t conn_id);
+    /* Every sequenced event of a campaign this shard owns, just after it was sequenced and
+     * fanned out: p->ev holds its sequence, timestamp and campaign. Heartbeats and private
+     * exchanges are not sequenced and not seen. It may send private (unsequenced) events, but
+     * must not publish sequenced ones, which would call it again. */
+    void (*published)(struct shard *s, struct campaign *cp, const struct publish *p);
+};
+
+/* Per-module slots for state, one set per shard and one per campaign. */
+enum provider_slot {
+    PROVIDER_SLOT_CAMPAIGN = 0, /* handlers/campaign.c */
+    PROVIDER_SLOT_MEDIA = 1,    /* handlers/media.c */
+    PROVIDER_SLOT_GATHER = 2,   /* handlers/provider_gather.c (per shard only) */
+    PROVIDER_SLOTS = 4,
+};
+
+/* The module's per-shard slot (owner: the module; freed by its shard_free). */
+void **provider_shard_slot(struct shard *s, enum provider_slot slot);
+/* The module's slot in a campaign this shard owns, or NULL if out of memory. The Provider
+ * keeps the slots in campaign->state; campaigns live as long as their shard, and the module's
+ * shard_free releases what its slots hold. */
+void **provider_campaign_slot(struct campaign *cp, enum provider_slot slot);
+/* Streams open on the campaign (built-in and external). */
+uint32_t provider_campaign_streams(struct campaign *cp);
+
+/* The request's event id (the correlation id of its lifecycle events). */
+void provider_request_id(struct pv_request *r, const char **id, uint32_t *len);
+/* The requester's user id (metadata.global_context.user_id), or len 0. */
+void provider_user_id(struct pv_request *r, const uint8_t **ptr, uint32_t *len);
+/* Streams: one `stream` event to the requester only, outside the campaign sequence (a replay
+ * of events that are already in it). Returns 0 or -ENOMEM. */
+int provider_stream_private(struct pv_request *r, const uint8_t *payload, uint32_t len);
+/* Ends the request with `success` (payload), then publishes one more event of the full type
+ * event_type (payload fpl) to the whole campaign, correlated with the request and carrying its
+ * metadata: campaign:update's `campaign:state:v1:success` broadcast. r is freed afterwards. */
+void provider_finish_and_publish(struct pv_request *r, const uint8_t *payload, uint32_t len,
+                                 const char *event_type, const uint8_t *fpl, uint32_t flen);
+
+/* ---- scatter-gather over every shard, through the rings (no locks) ---- */
+struct provider_gather_ops {
+    /* Runs on every shard, the caller's included, on that shard's thread, and returns its
+     * result (NULL allowed). It may read only the parts of ctx that the caller does not change
+     * until done. */
+    void *(*each)(struct shard *s, const void *ctx);
+    /* Runs on the calling shard with one result per shard (indexed by shard). complete is
+     * false at shutdown, when some results never came (NULL). Owns ctx and the results. */
+    void (*done)(struct shard *s, void *ctx, void **results, uint32_t n, bool complete);
+    /* Frees a result that never reached done (a ring message left at shutdown). */
+    void (*free_result)(void *result);
+};
+
+/* Runs ops->each on every shard and then ops->done on this one. With one shard, done runs
+ * before this returns. Returns 0 or -ENOMEM (nothing ran; ctx is still the caller's). */
+int provider_gather(struct shard *s, const struct provider_gather_ops *ops, void *ctx);
 
 /* The built-in tables. */
 extern const struct handler_row provider_test_rows[];

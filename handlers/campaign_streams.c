@@ -1,0 +1,481 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The campaign streams and the history they read (campaign_int.h):
+//  - history: every sequenced event of a campaign is recorded as it is published (the module's
+//    `published` callback), bounded per campaign and per shard, oldest out first;
+//  - campaign:stream_state: the state at once, then pushed on every change, coalesced;
+//  - campaign:stream_analytics: a sample every interval;
+//  - campaign:stream_events: the history from a sequence, then the live tail. Both come from
+//    the same thread in sequence order, so the seam has no gap and no duplicate.
+// Runs on the shard that owns the campaign, like everything of the campaign.
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/log.h"
+#include "broker/shard.h"
+#include "codec/wire.h"
+#include "handlers/campaign_int.h"
+
+/* ---- watchers ----------------------------------------------------------------------------- */
+
+int cs_watchers_add(struct cs_watchers *w, struct pv_request *r)
+{
+    if (w->count == w->cap) {
+        uint32_t ncap = w->cap ? w->cap * 2 : 4;
+        struct pv_request **nv = realloc(w->v, sizeof(*nv) * ncap);
+        if (!nv)
+            return -ENOMEM;
+        w->v = nv;
+        w->cap = ncap;
+    }
+    w->v[w->count++] = r;
+    return 0;
+}
+
+void cs_watchers_remove(struct cs_watchers *w, struct pv_request *r)
+{
+    for (uint32_t i = 0; i < w->count; i++) {
+        if (w->v[i] == r) {
+            /* Order is kept: pushes go out in the order streams were opened. */
+            memmove(w->v + i, w->v + i + 1, sizeof(*w->v) * (w->count - i - 1));
+            w->count--;
+            return;
+        }
+    }
+}
+
+/* ---- history ------------------------------------------------------------------------------ */
+
+static const uint8_t *h_id(const struct cs_hist *h)
+{
+    return h->buf;
+}
+static const uint8_t *h_type(const struct cs_hist *h)
+{
+    return h->buf + h->id_len;
+}
+static const uint8_t *h_entity(const struct cs_hist *h)
+{
+    return h_type(h) + h->type_len;
+}
+static const uint8_t *h_user(const struct cs_hist *h)
+{
+    return h_entity(h) + h->entity_len;
+}
+static const uint8_t *h_data(const struct cs_hist *h)
+{
+    return h_user(h) + h->user_len;
+}
+static const uint8_t *h_vers(const struct cs_hist *h)
+{
+    return h_data(h) + h->data_len;
+}
+
+/* Drops the oldest event of its campaign (which h must be). */
+static void hist_drop(struct cs_shard *sh, struct cs_hist *h)
+{
+    struct cstate *cs = h->cs;
+    cs->h_head = h->next;
+    if (!cs->h_head)
+        cs->h_tail = NULL;
+    cs->h_count--;
+    cs->h_bytes -= h->bytes;
+    cs->h_evicted = h->sequence;
+    if (h->g_prev)
+        h->g_prev->g_next = h->g_next;
+    else
+        sh->g_head = h->g_next;
+    if (h->g_next)
+        h->g_next->g_prev = h->g_prev;
+    else
+        sh->g_tail = h->g_prev;
+    sh->hist_bytes -= h->bytes;
+    free(h);
+}
+
+void cs_history_free(struct cs_shard *sh, struct cstate *cs)
+{
+    while (cs->h_head)
+        hist_drop(sh, cs->h_head);
+}
+
+/* The data and versioning Structs of a common.Payload, or false if it is malformed. */
+static bool payload_parts(const struct codec_event_out *ev, struct codec_slice *data,
+                          struct codec_slice *vers)
+{
+    struct wire_cursor c;
+    struct wire_field f;
+    int r;
+    memset(data, 0, sizeof(*data));
+    memset(vers, 0, sizeof(*vers));
+    if (!ev->has_payload)
+        return true;
+    wire_cursor_init(&c, ev->payload.ptr, ev->payload.len);
+    while ((r = wire_next(&c, &f)) > 0) {
+        if ((f.number == 1 || f.number == 2) && f.type == WIRE_LEN) {
+            struct codec_slice *d = f.number == 1 ? data : vers;
+            d->ptr = f.data;
+            d->len = (uint32_t)f.len;
+        }
+    }
+    return r == 0;
+}
+
+static struct cs_hist *hist_new(struct cstate *cs, const struct publish *p)
+{
+    const struct codec_event_out *ev = &p->ev;
+    struct codec_slice data, vers;
+    bool ok = payload_parts(ev, &data, &vers);
+    bool omit = !ok || data.len + vers.len > CS_HISTORY_DATA_BYTES_MAX;
+    size_t n = ev->event_id.len + ev->event_type.len + ev->entity_id.len + p->user_id_len +
+               (omit ? 0 : data.len + vers.len);
+    struct cs_hist *h = malloc(sizeof(*h) + n);
+    if (!h)
+        return NULL;
+    memset(h, 0, sizeof(*h));
+    h->cs = cs;
+    h->sequence = ev->sequence;
+    h->ts_ns = ev->timestamp_unix_nanos;
+    h->bytes = (uint32_t)(sizeof(*h) + n);
+    h->omitted = omit;
+    h->id_len = ev->event_id.len;
+    h->type_len = ev->event_type.len;
+    h->entity_len = ev->entity_id.len;
+    h->user_len = p->user_id_len;
+    uint8_t *o = h->buf;
+    memcpy(o, ev->event_id.ptr, h->id_len);
+    memcpy(o += h->id_len, ev->event_type.ptr, h->type_len);
+    memcpy(o += h->type_len, ev->entity_id.ptr ? ev->entity_id.ptr : (const uint8_t *)"",
+           h->entity_len);
+    memcpy(o += h->entity_len, p->user_id ? p->user_id : (const uint8_t *)"", h->user_len);
+    o += h->user_len;
+    if (!omit) {
+        h->has_data = data.ptr != NULL;
+        h->has_vers = vers.ptr != NULL;
+        h->data_len = data.len;
+        h->vers_len = vers.len;
+        if (data.len)
+            memcpy(o, data.ptr, data.len);
+        if (vers.len)
+            memcpy(o + data.len, vers.ptr, vers.len);
+    }
+    return h;
+}
+
+static void hist_append(struct cs_shard *sh, struct cstate *cs, struct cs_hist *h)
+{
+    if (cs->h_tail)
+        cs->h_tail->next = h;
+    else
+        cs->h_head = h;
+    cs->h_tail = h;
+    cs->h_count++;
+    cs->h_bytes += h->bytes;
+    h->g_prev = sh->g_tail;
+    if (sh->g_tail)
+        sh->g_tail->g_next = h;
+    else
+        sh->g_head = h;
+    sh->g_tail = h;
+    sh->hist_bytes += h->bytes;
+    /* The campaign's bounds first, then the shard's: the oldest events go. */
+    while (cs->h_head != h &&
+           (cs->h_count > CS_HISTORY_EVENTS_MAX || cs->h_bytes > CS_HISTORY_BYTES_MAX))
+        hist_drop(sh, cs->h_head);
+    while (sh->g_head != h && sh->hist_bytes > CS_SHARD_HISTORY_BYTES_MAX)
+        hist_drop(sh, sh->g_head);
+}
+
+/* ---- stream_events ------------------------------------------------------------------------ */
+
+/* A replayed or live event, as the payload of a campaign:stream_events stream event. */
+static int event_payload(struct hs_writer *w, const struct cs_hist *h)
+{
+    char ts[24];
+    const char *why;
+    int tl = snprintf(ts, sizeof(ts), "%" PRId64, h->ts_ns);
+    /* The event's own payload is spliced into ours: it must be a well-formed Struct, or one
+     * malformed event would make every replay undecodable. */
+    bool data_ok = h->has_data && hs_struct_check(h_data(h), h->data_len, &why) == 0;
+    bool vers_ok = h->has_vers && hs_struct_check(h_vers(h), h->vers_len, &why) == 0;
+    hs_payload_begin(w);
+    hs_put_cstring(w, "kind", "event");
+    hs_put_number(w, "sequence", (double)h->sequence);
+    hs_put_string(w, "event_id", h_id(h), h->id_len);
+    hs_put_string(w, "event_type", h_type(h), h->type_len);
+    if (h->entity_len)
+        hs_put_string(w, "entity_id", h_entity(h), h->entity_len);
+    if (h->user_len)
+        hs_put_string(w, "user_id", h_user(h), h->user_len);
+    hs_put_string(w, "timestamp_unix_nanos", ts, (size_t)tl);
+    if (data_ok)
+        hs_put_struct_bytes(w, "data", h_data(h), h->data_len);
+    if (vers_ok)
+        hs_put_struct_bytes(w, "versioning", h_vers(h), h->vers_len);
+    if (h->omitted || (h->has_data && !data_ok) || (h->has_vers && !vers_ok))
+        hs_put_bool(w, "payload_omitted", true);
+    hs_payload_end(w);
+    return hs_result(w);
+}
+
+/* Whether the stream's user filter (the requester's user id) lets the event through. */
+static bool user_match(struct pv_request *r, const struct cs_hist *h)
+{
+    const uint8_t *u;
+    uint32_t ul;
+    provider_user_id(r, &u, &ul);
+    return ul == 0 || (ul == h->user_len && memcmp(u, h_user(h), ul) == 0);
+}
+
+static void relay(struct cstate *cs, const struct cs_hist *h)
+{
+    struct hs_writer w;
+    hs_init(&w, CS_HISTORY_DATA_BYTES_MAX + 4096);
+    if (event_payload(&w, h) < 0) {
+        hs_free(&w);
+        return;
+    }
+    for (uint32_t i = 0; i < cs->events_w.count; i++)
+        if (user_match(cs->events_w.v[i], h))
+            provider_stream_private(cs->events_w.v[i], w.buf, (uint32_t)w.len);
+    hs_free(&w);
+}
+
+void cs_published(struct shard *s, struct campaign *cp, const struct publish *p)
+{
+    struct cs_shard *sh = cs_shard(s);
+    struct cstate *cs = sh ? cs_get(cp, true) : NULL;
+    struct cs_hist *h = cs ? hist_new(cs, p) : NULL;
+    if (!h) {
+        /* Counted as evicted, so that a replay from here reports the gap. */
+        if (cs)
+            cs->h_evicted = p->ev.sequence;
+        log_warn((int)s->index, "out of memory recording campaign history");
+        return;
+    }
+    hist_append(sh, cs, h);
+    if (cs->events_w.count)
+        relay(cs, h);
+}
+
+static void send_gap(struct pv_request *r, uint64_t first, uint64_t last)
+{
+    uint8_t buf[256];
+    struct hs_writer w;
+    hs_init(&w, sizeof(buf));
+    hs_payload_begin(&w);
+    hs_put_cstring(&w, "kind", "gap");
+    hs_put_number(&w, "first_sequence", (double)first);
+    hs_put_number(&w, "last_sequence", (double)last);
+    hs_put_cstring(&w, "reason", "history_evicted");
+    hs_payload_end(&w);
+    if (hs_result(&w) == 0)
+        provider_stream_private(r, w.buf, (uint32_t)w.len);
+    hs_free(&w);
+}
+
+void cs_stream_events_start(struct pv_request *r)
+{
+    struct structpb_value v;
+    int g = cs_arg(r, "from_sequence", &v);
+    if (g < 0 || (g > 0 && (v.kind != STRUCTPB_NUMBER || !(v.number >= 0)))) {
+        cs_fail(r, "invalid_from_sequence", "`from_sequence` must be a number >= 0");
+        return;
+    }
+    uint64_t from = g > 0 ? (uint64_t)v.number : 0;
+    struct cstate *cs = cs_get(provider_campaign(r), true);
+    if (!cs || cs_watchers_add(&cs->events_w, r) < 0) {
+        cs_fail(r, "internal", "out of memory");
+        return;
+    }
+    *provider_state(r) = cs;
+    /* Replay, then live: both on this thread, so nothing is published in between. */
+    if (from > 0 && from <= cs->h_evicted)
+        send_gap(r, from, cs->h_evicted);
+    struct hs_writer w;
+    hs_init(&w, CS_HISTORY_DATA_BYTES_MAX + 4096);
+    for (const struct cs_hist *h = cs->h_head; h; h = h->next) {
+        if (h->sequence < from || !user_match(r, h))
+            continue;
+        hs_reset(&w);
+        if (event_payload(&w, h) == 0)
+            provider_stream_private(r, w.buf, (uint32_t)w.len);
+    }
+    hs_free(&w);
+}
+
+void cs_stream_events_stop(struct pv_request *r)
+{
+    struct cstate *cs = *provider_state(r);
+    if (cs)
+        cs_watchers_remove(&cs->events_w, r);
+    *provider_state(r) = NULL;
+}
+
+/* ---- stream_state ------------------------------------------------------------------------- */
+
+struct state_stream {
+    struct cstate *cs;
+    uint32_t min_ms;
+    int64_t last_push_ns;
+    bool dirty, tick_armed;
+};
+
+static void push_state(struct pv_request *r, struct state_stream *ss, int64_t now)
+{
+    struct hs_writer w;
+    hs_init(&w, CS_PAYLOAD_BYTES_MAX);
+    cs_state_open(&w, ss->cs, provider_campaign_id(r));
+    hs_payload_end(&w);
+    if (hs_result(&w) == 0 && provider_stream(r, w.buf, (uint32_t)w.len) == 0) {
+        ss->last_push_ns = now;
+        ss->dirty = false;
+    }
+    hs_free(&w);
+}
+
+void cs_state_changed(struct cstate *cs)
+{
+    int64_t now = shard_now_ns();
+    for (uint32_t i = 0; i < cs->state_w.count; i++) {
+        struct pv_request *r = cs->state_w.v[i];
+        struct state_stream *ss = *provider_state(r);
+        int64_t due = ss->last_push_ns + (int64_t)ss->min_ms * 1000000;
+        if (!ss->tick_armed && now >= due) {
+            push_state(r, ss, now);
+            continue;
+        }
+        /* Pushed recently: fold this change into one push when the interval is up. */
+        ss->dirty = true;
+        if (!ss->tick_armed) {
+            int64_t ms = (due - now + 999999) / 1000000;
+            provider_set_tick(r, ms < 1 ? 1 : (uint32_t)ms);
+            ss->tick_armed = true;
+        }
+    }
+}
+
+void cs_stream_state_start(struct pv_request *r)
+{
+    uint32_t ms;
+    if (cs_arg_ms(r, "min_interval_ms", CS_PUSH_MS_DEFAULT, CS_PUSH_MS_MIN, CS_PUSH_MS_MAX, &ms) <
+        0) {
+        cs_fail(r, "invalid_min_interval_ms", "`min_interval_ms` must be a number");
+        return;
+    }
+    struct cstate *cs = cs_get(provider_campaign(r), true);
+    struct state_stream *ss = calloc(1, sizeof(*ss));
+    if (!cs || !ss || cs_watchers_add(&cs->state_w, r) < 0) {
+        free(ss);
+        cs_fail(r, "internal", "out of memory");
+        return;
+    }
+    ss->cs = cs;
+    ss->min_ms = ms;
+    *provider_state(r) = ss;
+    push_state(r, ss, shard_now_ns());
+}
+
+void cs_stream_state_tick(struct pv_request *r, int64_t now_ns)
+{
+    struct state_stream *ss = *provider_state(r);
+    provider_set_tick(r, 0);
+    ss->tick_armed = false;
+    if (ss->dirty)
+        push_state(r, ss, now_ns);
+}
+
+void cs_stream_state_stop(struct pv_request *r)
+{
+    struct state_stream *ss = *provider_state(r);
+    if (ss) {
+        cs_watchers_remove(&ss->cs->state_w, r);
+        free(ss);
+    }
+    *provider_state(r) = NULL;
+}
+
+/* ---- stream_analytics --------------------------------------------------------------------- */
+
+struct analytics_stream {
+    uint64_t last_seq;
+    int64_t last_ns;
+};
+
+/* Subscriptions on the campaign: those of other shards (the owner's interest counts) and this
+ * shard's own (its subscriber-side list). Firehose subscriptions are not counted. */
+static uint64_t subscribers(struct shard *s, struct campaign *cp)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < s->broker->shard_count; i++)
+        if (i != s->index)
+            n += cp->interest[i];
+    struct sub_list *l = map_get(&s->sub_lists, (uint64_t)cp->id);
+    return n + (l ? l->count : 0);
+}
+
+static void analytics_sample(struct pv_request *r, struct analytics_stream *a, int64_t now)
+{
+    struct campaign *cp = provider_campaign(r);
+    const struct cstate *cs = cs_get(cp, false);
+    double secs = a->last_ns ? (double)(now - a->last_ns) / 1e9 : 0;
+    double eps = secs > 0 ? (double)(cp->sequence - a->last_seq) / secs : 0;
+    struct hs_writer w;
+    hs_init(&w, CS_PAYLOAD_BYTES_MAX);
+    hs_payload_begin(&w);
+    cs_put_id(&w, "campaign_id", cp->id);
+    hs_put_number(&w, "subscribers", (double)subscribers(provider_shard(r), cp));
+    hs_put_number(&w, "state_keys", cs ? cs->state.count : 0);
+    hs_put_list_open(&w, "features");
+    if (cs)
+        hs_map_write_keys(&w, &cs->features);
+    hs_end(&w);
+    hs_put_number(&w, "last_updated_ms", cs ? (double)(cs->updated_ns / 1000000) : 0);
+    hs_put_number(&w, "events_per_second", eps);
+    hs_put_number(&w, "open_streams", provider_campaign_streams(cp));
+    hs_put_number(&w, "sequence", (double)cp->sequence);
+    hs_put_number(&w, "version", cs ? (double)cs->version : 0);
+    hs_put_number(&w, "active_sessions", cs ? cs->active_sessions : 0);
+    hs_put_number(&w, "history_events", cs ? cs->h_count : 0);
+    hs_put_number(&w, "changes", cs ? (double)cs->changes : 0);
+    hs_put_number(&w, "rejected", cs ? (double)cs->rejected : 0);
+    hs_payload_end(&w);
+    if (hs_result(&w) == 0)
+        provider_stream(r, w.buf, (uint32_t)w.len);
+    hs_free(&w);
+    a->last_seq = cp->sequence;
+    a->last_ns = now;
+}
+
+void cs_stream_analytics_start(struct pv_request *r)
+{
+    uint32_t ms;
+    if (cs_arg_ms(r, "interval_ms", CS_ANALYTICS_MS_DEFAULT, CS_ANALYTICS_MS_MIN,
+                  CS_ANALYTICS_MS_MAX, &ms) < 0) {
+        cs_fail(r, "invalid_interval_ms", "`interval_ms` must be a number");
+        return;
+    }
+    struct analytics_stream *a = calloc(1, sizeof(*a));
+    if (!a) {
+        cs_fail(r, "internal", "out of memory");
+        return;
+    }
+    *provider_state(r) = a;
+    /* The first sample at once, so a dashboard has numbers before the first interval. */
+    analytics_sample(r, a, shard_now_ns());
+    provider_set_tick(r, ms);
+}
+
+void cs_stream_analytics_tick(struct pv_request *r, int64_t now_ns)
+{
+    analytics_sample(r, *provider_state(r), now_ns);
+}
+
+void cs_stream_analytics_stop(struct pv_request *r)
+{
+    free(*provider_state(r));
+    *provider_state(r) = NULL;
+}
