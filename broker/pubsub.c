@@ -210,6 +210,8 @@ int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
             shard_send(s, d, 1, &rm);
         }
         pubsub_deliver(s, f);
+        if (broker_hooks && broker_hooks->published)
+            broker_hooks->published(s, cp, f);
     }
     oframe_unref(f);
     return 0;

@@ -367,6 +367,9 @@ struct broker_hooks {
     void (*msg)(struct shard *s, const struct ring_msg *m);
     void (*conn_gone)(struct shard *s, uint64_t conn_id);
     void (*timer)(struct shard *s, int64_t now_ns);
+    /* An event was sequenced on campaign cp (f: its shared frame; take a reference to keep
+     * it). Runs for every sequenced event, so it must be cheap. */
+    void (*published)(struct shard *s, struct campaign *cp, struct oframe *f);
     /* Frees a hook message left in a ring at shutdown. */
     void (*msg_free)(const struct ring_msg *m);
 };

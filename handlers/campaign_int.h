@@ -84,13 +84,9 @@ struct cs_hist {
     struct cs_hist *next;            /* newer event of the same campaign */
     struct cs_hist *g_prev, *g_next; /* every event on the shard, oldest first */
     struct cstate *cs;
+    struct oframe *f; /* the event's shared frame (one reference): no copy is made */
     uint64_t sequence;
-    int64_t ts_ns;
     uint32_t bytes; /* charged against the bounds */
-    uint32_t id_len, type_len, entity_len, user_len, data_len, vers_len;
-    bool omitted; /* payload too large or malformed: kept without it */
-    bool has_data, has_vers;
-    uint8_t buf[]; /* id, type, entity, user, data Struct, versioning Struct */
 };
 
 /* A campaign's state, in its PROVIDER_SLOT_CAMPAIGN slot. */
@@ -137,7 +133,7 @@ void cs_put_id(struct hs_writer *w, const char *key, int64_t id);
 /* The state changed: pushes it to the campaign's stream_state streams (coalesced). */
 void cs_state_changed(struct cstate *cs);
 /* Records a sequenced event and relays it to the campaign's stream_events streams. */
-void cs_published(struct shard *s, struct campaign *cp, const struct publish *p);
+void cs_published(struct shard *s, struct campaign *cp, struct oframe *f);
 /* Frees a campaign's history (shutdown). */
 void cs_history_free(struct cs_shard *sh, struct cstate *cs);
 void cs_watchers_remove(struct cs_watchers *w, struct pv_request *r);

@@ -16,6 +16,8 @@
 
 #include "broker/log.h"
 #include "broker/shard.h"
+#include "codec/envelope.h"
+#include "codec/frame.h"
 #include "codec/wire.h"
 #include "handlers/campaign_int.h"
 
@@ -49,31 +51,6 @@ void cs_watchers_remove(struct cs_watchers *w, struct pv_request *r)
 
 /* ---- history ------------------------------------------------------------------------------ */
 
-static const uint8_t *h_id(const struct cs_hist *h)
-{
-    return h->buf;
-}
-static const uint8_t *h_type(const struct cs_hist *h)
-{
-    return h->buf + h->id_len;
-}
-static const uint8_t *h_entity(const struct cs_hist *h)
-{
-    return h_type(h) + h->type_len;
-}
-static const uint8_t *h_user(const struct cs_hist *h)
-{
-    return h_entity(h) + h->entity_len;
-}
-static const uint8_t *h_data(const struct cs_hist *h)
-{
-    return h_user(h) + h->user_len;
-}
-static const uint8_t *h_vers(const struct cs_hist *h)
-{
-    return h_data(h) + h->data_len;
-}
-
 /* Drops the oldest event of its campaign (which h must be). */
 static void hist_drop(struct cs_shard *sh, struct cs_hist *h)
 {
@@ -93,6 +70,7 @@ static void hist_drop(struct cs_shard *sh, struct cs_hist *h)
     else
         sh->g_tail = h->g_prev;
     sh->hist_bytes -= h->bytes;
+    oframe_unref(h->f);
     free(h);
 }
 
@@ -103,7 +81,7 @@ void cs_history_free(struct cs_shard *sh, struct cstate *cs)
 }
 
 /* The data and versioning Structs of a common.Payload, or false if it is malformed. */
-static bool payload_parts(const struct codec_event_out *ev, struct codec_slice *data,
+static bool payload_parts(const struct codec_event_in *ev, struct codec_slice *data,
                           struct codec_slice *vers)
 {
     struct wire_cursor c;
@@ -124,44 +102,19 @@ static bool payload_parts(const struct codec_event_out *ev, struct codec_slice *
     return r == 0;
 }
 
-static struct cs_hist *hist_new(struct cstate *cs, const struct publish *p)
+/* Records an event by reference to its shared frame: the history costs one node and one
+ * reference count per event, never a copy; the frame is decoded only when replayed. */
+static struct cs_hist *hist_new(struct cstate *cs, struct oframe *f)
 {
-    const struct codec_event_out *ev = &p->ev;
-    struct codec_slice data, vers;
-    bool ok = payload_parts(ev, &data, &vers);
-    bool omit = !ok || data.len + vers.len > CS_HISTORY_DATA_BYTES_MAX;
-    size_t n = ev->event_id.len + ev->event_type.len + ev->entity_id.len + p->user_id_len +
-               (omit ? 0 : data.len + vers.len);
-    struct cs_hist *h = malloc(sizeof(*h) + n);
+    struct cs_hist *h = malloc(sizeof(*h));
     if (!h)
         return NULL;
     memset(h, 0, sizeof(*h));
     h->cs = cs;
-    h->sequence = ev->sequence;
-    h->ts_ns = ev->timestamp_unix_nanos;
-    h->bytes = (uint32_t)(sizeof(*h) + n);
-    h->omitted = omit;
-    h->id_len = ev->event_id.len;
-    h->type_len = ev->event_type.len;
-    h->entity_len = ev->entity_id.len;
-    h->user_len = p->user_id_len;
-    uint8_t *o = h->buf;
-    memcpy(o, ev->event_id.ptr, h->id_len);
-    memcpy(o += h->id_len, ev->event_type.ptr, h->type_len);
-    memcpy(o += h->type_len, ev->entity_id.ptr ? ev->entity_id.ptr : (const uint8_t *)"",
-           h->entity_len);
-    memcpy(o += h->entity_len, p->user_id ? p->user_id : (const uint8_t *)"", h->user_len);
-    o += h->user_len;
-    if (!omit) {
-        h->has_data = data.ptr != NULL;
-        h->has_vers = vers.ptr != NULL;
-        h->data_len = data.len;
-        h->vers_len = vers.len;
-        if (data.len)
-            memcpy(o, data.ptr, data.len);
-        if (vers.len)
-            memcpy(o + data.len, vers.ptr, vers.len);
-    }
+    h->f = f;
+    oframe_ref(f, 1);
+    h->sequence = f->sequence;
+    h->bytes = (uint32_t)sizeof(*h) + f->len;
     return h;
 }
 
@@ -194,28 +147,38 @@ static void hist_append(struct cs_shard *sh, struct cstate *cs, struct cs_hist *
 /* A replayed or live event, as the payload of a campaign:stream_events stream event. */
 static int event_payload(struct hs_writer *w, const struct cs_hist *h)
 {
+    struct codec_envelope env;
+    struct codec_event_in ev;
+    char err[CODEC_ERR_BYTES];
+    if (codec_envelope_decode(h->f->data + CODEC_FRAME_HEADER_BYTES,
+                              h->f->len - CODEC_FRAME_HEADER_BYTES, &env, err) < 0 ||
+        codec_event_decode(env.body.ptr, env.body.len, &ev, err) < 0)
+        return -EBADMSG; /* our own encoding: cannot happen */
+    struct codec_slice data, vers;
+    bool ok = payload_parts(&ev, &data, &vers);
+    bool omit = !ok || data.len + vers.len > CS_HISTORY_DATA_BYTES_MAX;
     char ts[24];
     const char *why;
-    int tl = snprintf(ts, sizeof(ts), "%" PRId64, h->ts_ns);
+    int tl = snprintf(ts, sizeof(ts), "%" PRId64, ev.timestamp_unix_nanos);
     /* The event's own payload is spliced into ours: it must be a well-formed Struct, or one
      * malformed event would make every replay undecodable. */
-    bool data_ok = h->has_data && hs_struct_check(h_data(h), h->data_len, &why) == 0;
-    bool vers_ok = h->has_vers && hs_struct_check(h_vers(h), h->vers_len, &why) == 0;
+    bool data_ok = !omit && data.ptr && hs_struct_check(data.ptr, data.len, &why) == 0;
+    bool vers_ok = !omit && vers.ptr && hs_struct_check(vers.ptr, vers.len, &why) == 0;
     hs_payload_begin(w);
     hs_put_cstring(w, "kind", "event");
     hs_put_number(w, "sequence", (double)h->sequence);
-    hs_put_string(w, "event_id", h_id(h), h->id_len);
-    hs_put_string(w, "event_type", h_type(h), h->type_len);
-    if (h->entity_len)
-        hs_put_string(w, "entity_id", h_entity(h), h->entity_len);
-    if (h->user_len)
-        hs_put_string(w, "user_id", h_user(h), h->user_len);
+    hs_put_string(w, "event_id", ev.event_id.ptr, ev.event_id.len);
+    hs_put_string(w, "event_type", ev.event_type.ptr, ev.event_type.len);
+    if (ev.entity_id.len)
+        hs_put_string(w, "entity_id", ev.entity_id.ptr, ev.entity_id.len);
+    if (h->f->user_id_len)
+        hs_put_string(w, "user_id", h->f->user_id, h->f->user_id_len);
     hs_put_string(w, "timestamp_unix_nanos", ts, (size_t)tl);
     if (data_ok)
-        hs_put_struct_bytes(w, "data", h_data(h), h->data_len);
+        hs_put_struct_bytes(w, "data", data.ptr, data.len);
     if (vers_ok)
-        hs_put_struct_bytes(w, "versioning", h_vers(h), h->vers_len);
-    if (h->omitted || (h->has_data && !data_ok) || (h->has_vers && !vers_ok))
+        hs_put_struct_bytes(w, "versioning", vers.ptr, vers.len);
+    if (omit || (data.ptr && !data_ok) || (vers.ptr && !vers_ok))
         hs_put_bool(w, "payload_omitted", true);
     hs_payload_end(w);
     return hs_result(w);
@@ -227,7 +190,7 @@ static bool user_match(struct pv_request *r, const struct cs_hist *h)
     const uint8_t *u;
     uint32_t ul;
     provider_user_id(r, &u, &ul);
-    return ul == 0 || (ul == h->user_len && memcmp(u, h_user(h), ul) == 0);
+    return ul == 0 || (ul == h->f->user_id_len && memcmp(u, h->f->user_id, ul) == 0);
 }
 
 static void relay(struct cstate *cs, const struct cs_hist *h)
@@ -244,15 +207,15 @@ static void relay(struct cstate *cs, const struct cs_hist *h)
     hs_free(&w);
 }
 
-void cs_published(struct shard *s, struct campaign *cp, const struct publish *p)
+void cs_published(struct shard *s, struct campaign *cp, struct oframe *f)
 {
     struct cs_shard *sh = cs_shard(s);
     struct cstate *cs = sh ? cs_get(cp, true) : NULL;
-    struct cs_hist *h = cs ? hist_new(cs, p) : NULL;
+    struct cs_hist *h = cs ? hist_new(cs, f) : NULL;
     if (!h) {
         /* Counted as evicted, so that a replay from here reports the gap. */
         if (cs)
-            cs->h_evicted = p->ev.sequence;
+            cs->h_evicted = f->sequence;
         log_warn((int)s->index, "out of memory recording campaign history");
         return;
     }

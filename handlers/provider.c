@@ -112,7 +112,6 @@ static size_t rows_count;
 #define PV_MODULES_MAX 8
 static const struct provider_module *modules[PV_MODULES_MAX];
 static size_t module_count;
-static bool modules_observe; /* some module watches published events */
 
 /* What the Provider keeps in campaign->state: the modules' per-campaign slots and the count
  * of streams open on the campaign. Freed with the shard (campaigns live as long as it). */
@@ -121,12 +120,12 @@ struct pv_campaign {
     uint32_t open_streams;
 };
 
-/* Tells the modules about an event that was just sequenced on campaign cp. */
-static void pv_observe(struct shard *s, struct campaign *cp, const struct publish *p)
+/* The broker's published hook: tells the modules about an event just sequenced. */
+static void pv_published(struct shard *s, struct campaign *cp, struct oframe *f)
 {
-    for (size_t i = 0; modules_observe && i < module_count; i++)
+    for (size_t i = 0; i < module_count; i++)
         if (modules[i]->published)
-            modules[i]->published(s, cp, p);
+            modules[i]->published(s, cp, f);
 }
 
 static bool pv_private(const struct pv_request *r)
@@ -316,10 +315,7 @@ static int pv_publish(struct pv_request *r, enum evtype_state state, const uint8
     p.unsequenced = unsequenced;
     if (unsequenced && !p.direct_conn)
         return 0;
-    int rc = pubsub_publish(s, r->cp, &p);
-    if (rc == 0 && !unsequenced)
-        pv_observe(s, r->cp, &p);
-    return rc;
+    return pubsub_publish(s, r->cp, &p);
 }
 
 static void per_conn_add(struct pv_shard *p, uint64_t conn, int delta)
@@ -523,21 +519,9 @@ static int publish_emit(struct shard *s, struct campaign *cp, const struct emit_
         pubsub_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
         return -ENOMEM;
     }
-    pv_observe(s, cp, &p);
     if (m->correlation)
         pubsub_ack(s, m, body, id, p.ev.sequence, now, false);
     return 0;
-}
-
-/* A plain event. While a module watches published events (history), the Provider publishes
- * it itself exactly as pubsub_emit would, so that the module sees it sequenced. */
-static bool pv_plain(struct shard *s, struct campaign *cp, const struct emit_msg *m,
-                     const uint8_t *body, struct codec_slice id, int64_t now)
-{
-    if (!modules_observe)
-        return false;
-    publish_emit(s, cp, m, body, id, now, 0);
-    return true;
 }
 
 static const struct handler_row *row_find(const char *type, const struct evtype *t);
@@ -789,7 +773,7 @@ static bool pv_emit(struct shard *s, struct campaign *cp, const struct emit_msg 
         r = NULL; /* the correlation id names a request of another action */
     if (st == EVTYPE_CANCEL) {
         if (!m->corr_len)
-            return pv_plain(s, cp, m, body, id, now); /* a plain event whose state is cancel */
+            return false; /* a plain event whose state is cancel */
         if (!r || r->requester != m->conn_id) {
             pubsub_error_to_conn(s, m->conn_id, m->correlation, "unknown_request",
                                  "cancel names no open request of this connection "
@@ -821,7 +805,7 @@ static bool pv_emit(struct shard *s, struct campaign *cp, const struct emit_msg 
         pubsub_error_to_conn(s, m->conn_id, m->correlation, "invalid_event_type", msg);
         return true;
     }
-    return pv_plain(s, cp, m, body, id, now);
+    return false;
 }
 
 /* ---- timers ------------------------------------------------------------------------------- */
@@ -1171,6 +1155,7 @@ static const struct broker_hooks pv_hooks = {
     .msg = pv_msg,
     .conn_gone = pv_conn_gone,
     .timer = pv_timer,
+    .published = pv_published,
     .msg_free = pv_msg_free,
 };
 
@@ -1207,7 +1192,6 @@ void provider_install(const struct handler_row *rows, size_t count)
             abort();
         }
         modules[module_count++] = mod;
-        modules_observe |= mod->published != NULL;
         if (mod->install)
             mod->install();
     }
@@ -1284,8 +1268,6 @@ static int pv_publish_typed(struct pv_request *r, const char *type, const uint8_
     p.ev.correlation_id.ptr = (const uint8_t *)r->id;
     p.ev.correlation_id.len = r->id_len;
     int rc = pubsub_publish(r->shard, r->cp, &p);
-    if (rc == 0)
-        pv_observe(r->shard, r->cp, &p);
     return rc;
 }
 

@@ -21,6 +21,7 @@
 struct shard;
 struct campaign;
 struct pv_request;
+struct oframe;
 struct publish;
 struct provider_module;
 
@@ -89,7 +90,7 @@ struct provider_module {
      * fanned out: p->ev holds its sequence, timestamp and campaign. Heartbeats and private
      * exchanges are not sequenced and not seen. It may send private (unsequenced) events, but
      * must not publish sequenced ones, which would call it again. */
-    void (*published)(struct shard *s, struct campaign *cp, const struct publish *p);
+    void (*published)(struct shard *s, struct campaign *cp, struct oframe *f);
 };
 
 /* Per-module slots for state, one set per shard and one per campaign. */
