@@ -681,8 +681,8 @@ void pubsub_stats(struct conn *c, uint64_t corr)
         o->open_streams = LD(open_streams);
         o->heartbeats = LD(heartbeats);
         o->handler_losses = LD(handler_losses);
-        if (codec_stats_extra)
-            codec_stats_extra(i, o);
+        o->media_rooms = LD(media_rooms);
+        o->media_peers = LD(media_peers);
 #undef LD
         for (uint32_t src = 0; src < b->shard_count; src++)
             if (src != i)

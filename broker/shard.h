@@ -203,6 +203,8 @@ struct shard_stats {
     /* the Provider (handlers/provider.c) */
     atomic_uint_fast64_t req_success, req_failed, req_cancelled, req_timeout, req_no_handler;
     atomic_uint_fast64_t open_streams, heartbeats, handler_losses;
+    /* the media handlers (handlers/media.c): gauges */
+    atomic_uint_fast64_t media_rooms, media_peers;
     /* Delivery latency (acceptance on the owner to queueing on the subscriber's connection),
      * sampled 1 in SHARD_LATENCY_SAMPLE deliveries: bucket i counts samples < 2^i µs. */
     atomic_uint_fast64_t latency_us_bucket[SHARD_LATENCY_BUCKETS];

@@ -10,8 +10,6 @@
 #include "codec/wire.h"
 #include "nexus.pb-c.h"
 
-void (*codec_stats_extra)(uint32_t shard, struct codec_shard_stats *st);
-
 int codec_stats_reply_encode(uint8_t **out, uint64_t correlation,
                              const struct codec_shard_stats *st, uint32_t n, uint64_t rss_bytes)
 {

@@ -15,13 +15,8 @@ struct codec_shard_stats {
     uint64_t paused_reads;
     uint64_t req_success, req_failed, req_cancelled, req_timeout, req_no_handler;
     uint64_t open_streams, heartbeats, handler_losses;
-    uint64_t media_rooms, media_peers; /* filled through codec_stats_extra */
+    uint64_t media_rooms, media_peers;
 };
-
-/* Counters kept outside the broker core, which the core cannot name (the handlers layer's
- * media rooms and peers): when set, the broker's stats answer calls it for each shard to fill
- * them in. Set once at start-up, before any shard runs; any thread may call it. */
-extern void (*codec_stats_extra)(uint32_t shard, struct codec_shard_stats *st);
 
 /* Encodes a whole stats_reply frame (length prefix included) into a malloc'd buffer.
  * Returns its length, or -ENOMEM; *out is the caller's to free. */

@@ -51,9 +51,6 @@
 /* Longest request event id kept for correlation (the broker caps event ids at 256 bytes). */
 #define MEDIA_CORR_BYTES_MAX 256
 
-/* Rooms and peers per shard, for the stats frame (written by the shard, read by anyone). */
-static atomic_uint_fast64_t stat_rooms[CONFIG_SHARDS_MAX], stat_peers[CONFIG_SHARDS_MAX];
-
 struct mroom;
 
 struct mpeer {
@@ -381,7 +378,7 @@ static void room_free(struct shard *s, struct mroom *room, bool tell)
         tell_room_event(mc, room, "room_closed");
     hs_map_free(&room->state);
     free(room);
-    stat_sub(&stat_rooms[s->index], 1);
+    stat_sub(&s->stats.media_rooms, 1);
 }
 
 /* Unlinks p from its connection's list of peers on this shard. */
@@ -419,7 +416,7 @@ static void peer_remove(struct shard *s, struct mpeer *p, const char *reason, bo
     if (unlink)
         conn_unlink(mshard(s), p);
     tell_peer_event(s, room, p, "peer_left", reason);
-    stat_sub(&stat_peers[s->index], 1);
+    stat_sub(&s->stats.media_peers, 1);
     free(p);
     if (room->n_peers == 0)
         room_free(s, room, true);
@@ -476,7 +473,7 @@ static struct mpeer *peer_new(struct pv_request *r, struct mroom *room, const vo
     room->peers[room->n_peers++] = p;
     room->mc->peers++;
     room->active_ns = p->joined_ns;
-    stat_add(&stat_peers[provider_shard(r)->index], 1);
+    stat_add(&provider_shard(r)->stats.media_peers, 1);
     return p;
 }
 
@@ -546,7 +543,7 @@ static void join_start(struct pv_request *r)
         return;
     }
     if (created)
-        stat_add(&stat_rooms[provider_shard(r)->index], 1);
+        stat_add(&provider_shard(r)->stats.media_rooms, 1);
     if (!(p = peer_new(r, room, pid.ptr, pid.len))) {
         if (created)
             room_free(provider_shard(r), room, false);
@@ -941,19 +938,6 @@ static void stream_webrtc_stop(struct pv_request *r)
 
 /* ---- module ------------------------------------------------------------------------------- */
 
-static void media_stats(uint32_t shard, struct codec_shard_stats *st)
-{
-    if (shard >= CONFIG_SHARDS_MAX)
-        return;
-    st->media_rooms = atomic_load_explicit(&stat_rooms[shard], memory_order_relaxed);
-    st->media_peers = atomic_load_explicit(&stat_peers[shard], memory_order_relaxed);
-}
-
-static void media_install(void)
-{
-    codec_stats_extra = media_stats;
-}
-
 static int media_shard_init(struct shard *s)
 {
     struct mshard *ms = calloc(1, sizeof(*ms));
@@ -1004,7 +988,6 @@ static void media_conn_gone(struct shard *s, uint64_t conn)
 }
 
 static const struct provider_module media_module = {
-    .install = media_install,
     .shard_init = media_shard_init,
     .shard_free = media_shard_free,
     .conn_gone = media_conn_gone,
