@@ -135,28 +135,34 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
         return;
 
     struct publish p;
-    memset(&p, 0, sizeof(p));
-    p.ev.event_id = id;
-    p.ev.event_type.ptr = body + m->type_off;
-    p.ev.event_type.len = m->type_len;
-    p.ev.entity_id.ptr = body + m->entity_off;
-    p.ev.entity_id.len = m->entity_len;
-    p.ev.has_metadata = m->has_md;
-    p.ev.metadata.ptr = body + m->md_off;
-    p.ev.metadata.len = m->md_len;
-    p.ev.has_payload = m->has_pl;
-    p.ev.payload.ptr = body + m->pl_off;
-    p.ev.payload.len = m->pl_len;
-    p.type = m->type;
-    p.user_id = m->user_len ? body + m->user_off : NULL;
-    p.user_id_len = m->user_len;
-    p.ev.timestamp_unix_nanos = now;
+    pubsub_publish_of_emit(&p, m, body, id, now);
     if (pubsub_publish(s, cp, &p) < 0) {
         pubsub_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
         return;
     }
     if (m->correlation)
         pubsub_ack(s, m, body, id, p.ev.sequence, now, false);
+}
+
+void pubsub_publish_of_emit(struct publish *p, const struct emit_msg *m, const uint8_t *body,
+                            struct codec_slice id, int64_t now)
+{
+    memset(p, 0, sizeof(*p));
+    p->ev.event_id = id;
+    p->ev.event_type.ptr = body + m->type_off;
+    p->ev.event_type.len = m->type_len;
+    p->ev.entity_id.ptr = body + m->entity_off;
+    p->ev.entity_id.len = m->entity_len;
+    p->ev.has_metadata = m->has_md;
+    p->ev.metadata.ptr = body + m->md_off;
+    p->ev.metadata.len = m->md_len;
+    p->ev.has_payload = m->has_pl;
+    p->ev.payload.ptr = body + m->pl_off;
+    p->ev.payload.len = m->pl_len;
+    p->ev.timestamp_unix_nanos = now;
+    p->type = m->type;
+    p->user_id = m->user_len ? body + m->user_off : NULL;
+    p->user_id_len = m->user_len;
 }
 
 int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)

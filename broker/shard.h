@@ -328,6 +328,9 @@ struct publish {
     bool unsequenced;      /* deliver to direct_conn only; no sequence number (heartbeats) */
 };
 
+/* Fills p to publish an emit as it was sent (event id: id, which may be broker-assigned). */
+void pubsub_publish_of_emit(struct publish *p, const struct emit_msg *m, const uint8_t *body,
+                            struct codec_slice id, int64_t now);
 /* Sequences, encodes once and fans out. Returns 0 or -ENOMEM. */
 int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p);
 struct campaign *pubsub_campaign(struct shard *s, int64_t id, bool create);

@@ -78,33 +78,6 @@ int cs_arg_ms(struct pv_request *r, const char *key, uint32_t def, uint32_t lo, 
     return 0;
 }
 
-/* The raw google.protobuf.Value bytes of a field of the payload data (the last wins). Returns
- * 1, 0 if absent, -EBADMSG. */
-static int cs_arg_raw(struct pv_request *r, const char *key, const uint8_t **val, uint32_t *vl)
-{
-    const uint8_t *pl, *d, *k, *v;
-    uint32_t len, dl, kl, l;
-    size_t want = strlen(key);
-    int found = 0, rc;
-    provider_payload(r, &pl, &len);
-    struct hs_iter outer, it;
-    hs_iter_init(&outer, pl, len);
-    /* Payload.data is field 1 of Payload, read like a list item. */
-    while ((rc = hs_list_next(&outer, &d, &dl)) > 0) {
-        hs_iter_init(&it, d, dl);
-        while ((rc = hs_struct_next(&it, &k, &kl, &v, &l)) > 0) {
-            if (kl == want && memcmp(k, key, kl) == 0) {
-                *val = v;
-                *vl = l;
-                found = 1;
-            }
-        }
-        if (rc < 0)
-            return rc;
-    }
-    return rc < 0 ? rc : found;
-}
-
 /* Ids are int64: written as strings, as proto3's JSON mapping writes int64, so that no id
  * above 2^53 loses digits in a double. */
 void cs_put_id(struct hs_writer *w, const char *key, int64_t id)
@@ -379,7 +352,7 @@ static void config_start(struct pv_request *r)
     }
     const uint8_t *val = NULL;
     uint32_t vl = 0;
-    if (cs_arg_raw(r, "config", &val, &vl) <= 0)
+    if (hs_payload_value(r, "config", &val, &vl) <= 0)
         val = NULL;
     const char *why = NULL;
     struct structpb_value kind;

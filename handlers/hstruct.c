@@ -2,6 +2,7 @@
 //
 // Implementation of hstruct.h. Pure; any thread, each object used by one.
 #include "handlers/hstruct.h"
+#include "handlers/provider.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -614,4 +615,29 @@ int hs_map_merge(struct hs_map *m, struct hs_change *ch, uint32_t n, const struc
     m->bytes = (size_t)((long)m->bytes + delta);
     *delta_bytes = delta;
     return 0;
+}
+
+int hs_payload_value(struct pv_request *r, const char *key, const uint8_t **val, uint32_t *vl)
+{
+    const uint8_t *pl, *d, *k, *v;
+    uint32_t len, dl, kl, l;
+    size_t want = strlen(key);
+    int found = 0, rc;
+    provider_payload(r, &pl, &len);
+    struct hs_iter outer, it;
+    hs_iter_init(&outer, pl, len);
+    /* Payload.data is field 1 of Payload, read like a list item. */
+    while ((rc = hs_list_next(&outer, &d, &dl)) > 0) {
+        hs_iter_init(&it, d, dl);
+        while ((rc = hs_struct_next(&it, &k, &kl, &v, &l)) > 0) {
+            if (kl == want && memcmp(k, key, kl) == 0) {
+                *val = v;
+                *vl = l;
+                found = 1;
+            }
+        }
+        if (rc < 0)
+            return rc;
+    }
+    return rc < 0 ? rc : found;
 }

@@ -146,4 +146,10 @@ struct hs_limits {
 int hs_map_merge(struct hs_map *m, struct hs_change *ch, uint32_t n, const struct hs_limits *lim,
                  long *delta_bytes, const char **why);
 
+struct pv_request;
+/* The raw google.protobuf.Value bytes of field `key` of a request's payload data (the last
+ * occurrence wins, as for protobuf maps). Returns 1 with *val and *vl set, 0 if absent, -EBADMSG.
+ */
+int hs_payload_value(struct pv_request *r, const char *key, const uint8_t **val, uint32_t *vl);
+
 #endif

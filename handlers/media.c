@@ -164,30 +164,6 @@ static int arg_id(struct pv_request *r, const char *key, bool required, struct s
     return 1;
 }
 
-/* The raw Value bytes of a payload data field (the last wins): 1, 0 absent, -EBADMSG. */
-static int arg_raw(struct pv_request *r, const char *key, const uint8_t **val, uint32_t *vl)
-{
-    const uint8_t *pl, *d, *k, *v;
-    uint32_t len, dl, kl, l;
-    size_t want = strlen(key);
-    int found = 0, rc;
-    provider_payload(r, &pl, &len);
-    struct hs_iter outer, it;
-    hs_iter_init(&outer, pl, len);
-    while ((rc = hs_list_next(&outer, &d, &dl)) > 0) { /* Payload.data: field 1 */
-        hs_iter_init(&it, d, dl);
-        while ((rc = hs_struct_next(&it, &k, &kl, &v, &l)) > 0)
-            if (kl == want && memcmp(k, key, kl) == 0) {
-                *val = v;
-                *vl = l;
-                found = 1;
-            }
-        if (rc < 0)
-            return rc;
-    }
-    return rc < 0 ? rc : found;
-}
-
 static int64_t ms_of(int64_t ns)
 {
     return ns / 1000000;
@@ -716,7 +692,7 @@ static int signal_args(struct pv_request *r, struct mroom *room, struct mpeer *f
     struct structpb_value kind;
     *val = NULL;
     *vl = 0;
-    g = arg_raw(r, "signal", val, vl);
+    g = hs_payload_value(r, "signal", val, vl);
     if (g <= 0 || hs_value_check(*val, *vl, &why) < 0 || hs_value_decode(*val, *vl, &kind) < 0 ||
         kind.kind == STRUCTPB_NONE || kind.kind == STRUCTPB_NULL) {
         fail(r, g > 0 ? "invalid_signal" : "missing_signal",
