@@ -647,11 +647,19 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
         return 0;
     }
     struct evtype t;
-    char terr[EVTYPE_ERR_BYTES];
-    if (evtype_parse(&t, (const char *)e.event_type.ptr, e.event_type.len, terr, sizeof(terr)) <
-        0) {
-        conn_error(c, corr, "invalid_event_type", "%s", terr);
-        return 0;
+    if (e.event_type.len && e.event_type.len == c->last_type_len &&
+        memcmp(e.event_type.ptr, c->last_type_str, e.event_type.len) == 0) {
+        t = c->last_type;
+    } else {
+        char terr[EVTYPE_ERR_BYTES];
+        if (evtype_parse(&t, (const char *)e.event_type.ptr, e.event_type.len, terr, sizeof(terr)) <
+            0) {
+            conn_error(c, corr, "invalid_event_type", "%s", terr);
+            return 0;
+        }
+        c->last_type = t;
+        c->last_type_len = (uint16_t)e.event_type.len;
+        memcpy(c->last_type_str, e.event_type.ptr, e.event_type.len);
     }
     if (e.event_id.len > CONN_ID_BYTES_MAX || e.entity_id.len > CONN_ENTITY_BYTES_MAX) {
         conn_error(c, corr, "limit_exceeded", "%s longer than %u bytes",

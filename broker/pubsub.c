@@ -122,7 +122,8 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
         id.ptr = (const uint8_t *)uuid;
         id.len = 36;
     }
-    if (s->cfg->dedup_window_ms) {
+    /* A fresh UUID cannot repeat: only client-chosen ids are checked for duplicates. */
+    if (s->cfg->dedup_window_ms && m->id_len) {
         uint64_t key = dedup_key(id.ptr, id.len, body + m->type_off, m->type_len);
         if (dedup_check_insert(&cp->dedup, key, now, (int64_t)s->cfg->dedup_window_ms * 1000000)) {
             stat_add(&s->stats.duplicates, 1);

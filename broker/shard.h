@@ -181,6 +181,11 @@ struct conn {
     struct gap *gaps;
     uint32_t gap_count;
 
+    /* The last event type this connection emitted, validated: publishers repeat their types,
+     * so most emits skip the parser (a length check and a memcmp instead). */
+    struct evtype last_type;
+    uint16_t last_type_len;
+    char last_type_str[EVTYPE_BYTES_MAX];
     int64_t last_active_ns;
     uint64_t notify_mask;     /* shards to tell when this connection closes (requests, handlers) */
     struct conn *flush_next;  /* shard flush list */

@@ -108,6 +108,9 @@ struct cstate {
 /* Per shard, in its PROVIDER_SLOT_CAMPAIGN slot. */
 struct cs_shard {
     struct cs_hist *g_head, *g_tail;
+    /* History nodes released for reuse: recording an event costs no allocation once the
+     * shard has warmed up. At most as many nodes as the history ever held at once. */
+    struct cs_hist *free_nodes;
     size_t hist_bytes;
     size_t state_bytes;
     struct map active; /* conn id -> struct cstate: the connection's active campaign here */

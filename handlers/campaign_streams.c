@@ -71,7 +71,8 @@ static void hist_drop(struct cs_shard *sh, struct cs_hist *h)
         sh->g_tail = h->g_prev;
     sh->hist_bytes -= h->bytes;
     oframe_unref(h->f);
-    free(h);
+    h->next = sh->free_nodes;
+    sh->free_nodes = h;
 }
 
 void cs_history_free(struct cs_shard *sh, struct cstate *cs)
@@ -104,10 +105,12 @@ static bool payload_parts(const struct codec_event_in *ev, struct codec_slice *d
 
 /* Records an event by reference to its shared frame: the history costs one node and one
  * reference count per event, never a copy; the frame is decoded only when replayed. */
-static struct cs_hist *hist_new(struct cstate *cs, struct oframe *f)
+static struct cs_hist *hist_new(struct cs_shard *sh, struct cstate *cs, struct oframe *f)
 {
-    struct cs_hist *h = malloc(sizeof(*h));
-    if (!h)
+    struct cs_hist *h = sh->free_nodes;
+    if (h)
+        sh->free_nodes = h->next;
+    else if (!(h = malloc(sizeof(*h))))
         return NULL;
     memset(h, 0, sizeof(*h));
     h->cs = cs;
@@ -211,7 +214,7 @@ void cs_published(struct shard *s, struct campaign *cp, struct oframe *f)
 {
     struct cs_shard *sh = cs_shard(s);
     struct cstate *cs = sh ? cs_get(cp, true) : NULL;
-    struct cs_hist *h = cs ? hist_new(cs, f) : NULL;
+    struct cs_hist *h = cs ? hist_new(sh, cs, f) : NULL;
     if (!h) {
         /* Counted as evicted, so that a replay from here reports the gap. */
         if (cs)
