@@ -239,10 +239,19 @@ struct broker *broker_start(const struct config *cfg)
         s->cfg = &b->cfg;
         s->listen_fd = -1;
         b->shards[i] = s;
+    }
+    /* Metrics first: its port answers before the client port does, so anything that waits
+     * for the broker to accept clients can scrape it at once. */
+    if (b->cfg.metrics_port && !(b->metrics = metrics_start(b))) {
+        broker_free(b);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < b->shard_count; i++) {
         char err[256];
-        s->listen_fd = listen_socket(&b->cfg, err, sizeof(err));
-        if (s->listen_fd < 0) {
+        b->shards[i]->listen_fd = listen_socket(&b->cfg, err, sizeof(err));
+        if (b->shards[i]->listen_fd < 0) {
             log_error(-1, "%s", err);
+            metrics_stop(b->metrics);
             broker_free(b);
             return NULL;
         }
@@ -259,14 +268,6 @@ struct broker *broker_start(const struct config *cfg)
     if (atomic_load(&b->start_failed)) {
         broker_wait(b);
         return NULL;
-    }
-    if (b->cfg.metrics_port) {
-        b->metrics = metrics_start(b);
-        if (!b->metrics) {
-            broker_stop(b);
-            broker_wait(b);
-            return NULL;
-        }
     }
     log_info(-1, "nexusd %s listening on %s:%u with %u shards", NEXUS_VERSION, b->cfg.listen_host,
              b->cfg.listen_port, b->shard_count);
