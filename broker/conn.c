@@ -60,6 +60,7 @@ struct conn *conn_create(struct shard *s, int fd)
     c->shard = s;
     c->id = ((uint64_t)s->index << 56) | ++s->next_conn;
     codec_framer_init(&c->framer, s->cfg->frame_bytes_max);
+    c->iov = c->iov_small;
     c->last_active_ns = shard_now_ns();
     if (!s->cfg->token[0])
         c->flags |= CONN_AUTHED;
@@ -80,6 +81,8 @@ static void conn_free(struct conn *c)
         oframe_unref(c->q[(c->q_head + i) & (c->q_cap - 1)]);
     stat_sub(&s->stats.bytes_queued, c->q_bytes);
     free(c->q);
+    if (c->iov != c->iov_small)
+        free(c->iov);
     free(c->stash);
     free(c->gaps);
     free(c->subs);
@@ -343,6 +346,13 @@ void conn_flush(struct conn *c)
     if (c->flags & (CONN_SEND_INFLIGHT | CONN_DEAD) || c->q_count == 0)
         return;
     uint32_t n = c->q_count < CONN_IOV_MAX ? c->q_count : CONN_IOV_MAX;
+    if (n > CONN_IOV_SMALL && c->iov == c->iov_small) {
+        struct iovec *big = malloc(sizeof(struct iovec) * CONN_IOV_MAX);
+        if (big)
+            c->iov = big;
+    }
+    if (c->iov == c->iov_small && n > CONN_IOV_SMALL)
+        n = CONN_IOV_SMALL; /* no memory for the big array: smaller sends still work */
     for (uint32_t i = 0; i < n; i++) {
         struct oframe *f = c->q[(c->q_head + i) & (c->q_cap - 1)];
         uint32_t off = i == 0 ? c->q_off : 0;
@@ -403,7 +413,11 @@ void conn_send_done(struct conn *c, int res)
         conn_schedule_flush(c);
     } else if (c->flags & CONN_CLOSING) {
         conn_close(c, "closed after flush");
-    } else if (c->q_cap > 1024) {
+    } else if (c->iov != c->iov_small) {
+        free(c->iov); /* drained: the connection is not busy any more */
+        c->iov = c->iov_small;
+    }
+    if (c->q_count == 0 && c->q_cap > 1024 && !(c->flags & CONN_DEAD)) {
         /* A burst grew the queue array; give the memory back once it is drained. */
         free(c->q);
         c->q = NULL;
