@@ -619,8 +619,8 @@ int hs_map_merge(struct hs_map *m, struct hs_change *ch, uint32_t n, const struc
 
 int hs_payload_value(struct pv_request *r, const char *key, const uint8_t **val, uint32_t *vl)
 {
-    const uint8_t *pl, *d, *k, *v;
-    uint32_t len, dl, kl, l;
+    const uint8_t *pl = NULL, *d = NULL, *k = NULL, *v = NULL;
+    uint32_t len = 0, dl = 0, kl = 0, l = 0;
     size_t want = strlen(key);
     int found = 0, rc;
     provider_payload(r, &pl, &len);
