@@ -353,11 +353,19 @@ void conn_flush(struct conn *c)
     }
     if (c->iov == c->iov_small && n > CONN_IOV_SMALL)
         n = CONN_IOV_SMALL; /* no memory for the big array: smaller sends still work */
+    size_t bytes = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct oframe *f = c->q[(c->q_head + i) & (c->q_cap - 1)];
         uint32_t off = i == 0 ? c->q_off : 0;
         c->iov[i].iov_base = f->data + off;
         c->iov[i].iov_len = f->len - off;
+        bytes += f->len - off;
+        /* Many small frames per send, but not megabytes: past the socket buffer a send only
+         * waits, and a big one holds the frames it covers longer. */
+        if (bytes >= CONN_SEND_BYTES_MAX) {
+            n = i + 1;
+            break;
+        }
     }
     memset(&c->msg, 0, sizeof(c->msg));
     c->msg.msg_iov = c->iov;

@@ -36,7 +36,9 @@ struct shard;
  * ~0.9-1.2M to ~1.6M events/s, since each send costs a syscall-equivalent of kernel work.
  * 1024 is also the kernel's UIO_MAXIOV. */
 #define CONN_IOV_SMALL 16
-#define CONN_IOV_MAX   1024
+/* Bytes gathered into one send at most: about what a loopback socket buffer takes at once. */
+#define CONN_SEND_BYTES_MAX (256u * 1024u)
+#define CONN_IOV_MAX        1024
 
 /* Messages between shards. Requests (to a campaign's owner) may cause deliveries; deliveries
  * never cause further ring traffic, so a shard always drains its delivery rings and the two
