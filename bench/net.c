@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Blocking socket helpers for setting up benchmark connections (connect, handshake,
+// subscribe) before the measured run, each bounded by a deadline. Main thread only; the
+// workers take the sockets over afterwards in non-blocking mode.
+#include "bench/bench.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t bench_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int bench_connect(const char *host, uint16_t port, char *err, size_t cap)
+{
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    char ps[8];
+    snprintf(ps, sizeof(ps), "%u", port);
+    int r = getaddrinfo(host, ps, &hints, &res);
+    if (r != 0) {
+        snprintf(err, cap, "cannot resolve %s: %s", host, gai_strerror(r));
+        return -EHOSTUNREACH;
+    }
+    int fd = -1, last = ECONNREFUSED;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            last = errno;
+            continue;
+        }
+        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
+            break;
+        last = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        snprintf(err, cap, "cannot connect to %s:%u: %s", host, port, strerror(last));
+        return -last;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+static int wait_fd(const struct bench_setup *s, short events)
+{
+    int64_t left = s->deadline_ns - bench_now_ns();
+    if (left <= 0)
+        return -ETIMEDOUT;
+    struct pollfd p = {.fd = s->fd, .events = events};
+    int r = poll(&p, 1, (int)(left / 1000000) + 1);
+    if (r < 0)
+        return errno == EINTR ? 0 : -errno;
+    return r == 0 ? -ETIMEDOUT : 1;
+}
+
+int bench_setup_send(struct bench_setup *s, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    while (len) {
+        ssize_t n = send(s->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EINTR)
+            return -errno;
+        int r = wait_fd(s, POLLOUT);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int bench_setup_fill(struct bench_setup *s)
+{
+    if (s->len == sizeof(s->buf))
+        return -ENOBUFS;
+    for (;;) {
+        ssize_t n = recv(s->fd, s->buf + s->len, sizeof(s->buf) - s->len, MSG_DONTWAIT);
+        if (n >= 0) {
+            s->len += (size_t)n;
+            return (int)n;
+        }
+        if (errno != EAGAIN && errno != EINTR)
+            return -errno;
+        int r = wait_fd(s, POLLIN);
+        if (r < 0)
+            return r;
+    }
+}
+
+void bench_setup_consume(struct bench_setup *s, size_t n)
+{
+    memmove(s->buf, s->buf + n, s->len - n);
+    s->len -= n;
+}

@@ -1,0 +1,335 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Command line of nexus-bench: flags and the named presets of the workloads in issue 6 /
+// docs/BENCHMARKS.md. A preset sets the workload's shape; flags given with it override single
+// values whatever their order. Main thread, start-up only.
+#include "bench/bench.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct preset {
+    const char *name;
+    uint32_t publishers, subscribers, campaigns, payload_bytes;
+    uint64_t rate;
+    const char *shape;
+};
+
+/* The workload table of issue 6 (64-byte payloads unless said). */
+static const struct preset presets[] = {
+    {"fanout-1", 1, 1, 1, 64, 0, "1 publisher, 1 campaign, 1 subscriber, max rate"},
+    {"fanout-10", 1, 10, 1, 64, 0, "1 publisher, 1 campaign, 10 subscribers, max rate"},
+    {"fanout-100", 1, 100, 1, 64, 0, "1 publisher, 1 campaign, 100 subscribers, max rate"},
+    {"fanin", 4, 1, 1, 64, 0, "4 publishers, 1 campaign, 1 subscriber, max rate"},
+    {"campaigns", 4, 100, 100, 64, 0,
+     "4 publishers over 100 campaigns, 100 subscribers (one per campaign), max rate"},
+    {"latency", 1, 10, 1, 64, 50000, "1 publisher at 50,000 events/s, 10 subscribers"},
+    {"large", 1, 10, 1, 4096, 0, "4 KiB payloads, 1 publisher, 10 subscribers, max rate"},
+};
+
+const char *bench_broker_name(enum bench_broker b)
+{
+    return b == BENCH_NEXUS ? "nexus" : b == BENCH_NATS ? "nats" : "redis";
+}
+
+static void usage(void)
+{
+    printf("Usage: nexus-bench [--preset NAME] [flags]\n"
+           "Load generator for nexusd, NATS and Redis pub/sub: publishes at max rate (bounded\n"
+           "in-flight window) or at a fixed rate, checks every delivery (loss, order,\n"
+           "duplicates) and reports rates, latency percentiles and CPU.\n\n"
+           "Flags:\n"
+           "  --broker nexus|nats|redis  protocol to speak (default nexus)\n"
+           "  --host HOST                broker host (default 127.0.0.1)\n"
+           "  --port PORT                broker port (default 7400 / 4222 / 6379)\n"
+           "  --publishers N             publisher connections\n"
+           "  --subscribers N            subscriber connections (subscriber i takes campaign\n"
+           "                             i mod campaigns)\n"
+           "  --campaigns N              campaigns (subjects, channels); publishers cycle\n"
+           "                             through all of them\n"
+           "  --payload-bytes N          payload size (>= %u)\n"
+           "  --rate N                   events/s over all publishers, open loop, latency from\n"
+           "                             the scheduled send time; 0 = max rate (k, M suffixes)\n"
+           "  --duration-s S             measured time (default 10)\n"
+           "  --warmup-s S               unmeasured time before it (default 2)\n"
+           "  --drain-s S                time allowed for in-flight events at the end (default 5)\n"
+           "  --window N                 max rate: events a publisher may have in flight, i.e.\n"
+           "                             not yet received by the slowest subscriber of their\n"
+           "                             campaign (default 4096)\n"
+           "  --window-bytes N           max rate: bytes of frames a publisher may have in\n"
+           "                             flight, the same way (default 2 MiB)\n"
+           "  --threads N                worker threads (default 1)\n"
+           "  --broker-pid PID           also report this process's CPU use\n"
+           "  --campaign-base N          first campaign id / subject number (default: from the\n"
+           "                             clock, so that runs never share campaigns)\n"
+           "  --json                     print the result as one JSON line on stdout\n"
+           "  --quiet                    no progress lines\n"
+           "  --preset NAME              a workload of docs/BENCHMARKS.md:\n",
+           BENCH_PAYLOAD_MIN);
+    for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
+        printf("      %-12s %s\n", presets[i].name, presets[i].shape);
+    printf("\nExit status: 0 every event delivered once and in order; 1 loss, disorder,\n"
+           "duplicates, corruption or a broker error (the run is not a result); 2 usage;\n"
+           "3 the broker could not be reached or set up.\n");
+}
+
+static int parse_u64(const char *flag, const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end != s && (*end == 'k' || *end == 'K')) {
+        v *= 1e3;
+        end++;
+    } else if (end != s && (*end == 'm' || *end == 'M')) {
+        v *= 1e6;
+        end++;
+    }
+    if (errno || end == s || *end || v < (double)min || v > (double)max ||
+        v != (double)(uint64_t)v) {
+        fprintf(stderr, "nexus-bench: --%s wants an integer in %llu..%llu, got \"%s\"\n", flag,
+                (unsigned long long)min, (unsigned long long)max, s);
+        return -EINVAL;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static int parse_secs(const char *flag, const char *s, double min, double max, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= min && v <= max)) {
+        fprintf(stderr, "nexus-bench: --%s wants seconds in %g..%g, got \"%s\"\n", flag, min, max,
+                s);
+        return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+static int apply_preset(struct bench_cfg *cfg, const char *name)
+{
+    for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++) {
+        const struct preset *p = &presets[i];
+        if (strcmp(p->name, name) != 0)
+            continue;
+        cfg->publishers = p->publishers;
+        cfg->subscribers = p->subscribers;
+        cfg->campaigns = p->campaigns;
+        cfg->payload_bytes = p->payload_bytes;
+        cfg->rate = p->rate;
+        snprintf(cfg->preset, sizeof(cfg->preset), "%s", p->name);
+        return 0;
+    }
+    fprintf(stderr, "nexus-bench: unknown preset \"%s\" (see --help)\n", name);
+    return -EINVAL;
+}
+
+enum {
+    O_BROKER = 256,
+    O_HOST,
+    O_PORT,
+    O_PUBS,
+    O_SUBS,
+    O_CAMPAIGNS,
+    O_PAYLOAD,
+    O_RATE,
+    O_DURATION,
+    O_WARMUP,
+    O_DRAIN,
+    O_WINDOW,
+    O_WINDOW_BYTES,
+    O_THREADS,
+    O_PID,
+    O_BASE,
+    O_JSON,
+    O_QUIET,
+    O_PRESET,
+    O_HELP,
+};
+
+static const struct option longopts[] = {
+    {"broker", required_argument, NULL, O_BROKER},
+    {"host", required_argument, NULL, O_HOST},
+    {"port", required_argument, NULL, O_PORT},
+    {"publishers", required_argument, NULL, O_PUBS},
+    {"subscribers", required_argument, NULL, O_SUBS},
+    {"campaigns", required_argument, NULL, O_CAMPAIGNS},
+    {"payload-bytes", required_argument, NULL, O_PAYLOAD},
+    {"rate", required_argument, NULL, O_RATE},
+    {"duration-s", required_argument, NULL, O_DURATION},
+    {"warmup-s", required_argument, NULL, O_WARMUP},
+    {"drain-s", required_argument, NULL, O_DRAIN},
+    {"window", required_argument, NULL, O_WINDOW},
+    {"window-bytes", required_argument, NULL, O_WINDOW_BYTES},
+    {"threads", required_argument, NULL, O_THREADS},
+    {"broker-pid", required_argument, NULL, O_PID},
+    {"campaign-base", required_argument, NULL, O_BASE},
+    {"json", no_argument, NULL, O_JSON},
+    {"quiet", no_argument, NULL, O_QUIET},
+    {"preset", required_argument, NULL, O_PRESET},
+    {"help", no_argument, NULL, O_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+static int set_flag(struct bench_cfg *cfg, int opt, const char *arg)
+{
+    uint64_t v = 0;
+    const char *name = NULL;
+    for (const struct option *o = longopts; o->name; o++)
+        if (o->val == opt)
+            name = o->name;
+    switch (opt) {
+    case O_BROKER:
+        if (!strcmp(arg, "nexus"))
+            cfg->broker = BENCH_NEXUS;
+        else if (!strcmp(arg, "nats"))
+            cfg->broker = BENCH_NATS;
+        else if (!strcmp(arg, "redis"))
+            cfg->broker = BENCH_REDIS;
+        else {
+            fprintf(stderr, "nexus-bench: --broker wants nexus, nats or redis, got \"%s\"\n", arg);
+            return -EINVAL;
+        }
+        return 0;
+    case O_HOST:
+        if (strlen(arg) >= sizeof(cfg->host)) {
+            fprintf(stderr, "nexus-bench: --host is too long\n");
+            return -EINVAL;
+        }
+        snprintf(cfg->host, sizeof(cfg->host), "%s", arg);
+        return 0;
+    case O_PORT:
+        if (parse_u64(name, arg, 1, 65535, &v) < 0)
+            return -EINVAL;
+        cfg->port = (uint16_t)v;
+        return 0;
+    case O_PUBS:
+        if (parse_u64(name, arg, 1, BENCH_PUBLISHERS_MAX, &v) < 0)
+            return -EINVAL;
+        cfg->publishers = (uint32_t)v;
+        return 0;
+    case O_SUBS:
+        if (parse_u64(name, arg, 1, BENCH_SUBSCRIBERS_MAX, &v) < 0)
+            return -EINVAL;
+        cfg->subscribers = (uint32_t)v;
+        return 0;
+    case O_CAMPAIGNS:
+        if (parse_u64(name, arg, 1, BENCH_CAMPAIGNS_MAX, &v) < 0)
+            return -EINVAL;
+        cfg->campaigns = (uint32_t)v;
+        return 0;
+    case O_PAYLOAD:
+        if (parse_u64(name, arg, BENCH_PAYLOAD_MIN, BENCH_PAYLOAD_MAX, &v) < 0)
+            return -EINVAL;
+        cfg->payload_bytes = (uint32_t)v;
+        return 0;
+    case O_RATE:
+        /* 100M events/s is beyond any single machine; the bound keeps the arithmetic exact. */
+        if (parse_u64(name, arg, 0, 100000000, &v) < 0)
+            return -EINVAL;
+        cfg->rate = v;
+        return 0;
+    case O_DURATION:
+        return parse_secs(name, arg, 0.1, 86400, &cfg->duration_s);
+    case O_WARMUP:
+        return parse_secs(name, arg, 0, 3600, &cfg->warmup_s);
+    case O_DRAIN:
+        return parse_secs(name, arg, 0.1, 600, &cfg->drain_s);
+    case O_WINDOW:
+        if (parse_u64(name, arg, 1, 1u << 24, &v) < 0)
+            return -EINVAL;
+        cfg->window = (uint32_t)v;
+        return 0;
+    case O_WINDOW_BYTES:
+        if (parse_u64(name, arg, 4096, 1ull << 32, &v) < 0)
+            return -EINVAL;
+        cfg->window_bytes = v;
+        return 0;
+    case O_THREADS:
+        if (parse_u64(name, arg, 1, BENCH_THREADS_MAX, &v) < 0)
+            return -EINVAL;
+        cfg->threads = (uint32_t)v;
+        return 0;
+    case O_PID:
+        if (parse_u64(name, arg, 1, 1u << 22, &v) < 0)
+            return -EINVAL;
+        cfg->broker_pid = (int)v;
+        return 0;
+    case O_BASE:
+        if (parse_u64(name, arg, 1, 1ull << 52, &v) < 0)
+            return -EINVAL;
+        cfg->campaign_base = v;
+        return 0;
+    case O_JSON:
+        cfg->json = true;
+        return 0;
+    case O_QUIET:
+        cfg->quiet = true;
+        return 0;
+    default:
+        return 0; /* --preset was applied in the first pass */
+    }
+}
+
+int bench_options_parse(struct bench_cfg *cfg, int argc, char **argv)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->broker = BENCH_NEXUS;
+    snprintf(cfg->host, sizeof(cfg->host), "127.0.0.1");
+    cfg->duration_s = 10;
+    cfg->warmup_s = 2;
+    cfg->drain_s = 5;
+    /* 4096 events: at the ~1 ms a loaded loopback round trip takes, enough to sustain about
+     * 4M events/s per publisher. 2 MiB: the same for large payloads (about 500 events of
+     * 4 KiB), and far below every broker's slow-consumer bound (nexusd 16 MiB per connection,
+     * Redis pub/sub 8 MiB soft / 32 MiB hard, NATS 64 MiB), so that the benchmark measures
+     * delivery rather than tripping a limit with its own burst: with 4096 events of 4 KiB
+     * (17 MB) in flight, nexusd rightly disconnects every subscriber at its 16 MiB bound. */
+    cfg->window = 4096;
+    cfg->window_bytes = 2u << 20;
+    cfg->threads = 1;
+    apply_preset(cfg, "fanout-1");
+    snprintf(cfg->preset, sizeof(cfg->preset), "custom");
+
+    /* First pass: the preset, so that later flags override it whatever the order. */
+    opterr = 0;
+    optind = 1;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (opt == O_HELP) {
+            usage();
+            return 1;
+        }
+        if (opt == O_PRESET && apply_preset(cfg, optarg) < 0)
+            return -EINVAL;
+    }
+    opterr = 1;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (opt == '?' || opt == ':')
+            return -EINVAL;
+        if (set_flag(cfg, opt, optarg) < 0)
+            return -EINVAL;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "nexus-bench: unexpected argument \"%s\" (see --help)\n", argv[optind]);
+        return -EINVAL;
+    }
+    if ((uint64_t)cfg->publishers * cfg->subscribers > BENCH_TABLE_CELLS_MAX ||
+        (uint64_t)cfg->publishers * cfg->campaigns > BENCH_TABLE_CELLS_MAX) {
+        fprintf(stderr,
+                "nexus-bench: publishers x subscribers and publishers x campaigns must "
+                "each stay under %u\n",
+                BENCH_TABLE_CELLS_MAX);
+        return -EINVAL;
+    }
+    if (cfg->threads > cfg->publishers + cfg->subscribers)
+        cfg->threads = cfg->publishers + cfg->subscribers;
+    return 0;
+}

@@ -1,0 +1,267 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Smoke test of nexus-bench against the real nexusd: short runs (a few seconds in all) that
+// must deliver every event once and in order, checked through the benchmark's exit status
+// and its JSON line; and one run against a broker whose outbound bound is far too small for
+// the load, which must fail the delivery check (exit 1, "ok":false) instead of printing a
+// throughput. nexus-bench is found next to nexusd ($NEXUSD, set by CTest).
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+
+#include "harness.h"
+
+/* Upper bound on a benchmark's JSON line and log (its text report goes to stderr). */
+#define OUT_BYTES 65536
+
+static char bench_path[PATH_MAX];
+
+static int find_bench(void **state)
+{
+    (void)state;
+    const char *nexusd = getenv("NEXUSD");
+    if (!nexusd) {
+        fprintf(stderr, "NEXUSD is not set (run the tests through ctest)\n");
+        return -1;
+    }
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", nexusd);
+    snprintf(bench_path, sizeof(bench_path), "%s/nexus-bench", dirname(dir));
+    if (access(bench_path, X_OK) != 0) {
+        fprintf(stderr, "%s is missing: build the nexus-bench target\n", bench_path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Runs nexus-bench with args (NULL-terminated) plus --port and --broker-pid of b; captures
+ * stdout into out. Returns its exit status, or -1 if it did not exit normally. */
+static int run_bench(const struct broker_proc *b, char *out, size_t cap, ...)
+{
+    char port[16], pid[16];
+    snprintf(port, sizeof(port), "%u", b->port);
+    snprintf(pid, sizeof(pid), "%d", (int)b->pid);
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = bench_path;
+    argv[n++] = "--port";
+    argv[n++] = port;
+    argv[n++] = "--broker-pid";
+    argv[n++] = pid;
+    argv[n++] = "--json";
+    argv[n++] = "--quiet";
+    va_list ap;
+    va_start(ap, cap);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) && n < 62)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+
+    int fds[2];
+    if (pipe(fds) < 0)
+        return -1;
+    pid_t child = fork();
+    if (child == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execv(bench_path, (char *const *)argv);
+        perror("execv nexus-bench");
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t len = 0;
+    ssize_t r;
+    while ((r = read(fds[0], out + len, cap - 1 - len)) > 0 && len < cap - 1)
+        len += (size_t)r;
+    out[len] = 0;
+    close(fds[0]);
+    int st;
+    if (waitpid(child, &st, 0) != child || !WIFEXITED(st))
+        return -1;
+    return WEXITSTATUS(st);
+}
+
+/* The number after "key": in the JSON line, or -1 if absent. */
+static double json_num(const char *json, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    const char *p = strstr(json, pat);
+    return p ? strtod(p + strlen(pat), NULL) : -1;
+}
+
+/* Max rate, fan-out over two campaigns: everything arrives, once, in order. */
+static void test_max_rate_delivers_everything(void **state)
+{
+    (void)state;
+    struct broker_proc b = h_start(1, NULL);
+    static char out[OUT_BYTES];
+    int rc = run_bench(&b, out, sizeof(out), "--publishers", "2", "--subscribers", "6",
+                       "--campaigns", "2", "--duration-s", "2", "--warmup-s", "0.5", NULL);
+    fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "\"ok\":true"));
+    assert_true(json_num(out, "delivered_per_s") > 1000);
+    double expected = json_num(out, "expected"), delivered = json_num(out, "delivered");
+    assert_true(expected > 0);
+    assert_true(delivered == expected);
+    assert_true(json_num(out, "lost") == 0);
+    assert_true(json_num(out, "disorder") == 0);
+    assert_true(json_num(out, "seq_breaks") == 0);
+    assert_true(json_num(out, "broker_cpu_pct") >= 0);
+    assert_true(h_alive(&b));
+    assert_int_equal(h_stop(&b), 0);
+}
+
+/* Fixed rate: the publishers keep the schedule and latencies are recorded. */
+static void test_fixed_rate_measures_latency(void **state)
+{
+    (void)state;
+    struct broker_proc b = h_start(1, NULL);
+    static char out[OUT_BYTES];
+    int rc = run_bench(&b, out, sizeof(out), "--preset", "latency", "--rate", "20000",
+                       "--subscribers", "3", "--duration-s", "1", "--warmup-s", "0.2", NULL);
+    fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "\"ok\":true"));
+    /* 20,000 events/s for 1 s to 3 subscribers: ~60,000 samples (some jitter at the edges). */
+    double samples = json_num(out, "lat_samples");
+    assert_true(samples > 50000 && samples < 70000);
+    assert_true(json_num(out, "lat_p50_us") > 0);
+    assert_true(json_num(out, "lat_p99_us") >= json_num(out, "lat_p50_us"));
+    assert_true(json_num(out, "published_per_s") > 18000 &&
+                json_num(out, "published_per_s") < 22000);
+    assert_int_equal(h_stop(&b), 0);
+}
+
+/* A broker that may queue only 4 KiB per subscriber disconnects them under a burst: the
+ * benchmark must call that loss and exit 1, not report a throughput. */
+static void test_loss_fails_the_run(void **state)
+{
+    (void)state;
+    struct broker_proc b = h_start(1, "--max-outbound-bytes", "4096", NULL);
+    static char out[OUT_BYTES];
+    int rc = run_bench(&b, out, sizeof(out), "--subscribers", "20", "--window", "200000",
+                       "--duration-s", "1", "--warmup-s", "0", "--drain-s", "2", NULL);
+    fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "\"ok\":false"));
+    assert_true(json_num(out, "lost") > 0 || json_num(out, "disconnects") > 0 ||
+                json_num(out, "gap_dropped") > 0);
+    assert_int_equal(h_stop(&b), 0);
+}
+
+/* Finds prog on $PATH (and in /usr/sbin, where Debian puts nats-server). */
+static bool find_program(const char *prog, char *out, size_t cap)
+{
+    const char *path = getenv("PATH");
+    char buf[4096];
+    snprintf(buf, sizeof(buf), "%s:/usr/sbin:/usr/bin", path ? path : "");
+    for (char *save = NULL, *dir = strtok_r(buf, ":", &save); dir;
+         dir = strtok_r(NULL, ":", &save)) {
+        snprintf(out, cap, "%s/%s", dir, prog);
+        if (access(out, X_OK) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Starts a peer broker (argv[0] a full path, "PORT" replaced by a free port) and waits until
+ * it accepts. Returns its pid, or 0 if it did not come up within 10 s. */
+static pid_t start_peer(const char **argv, uint16_t *port)
+{
+    *port = h_free_port();
+    char ps[16];
+    snprintf(ps, sizeof(ps), "%u", *port);
+    const char *av[16];
+    int n = 0;
+    for (; argv[n] && n < 15; n++)
+        av[n] = strcmp(argv[n], "PORT") == 0 ? ps : argv[n];
+    av[n] = NULL;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        execv(av[0], (char *const *)av);
+        _exit(127);
+    }
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons(*port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int64_t deadline = h_now_ms() + 10000; h_now_ms() < deadline; usleep(20000)) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        int ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+        close(fd);
+        if (ok)
+            return pid;
+        if (waitpid(pid, NULL, WNOHANG) == pid)
+            return 0;
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return 0;
+}
+
+/* The NATS and Redis drivers against the real servers (skipped where they are not
+ * installed: Debian packages nats-server and redis-server). */
+static void peer_run(const char *broker, const char **argv)
+{
+    struct broker_proc peer = {0};
+    peer.pid = start_peer(argv, &peer.port);
+    assert_true(peer.pid > 0);
+    static char out[OUT_BYTES];
+    int rc =
+        run_bench(&peer, out, sizeof(out), "--broker", broker, "--publishers", "2", "--subscribers",
+                  "4", "--campaigns", "2", "--duration-s", "1", "--warmup-s", "0.2", NULL);
+    fprintf(stderr, "%s", out);
+    kill(peer.pid, SIGTERM);
+    waitpid(peer.pid, NULL, 0);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "\"ok\":true"));
+    assert_true(json_num(out, "delivered") == json_num(out, "expected"));
+    assert_true(json_num(out, "delivered") > 0);
+}
+
+static void test_nats_driver(void **state)
+{
+    (void)state;
+    char bin[PATH_MAX];
+    if (!find_program("nats-server", bin, sizeof(bin)))
+        skip();
+    const char *argv[] = {bin, "-a", "127.0.0.1", "-p", "PORT", NULL};
+    peer_run("nats", argv);
+}
+
+static void test_redis_driver(void **state)
+{
+    (void)state;
+    char bin[PATH_MAX];
+    if (!find_program("redis-server", bin, sizeof(bin)))
+        skip();
+    const char *argv[] = {bin,      "--bind", "127.0.0.1",    "--port", "PORT",
+                          "--save", "",       "--appendonly", "no",     NULL};
+    peer_run("redis", argv);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_max_rate_delivers_everything),
+        cmocka_unit_test(test_fixed_rate_measures_latency),
+        cmocka_unit_test(test_loss_fails_the_run),
+        cmocka_unit_test(test_nats_driver),
+        cmocka_unit_test(test_redis_driver),
+    };
+    return cmocka_run_group_tests(tests, find_bench, NULL);
+}
