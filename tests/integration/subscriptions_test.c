@@ -178,7 +178,8 @@ static void test_patterns(void **state)
                 if (f.u.event.sequence != r * NTYPES + t + 1)
                     fail_msg("%s: got sequence %llu (%.*s), expected %u (%s)", who,
                              (unsigned long long)f.u.event.sequence, (int)f.u.event.event_type.len,
-                             (const char *)f.u.event.event_type.ptr, r * NTYPES + t + 1, TYPES[t]);
+                             (const char *)f.u.event.event_type.ptr, (unsigned)(r * NTYPES + t + 1),
+                             TYPES[t]);
                 assert_true(h_slice_eq(f.u.event.event_type, TYPES[t]));
             }
         }
