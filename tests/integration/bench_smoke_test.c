@@ -238,7 +238,7 @@ static void test_nats_driver(void **state)
     (void)state;
     char bin[PATH_MAX];
     if (!find_program("nats-server", bin, sizeof(bin)))
-        skip();
+        fail_msg("nats-server is not installed (./dev deps installs it)");
     const char *argv[] = {bin, "-a", "127.0.0.1", "-p", "PORT", NULL};
     peer_run("nats", argv);
 }
@@ -248,7 +248,7 @@ static void test_redis_driver(void **state)
     (void)state;
     char bin[PATH_MAX];
     if (!find_program("redis-server", bin, sizeof(bin)))
-        skip();
+        fail_msg("redis-server is not installed (./dev deps installs it)");
     const char *argv[] = {bin,      "--bind", "127.0.0.1",    "--port", "PORT",
                           "--save", "",       "--appendonly", "no",     NULL};
     peer_run("redis", argv);
