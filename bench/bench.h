@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/types.h>
 
 #include "bench/hist.h"
@@ -246,6 +247,11 @@ void bench_conn_reply(struct bench_conn *c, const void *data, size_t len);
 /* Records a protocol violation on c (the connection is then closed). */
 void bench_conn_fail(struct bench_conn *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* The lifecycle workload (lifecycle.c): request -> started -> success round trips against
+ * nexusd --test-handlers. Returns the exit status (0 ok, 1 delivery failed, 2 usage or a
+ * broker without request lifecycle, 3 set-up failed). */
+int bench_lifecycle_main(const struct bench_cfg *cfg, volatile sig_atomic_t *interrupted);
 
 /* Worker thread body (engine.c); arg is its struct bench_thread. */
 void *bench_thread_main(void *arg);

@@ -16,18 +16,24 @@ struct preset {
     uint32_t publishers, subscribers, campaigns, payload_bytes;
     uint64_t rate;
     const char *shape;
+    uint32_t window; /* 0: the default */
 };
 
 /* The workload table of issue 6 (64-byte payloads unless said). */
 static const struct preset presets[] = {
-    {"fanout-1", 1, 1, 1, 64, 0, "1 publisher, 1 campaign, 1 subscriber, max rate"},
-    {"fanout-10", 1, 10, 1, 64, 0, "1 publisher, 1 campaign, 10 subscribers, max rate"},
-    {"fanout-100", 1, 100, 1, 64, 0, "1 publisher, 1 campaign, 100 subscribers, max rate"},
-    {"fanin", 4, 1, 1, 64, 0, "4 publishers, 1 campaign, 1 subscriber, max rate"},
+    {"fanout-1", 1, 1, 1, 64, 0, "1 publisher, 1 campaign, 1 subscriber, max rate", 0},
+    {"fanout-10", 1, 10, 1, 64, 0, "1 publisher, 1 campaign, 10 subscribers, max rate", 0},
+    {"fanout-100", 1, 100, 1, 64, 0, "1 publisher, 1 campaign, 100 subscribers, max rate", 0},
+    {"fanin", 4, 1, 1, 64, 0, "4 publishers, 1 campaign, 1 subscriber, max rate", 0},
     {"campaigns", 4, 100, 100, 64, 0,
-     "4 publishers over 100 campaigns, 100 subscribers (one per campaign), max rate"},
-    {"latency", 1, 10, 1, 64, 50000, "1 publisher at 50,000 events/s, 10 subscribers"},
-    {"large", 1, 10, 1, 4096, 0, "4 KiB payloads, 1 publisher, 10 subscribers, max rate"},
+     "4 publishers over 100 campaigns, 100 subscribers (one per campaign), max rate", 0},
+    {"latency", 1, 10, 1, 64, 50000, "1 publisher at 50,000 events/s, 10 subscribers", 0},
+    {"large", 1, 10, 1, 4096, 0, "4 KiB payloads, 1 publisher, 10 subscribers, max rate", 0},
+    {"lifecycle", 1, 0, 1, 64, 0,
+     "nexus only (nexusd --test-handlers): test:echo request -> started ->\n"
+     "                   success round trips, --requesters connections (default 1), each\n"
+     "                   with --window requests open (default 64) or paced by --rate",
+     64},
 };
 
 const char *bench_broker_name(enum bench_broker b)
@@ -46,6 +52,8 @@ static void usage(void)
            "  --host HOST                broker host (default 127.0.0.1)\n"
            "  --port PORT                broker port (default 7400 / 4222 / 6379)\n"
            "  --publishers N             publisher connections\n"
+           "  --requesters N             lifecycle preset: requester connections (the same\n"
+           "                             count as --publishers)\n"
            "  --subscribers N            subscriber connections (subscriber i takes campaign\n"
            "                             i mod campaigns)\n"
            "  --campaigns N              campaigns (subjects, channels); publishers cycle\n"
@@ -123,6 +131,8 @@ static int apply_preset(struct bench_cfg *cfg, const char *name)
         cfg->campaigns = p->campaigns;
         cfg->payload_bytes = p->payload_bytes;
         cfg->rate = p->rate;
+        if (p->window)
+            cfg->window = p->window;
         snprintf(cfg->preset, sizeof(cfg->preset), "%s", p->name);
         return 0;
     }
@@ -135,6 +145,7 @@ enum {
     O_HOST,
     O_PORT,
     O_PUBS,
+    O_REQS,
     O_SUBS,
     O_CAMPAIGNS,
     O_PAYLOAD,
@@ -158,6 +169,7 @@ static const struct option longopts[] = {
     {"host", required_argument, NULL, O_HOST},
     {"port", required_argument, NULL, O_PORT},
     {"publishers", required_argument, NULL, O_PUBS},
+    {"requesters", required_argument, NULL, O_REQS},
     {"subscribers", required_argument, NULL, O_SUBS},
     {"campaigns", required_argument, NULL, O_CAMPAIGNS},
     {"payload-bytes", required_argument, NULL, O_PAYLOAD},
@@ -210,6 +222,7 @@ static int set_flag(struct bench_cfg *cfg, int opt, const char *arg)
         cfg->port = (uint16_t)v;
         return 0;
     case O_PUBS:
+    case O_REQS:
         if (parse_u64(name, arg, 1, BENCH_PUBLISHERS_MAX, &v) < 0)
             return -EINVAL;
         cfg->publishers = (uint32_t)v;

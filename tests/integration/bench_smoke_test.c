@@ -160,6 +160,50 @@ static void test_loss_fails_the_run(void **state)
 }
 
 /* Finds prog on $PATH (and in /usr/sbin, where Debian puts nats-server). */
+/* Request round trips through the Provider's test:echo handler: every request gets exactly
+ * one started and one success, and the round trips are counted and timed. */
+static void test_lifecycle_round_trips(void **state)
+{
+    (void)state;
+    struct broker_proc b = h_start(1, "--test-handlers", NULL);
+    static char out[OUT_BYTES];
+    int rc = run_bench(&b, out, sizeof(out), "--preset", "lifecycle", "--requesters", "2",
+                       "--duration-s", "2", "--warmup-s", "0.3", NULL);
+    fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "\"ok\":true"));
+    double sent = json_num(out, "sent");
+    assert_true(sent > 1000);
+    assert_true(json_num(out, "started") == sent);
+    assert_true(json_num(out, "success") == sent);
+    assert_true(json_num(out, "failed") == 0);
+    assert_true(json_num(out, "unknown") == 0);
+    assert_true(json_num(out, "dup_started") == 0);
+    assert_true(json_num(out, "round_trips_per_s") > 1000);
+    assert_true(json_num(out, "lat_p99_us") >= json_num(out, "lat_p50_us"));
+    assert_true(json_num(out, "lat_p50_us") > 0);
+    assert_true(h_alive(&b));
+    assert_int_equal(h_stop(&b), 0);
+}
+
+/* Without --test-handlers every request fails (no_handler): the run must fail, and the
+ * preset refuses brokers without a request lifecycle (usage, exit 2). */
+static void test_lifecycle_failures(void **state)
+{
+    (void)state;
+    struct broker_proc b = h_start(1, NULL);
+    static char out[OUT_BYTES];
+    int rc = run_bench(&b, out, sizeof(out), "--preset", "lifecycle", "--duration-s", "0.5",
+                       "--warmup-s", "0", NULL);
+    fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "\"ok\":false"));
+    assert_true(json_num(out, "failed") > 0);
+    rc = run_bench(&b, out, sizeof(out), "--preset", "lifecycle", "--broker", "nats", NULL);
+    assert_int_equal(rc, 2);
+    assert_int_equal(h_stop(&b), 0);
+}
+
 static bool find_program(const char *prog, char *out, size_t cap)
 {
     const char *path = getenv("PATH");
@@ -260,6 +304,8 @@ int main(void)
         cmocka_unit_test(test_max_rate_delivers_everything),
         cmocka_unit_test(test_fixed_rate_measures_latency),
         cmocka_unit_test(test_loss_fails_the_run),
+        cmocka_unit_test(test_lifecycle_round_trips),
+        cmocka_unit_test(test_lifecycle_failures),
         cmocka_unit_test(test_nats_driver),
         cmocka_unit_test(test_redis_driver),
     };
