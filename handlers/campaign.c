@@ -728,11 +728,6 @@ static void cs_shard_free(struct shard *s)
         *provider_campaign_slot(cp, PROVIDER_SLOT_CAMPAIGN) = NULL;
     }
     if (sh) {
-        while (sh->free_nodes) {
-            struct cs_hist *h = sh->free_nodes;
-            sh->free_nodes = h->next;
-            free(h);
-        }
         map_free(&sh->active);
         free(sh);
     }

@@ -47,8 +47,8 @@ struct publish;
  * reached first — enough for a client that reconnects within seconds under a busy campaign. */
 #define CS_HISTORY_EVENTS_MAX 1024
 #define CS_HISTORY_BYTES_MAX  ((size_t)1 << 20)
-/* History on one shard: 64 MiB; past it the shard's oldest events go first, whatever their
- * campaign. */
+/* History on one shard: 64 MiB; past it campaigns give up their oldest events in turn (a clock
+ * hand over the shard's campaigns), so idle campaigns cannot hold it all. */
 #define CS_SHARD_HISTORY_BYTES_MAX ((size_t)64 << 20)
 /* An event whose payload is larger is kept without its data (payload_omitted in the replay):
  * one 900 KiB event must not push a campaign's whole history out. */
@@ -79,16 +79,6 @@ struct cs_watchers {
     uint32_t count, cap;
 };
 
-/* One recorded event of a campaign (campaign:stream_events). */
-struct cs_hist {
-    struct cs_hist *next;            /* newer event of the same campaign */
-    struct cs_hist *g_prev, *g_next; /* every event on the shard, oldest first */
-    struct cstate *cs;
-    struct oframe *f; /* the event's shared frame (one reference): no copy is made */
-    uint64_t sequence;
-    uint32_t bytes; /* charged against the bounds */
-};
-
 /* A campaign's state, in its PROVIDER_SLOT_CAMPAIGN slot. */
 struct cstate {
     struct campaign *cp;
@@ -98,8 +88,11 @@ struct cstate {
     uint64_t version;       /* changes applied */
     uint64_t changes, rejected;
     uint32_t active_sessions; /* connections whose active campaign this is (campaign:switch) */
-    struct cs_hist *h_head, *h_tail;
-    uint32_t h_count;
+    /* History (campaign:stream_events): references to the shared frames of the last events,
+     * oldest at h_head, in a ring that grows by doubling up to CS_HISTORY_EVENTS_MAX. No node
+     * is allocated and nothing is copied per event. */
+    struct oframe **h_ring;
+    uint32_t h_cap, h_head, h_count;
     size_t h_bytes;
     uint64_t h_evicted; /* highest sequence dropped from the history, 0: none */
     struct cs_watchers state_w, events_w;
@@ -107,11 +100,8 @@ struct cstate {
 
 /* Per shard, in its PROVIDER_SLOT_CAMPAIGN slot. */
 struct cs_shard {
-    struct cs_hist *g_head, *g_tail;
-    /* History nodes released for reuse: recording an event costs no allocation once the
-     * shard has warmed up. At most as many nodes as the history ever held at once. */
-    struct cs_hist *free_nodes;
     size_t hist_bytes;
+    uint32_t hist_hand; /* clock hand over the shard's campaigns, for the shard-wide bound */
     size_t state_bytes;
     struct map active; /* conn id -> struct cstate: the connection's active campaign here */
 };

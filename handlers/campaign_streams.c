@@ -51,34 +51,30 @@ void cs_watchers_remove(struct cs_watchers *w, struct pv_request *r)
 
 /* ---- history ------------------------------------------------------------------------------ */
 
-/* Drops the oldest event of its campaign (which h must be). */
-static void hist_drop(struct cs_shard *sh, struct cs_hist *h)
+/* Drops the oldest recorded event of a campaign. */
+static void hist_drop_oldest(struct cs_shard *sh, struct cstate *cs)
 {
-    struct cstate *cs = h->cs;
-    cs->h_head = h->next;
-    if (!cs->h_head)
-        cs->h_tail = NULL;
+    struct oframe *f = cs->h_ring[cs->h_head];
+    cs->h_head = (cs->h_head + 1) & (cs->h_cap - 1);
     cs->h_count--;
-    cs->h_bytes -= h->bytes;
-    cs->h_evicted = h->sequence;
-    if (h->g_prev)
-        h->g_prev->g_next = h->g_next;
-    else
-        sh->g_head = h->g_next;
-    if (h->g_next)
-        h->g_next->g_prev = h->g_prev;
-    else
-        sh->g_tail = h->g_prev;
-    sh->hist_bytes -= h->bytes;
-    oframe_unref(h->f);
-    h->next = sh->free_nodes;
-    sh->free_nodes = h;
+    cs->h_bytes -= f->len;
+    sh->hist_bytes -= f->len;
+    cs->h_evicted = f->sequence;
+    oframe_unref(f);
 }
 
 void cs_history_free(struct cs_shard *sh, struct cstate *cs)
 {
-    while (cs->h_head)
-        hist_drop(sh, cs->h_head);
+    while (cs->h_count)
+        hist_drop_oldest(sh, cs);
+    free(cs->h_ring);
+    cs->h_ring = NULL;
+    cs->h_cap = 0;
+}
+
+static struct oframe *hist_at(const struct cstate *cs, uint32_t k)
+{
+    return cs->h_ring[(cs->h_head + k) & (cs->h_cap - 1)];
 }
 
 /* The data and versioning Structs of a common.Payload, or false if it is malformed. */
@@ -103,58 +99,66 @@ static bool payload_parts(const struct codec_event_in *ev, struct codec_slice *d
     return r == 0;
 }
 
-/* Records an event by reference to its shared frame: the history costs one node and one
- * reference count per event, never a copy; the frame is decoded only when replayed. */
-static struct cs_hist *hist_new(struct cs_shard *sh, struct cstate *cs, struct oframe *f)
+/* Makes room for one more event in the campaign's ring. Returns 0 or -ENOMEM. */
+static int hist_room(struct cs_shard *sh, struct cstate *cs)
 {
-    struct cs_hist *h = sh->free_nodes;
-    if (h)
-        sh->free_nodes = h->next;
-    else if (!(h = malloc(sizeof(*h))))
-        return NULL;
-    memset(h, 0, sizeof(*h));
-    h->cs = cs;
-    h->f = f;
-    oframe_ref(f, 1);
-    h->sequence = f->sequence;
-    h->bytes = (uint32_t)sizeof(*h) + f->len;
-    return h;
+    if (cs->h_count == CS_HISTORY_EVENTS_MAX) {
+        hist_drop_oldest(sh, cs);
+        return 0;
+    }
+    if (cs->h_count < cs->h_cap)
+        return 0;
+    /* 16 entries first: most campaigns stay small; then doubling up to the bound. */
+    uint32_t ncap = cs->h_cap ? cs->h_cap * 2 : 16;
+    struct oframe **nr = malloc(sizeof(*nr) * ncap);
+    if (!nr)
+        return -ENOMEM;
+    for (uint32_t k = 0; k < cs->h_count; k++)
+        nr[k] = hist_at(cs, k);
+    free(cs->h_ring);
+    cs->h_ring = nr;
+    cs->h_cap = ncap;
+    cs->h_head = 0;
+    return 0;
 }
 
-static void hist_append(struct cs_shard *sh, struct cstate *cs, struct cs_hist *h)
+/* Records an event by reference to its shared frame, then applies the bounds: the campaign's
+ * (events, bytes), then the shard's bytes, taken from campaigns in turn (a clock hand over the
+ * shard's campaigns), so that idle campaigns give their history up too. */
+static int hist_record(struct shard *s, struct cs_shard *sh, struct cstate *cs, struct oframe *f)
 {
-    if (cs->h_tail)
-        cs->h_tail->next = h;
-    else
-        cs->h_head = h;
-    cs->h_tail = h;
+    if (hist_room(sh, cs) < 0)
+        return -ENOMEM;
+    oframe_ref(f, 1);
+    cs->h_ring[(cs->h_head + cs->h_count) & (cs->h_cap - 1)] = f;
     cs->h_count++;
-    cs->h_bytes += h->bytes;
-    h->g_prev = sh->g_tail;
-    if (sh->g_tail)
-        sh->g_tail->g_next = h;
-    else
-        sh->g_head = h;
-    sh->g_tail = h;
-    sh->hist_bytes += h->bytes;
-    /* The campaign's bounds first, then the shard's: the oldest events go. */
-    while (cs->h_head != h &&
-           (cs->h_count > CS_HISTORY_EVENTS_MAX || cs->h_bytes > CS_HISTORY_BYTES_MAX))
-        hist_drop(sh, cs->h_head);
-    while (sh->g_head != h && sh->hist_bytes > CS_SHARD_HISTORY_BYTES_MAX)
-        hist_drop(sh, sh->g_head);
+    cs->h_bytes += f->len;
+    sh->hist_bytes += f->len;
+    while (cs->h_count > 1 && cs->h_bytes > CS_HISTORY_BYTES_MAX)
+        hist_drop_oldest(sh, cs);
+    /* Bounded: each step drops an event or passes a campaign; two laps at most. */
+    for (uint32_t steps = 0;
+         sh->hist_bytes > CS_SHARD_HISTORY_BYTES_MAX && steps <= 2 * (s->campaigns.mask + 1);
+         steps++) {
+        uint32_t i = sh->hist_hand++ & s->campaigns.mask;
+        struct campaign *cp = s->campaigns.slots[i].val;
+        struct cstate *other = cp ? cs_get(cp, false) : NULL;
+        if (other && other->h_count > (other == cs ? 1u : 0u))
+            hist_drop_oldest(sh, other);
+    }
+    return 0;
 }
 
 /* ---- stream_events ------------------------------------------------------------------------ */
 
 /* A replayed or live event, as the payload of a campaign:stream_events stream event. */
-static int event_payload(struct hs_writer *w, const struct cs_hist *h)
+static int event_payload(struct hs_writer *w, const struct oframe *f)
 {
     struct codec_envelope env;
     struct codec_event_in ev;
     char err[CODEC_ERR_BYTES];
-    if (codec_envelope_decode(h->f->data + CODEC_FRAME_HEADER_BYTES,
-                              h->f->len - CODEC_FRAME_HEADER_BYTES, &env, err) < 0 ||
+    if (codec_envelope_decode(f->data + CODEC_FRAME_HEADER_BYTES, f->len - CODEC_FRAME_HEADER_BYTES,
+                              &env, err) < 0 ||
         codec_event_decode(env.body.ptr, env.body.len, &ev, err) < 0)
         return -EBADMSG; /* our own encoding: cannot happen */
     struct codec_slice data, vers;
@@ -169,13 +173,13 @@ static int event_payload(struct hs_writer *w, const struct cs_hist *h)
     bool vers_ok = !omit && vers.ptr && hs_struct_check(vers.ptr, vers.len, &why) == 0;
     hs_payload_begin(w);
     hs_put_cstring(w, "kind", "event");
-    hs_put_number(w, "sequence", (double)h->sequence);
+    hs_put_number(w, "sequence", (double)f->sequence);
     hs_put_string(w, "event_id", ev.event_id.ptr, ev.event_id.len);
     hs_put_string(w, "event_type", ev.event_type.ptr, ev.event_type.len);
     if (ev.entity_id.len)
         hs_put_string(w, "entity_id", ev.entity_id.ptr, ev.entity_id.len);
-    if (h->f->user_id_len)
-        hs_put_string(w, "user_id", h->f->user_id, h->f->user_id_len);
+    if (f->user_id_len)
+        hs_put_string(w, "user_id", f->user_id, f->user_id_len);
     hs_put_string(w, "timestamp_unix_nanos", ts, (size_t)tl);
     if (data_ok)
         hs_put_struct_bytes(w, "data", data.ptr, data.len);
@@ -188,15 +192,15 @@ static int event_payload(struct hs_writer *w, const struct cs_hist *h)
 }
 
 /* Whether the stream's user filter (the requester's user id) lets the event through. */
-static bool user_match(struct pv_request *r, const struct cs_hist *h)
+static bool user_match(struct pv_request *r, const struct oframe *f)
 {
     const uint8_t *u;
     uint32_t ul;
     provider_user_id(r, &u, &ul);
-    return ul == 0 || (ul == h->f->user_id_len && memcmp(u, h->f->user_id, ul) == 0);
+    return ul == 0 || (ul == f->user_id_len && memcmp(u, f->user_id, ul) == 0);
 }
 
-static void relay(struct cstate *cs, const struct cs_hist *h)
+static void relay(struct cstate *cs, const struct oframe *h)
 {
     struct hs_writer w;
     hs_init(&w, CS_HISTORY_DATA_BYTES_MAX + 4096);
@@ -214,17 +218,15 @@ void cs_published(struct shard *s, struct campaign *cp, struct oframe *f)
 {
     struct cs_shard *sh = cs_shard(s);
     struct cstate *cs = sh ? cs_get(cp, true) : NULL;
-    struct cs_hist *h = cs ? hist_new(sh, cs, f) : NULL;
-    if (!h) {
+    if (!cs || hist_record(s, sh, cs, f) < 0) {
         /* Counted as evicted, so that a replay from here reports the gap. */
         if (cs)
             cs->h_evicted = f->sequence;
         log_warn((int)s->index, "out of memory recording campaign history");
         return;
     }
-    hist_append(sh, cs, h);
     if (cs->events_w.count)
-        relay(cs, h);
+        relay(cs, f);
 }
 
 static void send_gap(struct pv_request *r, uint64_t first, uint64_t last)
@@ -263,7 +265,8 @@ void cs_stream_events_start(struct pv_request *r)
         send_gap(r, from, cs->h_evicted);
     struct hs_writer w;
     hs_init(&w, CS_HISTORY_DATA_BYTES_MAX + 4096);
-    for (const struct cs_hist *h = cs->h_head; h; h = h->next) {
+    for (uint32_t k = 0; k < cs->h_count; k++) {
+        const struct oframe *h = hist_at(cs, k);
         if (h->sequence < from || !user_match(r, h))
             continue;
         hs_reset(&w);
