@@ -267,6 +267,38 @@ static uint64_t request_key(int64_t campaign, const void *id, uint32_t len)
     return XXH3_64bits_withSeed(id, len, (uint64_t)campaign);
 }
 
+/* Fills p with what every event derived from request r carries: a fresh UUIDv4 (written to
+ * uuid, which must outlive p), the type, the request's entity and metadata (and its user id,
+ * for user filters), the payload, and the request's id as correlation id. Returns 0, or
+ * -EINVAL if type is not a valid event type. */
+static int pv_fill(struct publish *p, struct pv_request *r, const char *type, size_t tl,
+                   char uuid[36], const uint8_t *payload, uint32_t len)
+{
+    memset(p, 0, sizeof(*p));
+    if (evtype_parse(&p->type, type, tl, NULL, 0) < 0)
+        return -EINVAL;
+    shard_uuid4(r->shard, uuid);
+    p->ev.event_id.ptr = (const uint8_t *)uuid;
+    p->ev.event_id.len = 36;
+    p->ev.event_type.ptr = (const uint8_t *)type;
+    p->ev.event_type.len = (uint32_t)tl;
+    p->ev.entity_id.ptr = (const uint8_t *)r->entity;
+    p->ev.entity_id.len = r->entity_len;
+    p->ev.has_metadata = r->has_md;
+    p->ev.metadata.ptr = r->metadata;
+    p->ev.metadata.len = r->md_len;
+    if (r->user_len) {
+        p->user_id = r->metadata + r->user_off;
+        p->user_id_len = r->user_len;
+    }
+    p->ev.has_payload = payload != NULL;
+    p->ev.payload.ptr = payload;
+    p->ev.payload.len = payload ? len : 0;
+    p->ev.correlation_id.ptr = (const uint8_t *)r->id;
+    p->ev.correlation_id.len = r->id_len;
+    return 0;
+}
+
 /* Publishes S:A:vN:<state> for r. to_requester: deliver to it directly; to_handler: also to
  * the external handler. unsequenced: to the requester only, outside the campaign sequence. */
 static int pv_publish(struct pv_request *r, enum evtype_state state, const uint8_t *payload,
@@ -279,31 +311,9 @@ static int pv_publish(struct pv_request *r, enum evtype_state state, const uint8
     if (tl < 0)
         return tl;
     struct publish p;
-    memset(&p, 0, sizeof(p));
     char uuid[36];
-    shard_uuid4(s, uuid);
-    p.ev.event_id.ptr = (const uint8_t *)uuid;
-    p.ev.event_id.len = 36;
-    p.ev.event_type.ptr = (const uint8_t *)type;
-    p.ev.event_type.len = (uint32_t)tl;
-    if (evtype_parse(&p.type, type, (size_t)tl, NULL, 0) < 0)
+    if (pv_fill(&p, r, type, (size_t)tl, uuid, payload, len) < 0)
         return -EINVAL;
-    p.ev.entity_id.ptr = (const uint8_t *)r->entity;
-    p.ev.entity_id.len = r->entity_len;
-    p.ev.has_metadata = r->has_md;
-    p.ev.metadata.ptr = r->metadata;
-    p.ev.metadata.len = r->md_len;
-    if (r->user_len) {
-        p.user_id = r->metadata + r->user_off;
-        p.user_id_len = r->user_len;
-    }
-    if (payload) {
-        p.ev.has_payload = true;
-        p.ev.payload.ptr = payload;
-        p.ev.payload.len = len;
-    }
-    p.ev.correlation_id.ptr = (const uint8_t *)r->id;
-    p.ev.correlation_id.len = r->id_len;
     p.ev.stream_seq = stream_seq;
     if (code) {
         p.ev.code.ptr = (const uint8_t *)code;
@@ -1228,32 +1238,10 @@ static int pv_publish_typed(struct pv_request *r, const char *type, const uint8_
                             uint32_t len)
 {
     struct publish p;
-    memset(&p, 0, sizeof(p));
-    size_t tl = strlen(type);
-    if (evtype_parse(&p.type, type, tl, NULL, 0) < 0)
-        return -EINVAL;
     char uuid[36];
-    shard_uuid4(r->shard, uuid);
-    p.ev.event_id.ptr = (const uint8_t *)uuid;
-    p.ev.event_id.len = 36;
-    p.ev.event_type.ptr = (const uint8_t *)type;
-    p.ev.event_type.len = (uint32_t)tl;
-    p.ev.entity_id.ptr = (const uint8_t *)r->entity;
-    p.ev.entity_id.len = r->entity_len;
-    p.ev.has_metadata = r->has_md;
-    p.ev.metadata.ptr = r->metadata;
-    p.ev.metadata.len = r->md_len;
-    if (r->user_len) {
-        p.user_id = r->metadata + r->user_off;
-        p.user_id_len = r->user_len;
-    }
-    p.ev.has_payload = payload != NULL;
-    p.ev.payload.ptr = payload;
-    p.ev.payload.len = payload ? len : 0;
-    p.ev.correlation_id.ptr = (const uint8_t *)r->id;
-    p.ev.correlation_id.len = r->id_len;
-    int rc = pubsub_publish(r->shard, r->cp, &p);
-    return rc;
+    if (pv_fill(&p, r, type, strlen(type), uuid, payload, len) < 0)
+        return -EINVAL;
+    return pubsub_publish(r->shard, r->cp, &p);
 }
 
 void provider_finish_and_publish(struct pv_request *r, const uint8_t *payload, uint32_t len,
