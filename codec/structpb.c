@@ -12,7 +12,7 @@
  * (Payload.data tag + length: at most 1 + 5 bytes). */
 #define STRUCTPB_HEAD 8
 
-static int value_decode(const uint8_t *p, size_t len, struct structpb_value *v)
+int structpb_value_decode(const uint8_t *p, size_t len, struct structpb_value *v)
 {
     struct wire_cursor c;
     struct wire_field f;
@@ -22,6 +22,8 @@ static int value_decode(const uint8_t *p, size_t len, struct structpb_value *v)
     while ((r = wire_next(&c, &f)) > 0) {
         switch (f.number) {
         case 1:
+            if (f.type != WIRE_VARINT)
+                return -EBADMSG;
             v->kind = STRUCTPB_NULL;
             break;
         case 2:
@@ -84,7 +86,7 @@ int structpb_struct_get(const uint8_t *st, size_t len, const char *key, struct s
         if (er < 0)
             return -EBADMSG;
         if (k_len == kl && (kl == 0 || memcmp(k, key, kl) == 0)) {
-            if (value_decode(val ? val : (const uint8_t *)"", val_len, v) < 0)
+            if (structpb_value_decode(val ? val : (const uint8_t *)"", val_len, v) < 0)
                 return -EBADMSG;
             found = 1;
         }

@@ -32,6 +32,11 @@ struct structpb_value {
     uint32_t len;
 };
 
+/* Decodes one google.protobuf.Value message. Returns 0 (kind STRUCTPB_NONE if it holds no
+ * known kind), or -EBADMSG if the bytes are malformed or a known field has the wrong wire
+ * type. Slices point into p. */
+int structpb_value_decode(const uint8_t *p, size_t len, struct structpb_value *v);
+
 /* Finds key in the `data` Struct of Payload bytes. Returns 1 with *v filled (the last entry
  * wins, as for protobuf maps), 0 if absent, -EBADMSG if the bytes are malformed. */
 int structpb_payload_get(const uint8_t *payload, size_t len, const char *key,

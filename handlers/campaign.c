@@ -226,7 +226,7 @@ static void update_start(struct pv_request *r)
             goto out;
         }
         if (!wire_utf8_valid(k, kl) || hs_value_check(val, vl, &why) < 0 ||
-            hs_value_decode(val, vl, &kind) < 0 || kind.kind == STRUCTPB_NONE) {
+            structpb_value_decode(val, vl, &kind) < 0 || kind.kind == STRUCTPB_NONE) {
             cs_fail(r, "invalid_updates", "updates.%.*s: %s", (int)(kl > 64 ? 64 : kl),
                     (const char *)k, why ? why : "not a valid google.protobuf.Value");
             goto out;
@@ -273,8 +273,8 @@ static int feature_list(struct pv_request *r, struct hs_change *ch, uint32_t cap
     int rc;
     hs_iter_init(&it, v.ptr, v.len);
     while ((rc = hs_list_next(&it, &val, &vl)) > 0) {
-        if (hs_value_decode(val, vl, &item) < 0 || item.kind != STRUCTPB_STRING || item.len == 0 ||
-            !wire_utf8_valid(item.ptr, item.len)) {
+        if (structpb_value_decode(val, vl, &item) < 0 || item.kind != STRUCTPB_STRING ||
+            item.len == 0 || !wire_utf8_valid(item.ptr, item.len)) {
             cs_fail(r, "invalid_features", "features[%u] must be a non-empty string", n);
             return -1;
         }
@@ -356,7 +356,7 @@ static void config_start(struct pv_request *r)
         val = NULL;
     const char *why = NULL;
     struct structpb_value kind;
-    if (!val || hs_value_check(val, vl, &why) < 0 || hs_value_decode(val, vl, &kind) < 0 ||
+    if (!val || hs_value_check(val, vl, &why) < 0 || structpb_value_decode(val, vl, &kind) < 0 ||
         kind.kind == STRUCTPB_NONE || kind.kind == STRUCTPB_NULL) {
         cs_fail(r, val ? "invalid_config" : "missing_config", "`config` must be a value%s%s",
                 why ? ": " : "", why ? why : "");

@@ -297,33 +297,6 @@ int hs_list_next(struct hs_iter *it, const uint8_t **val, uint32_t *vlen)
     return r;
 }
 
-int hs_value_decode(const uint8_t *p, size_t len, struct structpb_value *v)
-{
-    struct wire_cursor c;
-    struct wire_field f;
-    int r;
-    memset(v, 0, sizeof(*v));
-    wire_cursor_init(&c, p, len);
-    while ((r = wire_next(&c, &f)) > 0) {
-        if (f.number == 1 && f.type == WIRE_VARINT) {
-            v->kind = STRUCTPB_NULL;
-        } else if (f.number == 2 && f.type == WIRE_I64) {
-            memcpy(&v->number, &f.value, 8);
-            v->kind = STRUCTPB_NUMBER;
-        } else if ((f.number == 3 || f.number == 5 || f.number == 6) && f.type == WIRE_LEN) {
-            v->kind = (enum structpb_kind)f.number;
-            v->ptr = f.data;
-            v->len = (uint32_t)f.len;
-        } else if (f.number == 4 && f.type == WIRE_VARINT) {
-            v->kind = STRUCTPB_BOOL;
-            v->boolean = f.value != 0;
-        } else if (f.number <= 6) {
-            return -EBADMSG;
-        }
-    }
-    return r < 0 ? -EBADMSG : 0;
-}
-
 /* What the validator's stack frames read. */
 enum hs_frame { HS_F_VALUE, HS_F_STRUCT, HS_F_ENTRY, HS_F_LIST };
 

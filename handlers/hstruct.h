@@ -89,9 +89,6 @@ int hs_struct_next(struct hs_iter *it, const uint8_t **key, uint32_t *klen, cons
                    uint32_t *vlen);
 /* Returns 1 with the item's raw Value bytes, 0 at the end, -EBADMSG. */
 int hs_list_next(struct hs_iter *it, const uint8_t **val, uint32_t *vlen);
-/* Decodes a Value's kind and scalar (string / Struct / ListValue bytes point into v). Returns
- * 0 or -EBADMSG. An empty Value has kind STRUCTPB_NONE. */
-int hs_value_decode(const uint8_t *v, size_t len, struct structpb_value *out);
 /* Checks a client Value: well-formed wire format, only Value / Struct / ListValue fields, at
  * most HS_DEPTH_MAX levels, UTF-8 strings and keys. Returns 0, or -EBADMSG with a reason. */
 int hs_value_check(const uint8_t *v, size_t len, const char **why);

@@ -604,7 +604,7 @@ static int state_changes(struct pv_request *r, struct hs_change *ch, uint32_t ca
             return -1;
         }
         if (!wire_utf8_valid(k, kl) || hs_value_check(val, vl, &why) < 0 ||
-            hs_value_decode(val, vl, &kind) < 0 || kind.kind == STRUCTPB_NONE) {
+            structpb_value_decode(val, vl, &kind) < 0 || kind.kind == STRUCTPB_NONE) {
             fail(r, "invalid_state", "state.%.*s: %s", (int)(kl > 64 ? 64 : kl), (const char *)k,
                  why ? why : "not a valid google.protobuf.Value");
             return -1;
@@ -667,7 +667,7 @@ static void signal_type(const uint8_t *val, uint32_t vl, struct structpb_value *
 {
     struct structpb_value v;
     memset(t, 0, sizeof(*t));
-    if (hs_value_decode(val, vl, &v) == 0 && v.kind == STRUCTPB_STRUCT &&
+    if (structpb_value_decode(val, vl, &v) == 0 && v.kind == STRUCTPB_STRUCT &&
         structpb_struct_get(v.ptr, v.len, "type", t) == 1 && t->kind == STRUCTPB_STRING &&
         t->len <= MEDIA_ID_BYTES_MAX && wire_utf8_valid(t->ptr, t->len))
         return;
@@ -693,8 +693,9 @@ static int signal_args(struct pv_request *r, struct mroom *room, struct mpeer *f
     *val = NULL;
     *vl = 0;
     g = hs_payload_value(r, "signal", val, vl);
-    if (g <= 0 || hs_value_check(*val, *vl, &why) < 0 || hs_value_decode(*val, *vl, &kind) < 0 ||
-        kind.kind == STRUCTPB_NONE || kind.kind == STRUCTPB_NULL) {
+    if (g <= 0 || hs_value_check(*val, *vl, &why) < 0 ||
+        structpb_value_decode(*val, *vl, &kind) < 0 || kind.kind == STRUCTPB_NONE ||
+        kind.kind == STRUCTPB_NULL) {
         fail(r, g > 0 ? "invalid_signal" : "missing_signal",
              "`signal` must be a value (an SDP offer / answer or an ICE candidate)%s%s",
              why ? ": " : "", why ? why : "");

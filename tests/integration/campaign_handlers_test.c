@@ -298,7 +298,7 @@ static void test_list_across_shards(void **state)
     int64_t all[64];
     hs_iter_init(&it, list.ptr, list.len);
     while (hs_list_next(&it, &val, &vl) == 1 && total < 64) {
-        assert_int_equal(hs_value_decode(val, vl, &item), 0);
+        assert_int_equal(structpb_value_decode(val, vl, &item), 0);
         assert_int_equal(item.kind, STRUCTPB_STRUCT);
         assert_int_equal(structpb_struct_get(item.ptr, item.len, "campaign_id", &v), 1);
         char num[24] = {0};
@@ -334,7 +334,7 @@ static void test_list_across_shards(void **state)
         assert_int_equal(hp_get(&e, "campaigns", &list), 1);
         hs_iter_init(&it, list.ptr, list.len);
         while (hs_list_next(&it, &val, &vl) == 1) {
-            hs_value_decode(val, vl, &item);
+            structpb_value_decode(val, vl, &item);
             structpb_struct_get(item.ptr, item.len, "campaign_id", &v);
             char num[24] = {0};
             memcpy(num, v.ptr, v.len < 23 ? v.len : 23);
@@ -493,7 +493,7 @@ static const char *features_of(const struct hev *e, char *out, size_t cap)
     if (hp_get(e, "features", &l) != 1 || l.kind != STRUCTPB_LIST)
         return out;
     hs_iter_init(&it, l.ptr, l.len);
-    while (hs_list_next(&it, &val, &vl) == 1 && hs_value_decode(val, vl, &item) == 0) {
+    while (hs_list_next(&it, &val, &vl) == 1 && structpb_value_decode(val, vl, &item) == 0) {
         size_t n = strlen(out);
         snprintf(out + n, cap - n, "%s%.*s", n ? "," : "", (int)item.len, (const char *)item.ptr);
     }
