@@ -120,35 +120,37 @@ int broker_probe(char *msg, size_t cap)
     return r;
 }
 
-static int listen_socket(const struct config *cfg, char *err, size_t cap)
+int broker_listen(const char *host, uint16_t port, bool reuseport, int backlog, const char *flag,
+                  char *err, size_t cap)
 {
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char port[8];
-    snprintf(port, sizeof(port), "%u", cfg->listen_port);
-    int r = getaddrinfo(cfg->listen_host, port, &hints, &res);
+    char ps[8];
+    snprintf(ps, sizeof(ps), "%u", port);
+    int r = getaddrinfo(host, ps, &hints, &res);
     if (r != 0) {
-        snprintf(err, cap, "cannot resolve listen address %s: %s", cfg->listen_host,
-                 gai_strerror(r));
+        snprintf(err, cap, "cannot resolve listen address %s: %s", host, gai_strerror(r));
         return -EINVAL;
     }
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(err, cap, "socket: %s", strerror(errno));
+        int e = errno;
+        snprintf(err, cap, "socket: %s", strerror(e));
         freeaddrinfo(res);
-        return -errno;
+        return -e;
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
+    if (reuseport)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
         int e = errno;
-        snprintf(err, cap, "cannot listen on %s:%u: %s%s", cfg->listen_host, cfg->listen_port,
-                 strerror(e),
-                 e == EADDRINUSE ? " (another process holds the port; use --listen)" : "");
+        snprintf(err, cap, "cannot listen on %s:%u: %s%s%s%s", host, port, strerror(e),
+                 e == EADDRINUSE ? " (another process holds the port; use --" : "",
+                 e == EADDRINUSE ? flag : "", e == EADDRINUSE ? ")" : "");
         close(fd);
         freeaddrinfo(res);
         return -e;
@@ -248,7 +250,8 @@ struct broker *broker_start(const struct config *cfg)
     }
     for (uint32_t i = 0; i < b->shard_count; i++) {
         char err[256];
-        b->shards[i]->listen_fd = listen_socket(&b->cfg, err, sizeof(err));
+        b->shards[i]->listen_fd = broker_listen(b->cfg.listen_host, b->cfg.listen_port, true, 4096,
+                                                "listen", err, sizeof(err));
         if (b->shards[i]->listen_fd < 0) {
             log_error(-1, "%s", err);
             metrics_stop(b->metrics);

@@ -7,7 +7,6 @@
 
 #include <errno.h>
 #include <liburing.h>
-#include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -252,31 +251,14 @@ struct metrics *metrics_start(struct broker *b)
     if (!m)
         return NULL;
     m->b = b;
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char port[8];
-    snprintf(port, sizeof(port), "%u", b->cfg.metrics_port);
-    if (getaddrinfo(b->cfg.metrics_host, port, &hints, &res) != 0) {
-        log_error(-1, "metrics: cannot resolve %s", b->cfg.metrics_host);
+    char err[256];
+    m->fd = broker_listen(b->cfg.metrics_host, b->cfg.metrics_port, false, 64, "metrics", err,
+                          sizeof(err));
+    if (m->fd < 0) {
+        log_error(-1, "metrics: %s", err);
         free(m);
         return NULL;
     }
-    m->fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(m->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (m->fd < 0 || bind(m->fd, res->ai_addr, res->ai_addrlen) < 0 || listen(m->fd, 64) < 0) {
-        log_error(-1, "metrics: cannot listen on %s:%u: %s", b->cfg.metrics_host,
-                  b->cfg.metrics_port, strerror(errno));
-        if (m->fd >= 0)
-            close(m->fd);
-        freeaddrinfo(res);
-        free(m);
-        return NULL;
-    }
-    freeaddrinfo(res);
     if (io_uring_queue_init(16, &m->ring, 0) < 0 ||
         pthread_create(&m->thread, NULL, metrics_thread, m) != 0) {
         log_error(-1, "metrics: cannot start the metrics thread");

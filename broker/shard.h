@@ -392,6 +392,11 @@ struct broker_hooks {
     void (*msg_free)(const struct ring_msg *m);
 };
 
+/* Binds and listens on host:port (SO_REUSEPORT when asked: one listener per shard). Returns
+ * the socket, or -errno with err naming the cause (and the flag to change, if in use). */
+int broker_listen(const char *host, uint16_t port, bool reuseport, int backlog, const char *flag,
+                  char *err, size_t cap);
+
 /* Installs the hooks; call before broker_start. */
 void broker_set_hooks(const struct broker_hooks *h);
 extern const struct broker_hooks *broker_hooks;
