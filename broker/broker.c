@@ -8,6 +8,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,6 +205,38 @@ static void broker_free(struct broker *b)
     free(b);
 }
 
+/* --pin-cpus: shard i runs on the i-th CPU of the process's affinity mask (so `taskset -c 4-7
+ * nexusd --shards 4 --pin-cpus` puts one shard on each of CPUs 4..7). With fewer CPUs than
+ * shards the shards wrap around, and the log says so. */
+static void pin_shards(struct broker *b)
+{
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) {
+        log_warn(-1, "--pin-cpus: cannot read the CPU affinity mask: %s", strerror(errno));
+        return;
+    }
+    int cpus[CPU_SETSIZE], n = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &allowed))
+            cpus[n++] = c;
+    if (n == 0)
+        return;
+    if ((uint32_t)n < b->shard_count)
+        log_warn(-1, "--pin-cpus: %u shards on %d CPUs: some shards share a CPU", b->shard_count,
+                 n);
+    for (uint32_t i = 0; i < b->shard_count; i++) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpus[i % (uint32_t)n], &one);
+        int e = pthread_setaffinity_np(b->shards[i]->thread, sizeof(one), &one);
+        if (e != 0)
+            log_warn(-1, "--pin-cpus: shard %u on CPU %d: %s", i, cpus[i % (uint32_t)n],
+                     strerror(e));
+        else
+            log_info(-1, "shard %u pinned to CPU %d", i, cpus[i % (uint32_t)n]);
+    }
+}
+
 struct broker *broker_start(const struct config *cfg)
 {
     struct broker *b = calloc(1, sizeof(*b));
@@ -267,6 +301,8 @@ struct broker *broker_start(const struct config *cfg)
             abort();
         }
     }
+    if (b->cfg.pin_cpus)
+        pin_shards(b);
     pthread_barrier_wait(&b->start_barrier);
     if (atomic_load(&b->start_failed)) {
         broker_wait(b);

@@ -56,6 +56,8 @@ static const struct opt opts[] = {
      "require Hello with this token"},
     {"log-level", OPT_LEVEL, OFF(log_level), 0, 0, "debug | info | warn | error"},
     {"log-json", OPT_BOOL, OFF(log_json), 0, 0, "log JSON lines"},
+    {"pin-cpus", OPT_BOOL, OFF(pin_cpus), 0, 0,
+     "pin shard i to the i-th CPU of nexusd's affinity mask (taskset)"},
     {"heartbeat-ms", OPT_U32, OFF(heartbeat_ms), 100, 60000, "default stream heartbeat interval"},
     {"request-timeout-ms", OPT_U32, OFF(request_timeout_ms), 100, 86400000,
      "timeout of plain requests served by external handlers"},

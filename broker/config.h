@@ -48,6 +48,7 @@ struct config {
     uint32_t requests_per_conn_max;   /* open requests of one connection, per owning shard */
     uint32_t pending_per_handler_max; /* open requests one external handler holds, per shard */
     bool test_handlers;               /* register the test:* built-in handlers */
+    bool pin_cpus;                    /* pin shard i to the i-th CPU nexusd may run on */
     char metrics_host[256];
 };
 
