@@ -5,6 +5,8 @@
 
 #include <errno.h>
 #include <stdlib.h>
+/* Header-only: the 8-byte hashes of the hot path inline instead of calling the library. */
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 /* First allocation: 16 slots; small maps stay in one or two cache lines' worth of pages. */

@@ -175,14 +175,15 @@ int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
     if (!ev->timestamp_unix_nanos)
         ev->timestamp_unix_nanos = shard_now_ns();
     ev->sequence = p->unsequenced ? 0 : cp->sequence + 1;
-    struct oframe *f = oframe_alloc((uint32_t)codec_event_size(ev));
+    size_t body = codec_event_body_size(ev);
+    struct oframe *f = oframe_alloc((uint32_t)codec_event_size_of_body(ev, body));
     if (!f)
         return -ENOMEM;
     if (!p->unsequenced)
         cp->sequence++;
     cp->last_event_ns = ev->timestamp_unix_nanos;
     struct codec_event_layout lay;
-    codec_event_encode_layout(ev, f->data, &lay);
+    codec_event_encode_body(ev, body, f->data, &lay);
     f->is_event = true;
     f->campaign_id = cp->id;
     f->sequence = ev->sequence;

@@ -19,6 +19,8 @@
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
+/* Header-only: the 8-byte hashes of the hot path inline instead of calling the library. */
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "broker/log.h"
@@ -94,22 +96,39 @@ static uint64_t rng_next(uint64_t s[4])
     return result;
 }
 
+/* Eight lowercase hex digits of four bytes (first byte first), in one 64-bit word: the bytes
+ * spread to one per 16-bit lane, each lane split into its two nibbles (high nibble in the low
+ * byte, so that it is written first), then every nibble turned into its digit at once. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "hex8 writes digits little-endian");
+static uint64_t hex8(uint32_t v)
+{
+    uint64_t x = v;
+    x = ((x & 0xffff0000u) << 16) | (x & 0xffffu);
+    x = ((x & 0x0000ff000000ff00u) << 8) | (x & 0x000000ff000000ffu);
+    x = ((x & 0x000f000f000f000fu) << 8) | ((x & 0x00f000f000f000f0u) >> 4);
+    uint64_t letters = ((x + 0x0606060606060606u) >> 4) & 0x0101010101010101u; /* digit > 9 */
+    return x + 0x3030303030303030u + letters * ('a' - '0' - 10);
+}
+
 void shard_uuid4(struct shard *s, char out[36])
 {
-    static const char hex[] = "0123456789abcdef";
     uint8_t b[16];
     uint64_t a = rng_next(s->rng), c = rng_next(s->rng);
     memcpy(b, &a, 8);
     memcpy(b + 8, &c, 8);
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
-    int o = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            out[o++] = '-';
-        out[o++] = hex[b[i] >> 4];
-        out[o++] = hex[b[i] & 15];
-    }
+    uint32_t w[4];
+    memcpy(w, b, 16);
+    uint64_t d[4] = {hex8(w[0]), hex8(w[1]), hex8(w[2]), hex8(w[3])};
+    char digits[32];
+    memcpy(digits, d, 32); /* little-endian: each word's low byte is its first digit */
+    memcpy(out, digits, 8);
+    memcpy(out + 9, digits + 8, 4);
+    memcpy(out + 14, digits + 12, 4);
+    memcpy(out + 19, digits + 16, 4);
+    memcpy(out + 24, digits + 20, 12);
+    out[8] = out[13] = out[18] = out[23] = '-';
 }
 
 /* ---- rings between shards ---------------------------------------------------------------- */

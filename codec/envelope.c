@@ -286,7 +286,7 @@ static uint8_t *put_u64(uint8_t *p, uint32_t n, uint64_t v)
     return v ? wire_put_varint_field(p, n, v) : p;
 }
 
-static size_t event_body_len(const struct codec_event_out *ev)
+size_t codec_event_body_size(const struct codec_event_out *ev)
 {
     size_t n = 0;
     n += ev->success ? 2 : 0;
@@ -305,10 +305,14 @@ static size_t event_body_len(const struct codec_event_out *ev)
     return n;
 }
 
+size_t codec_event_size_of_body(const struct codec_event_out *ev, size_t body)
+{
+    return 4 + u64_field_len(1, ev->correlation) + wire_len_field_len(ev->kind, body);
+}
+
 size_t codec_event_size(const struct codec_event_out *ev)
 {
-    size_t body = event_body_len(ev);
-    return 4 + u64_field_len(1, ev->correlation) + wire_len_field_len(ev->kind, body);
+    return codec_event_size_of_body(ev, codec_event_body_size(ev));
 }
 
 size_t codec_event_encode(const struct codec_event_out *ev, uint8_t *out)
@@ -319,7 +323,12 @@ size_t codec_event_encode(const struct codec_event_out *ev, uint8_t *out)
 size_t codec_event_encode_layout(const struct codec_event_out *ev, uint8_t *out,
                                  struct codec_event_layout *layout)
 {
-    size_t body = event_body_len(ev);
+    return codec_event_encode_body(ev, codec_event_body_size(ev), out, layout);
+}
+
+size_t codec_event_encode_body(const struct codec_event_out *ev, size_t body, uint8_t *out,
+                               struct codec_event_layout *layout)
+{
     size_t frame = u64_field_len(1, ev->correlation) + wire_len_field_len(ev->kind, body);
     uint8_t *p = out;
     wire_put_be32(p, (uint32_t)frame);

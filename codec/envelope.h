@@ -153,6 +153,13 @@ struct codec_event_layout {
 size_t codec_event_encode_layout(const struct codec_event_out *ev, uint8_t *out,
                                  struct codec_event_layout *layout);
 
+/* The same in steps, for the hot path that sizes a buffer and then encodes into it: the body
+ * length is computed once (codec_event_body_size) and handed to both. */
+size_t codec_event_body_size(const struct codec_event_out *ev);
+size_t codec_event_size_of_body(const struct codec_event_out *ev, size_t body);
+size_t codec_event_encode_body(const struct codec_event_out *ev, size_t body, uint8_t *out,
+                               struct codec_event_layout *layout);
+
 /* Control frames. Each *_encode writes a whole frame (length prefix included) into out of
  * capacity cap and returns its length, or -ENOSPC. CODEC_CONTROL_BYTES_MAX is always enough
  * for welcome, subscribe_ack, pong and gap, and for error frames (whose message is truncated

@@ -104,8 +104,13 @@ struct pv_shard {
     void *slot[PROVIDER_SLOTS]; /* the modules' per-shard state */
 };
 
+/* Rows of the handler table: built-in handlers are few (main.c installs about a dozen). */
+#define PV_ROWS_MAX 64
 static const struct handler_row *rows_table;
 static size_t rows_count;
+/* strlen of each row's action, so that looking a type up (on every emit) compares lengths
+ * before bytes. */
+static uint32_t rows_action_len[PV_ROWS_MAX];
 
 /* The modules the rows name, each once. Built-in families of handlers are few (campaign,
  * media); 8 leaves room. */
@@ -343,6 +348,8 @@ static void per_conn_add(struct pv_shard *p, uint64_t conn, int delta)
 
 static struct ext_action *ext_find(struct pv_shard *p, const char *name, size_t len)
 {
+    if (p->actions.count == 0)
+        return NULL;
     struct ext_action *a = map_get(&p->actions, XXH3_64bits(name, len));
     return a && a->name_len == len && memcmp(a->name, name, len) == 0 ? a : NULL;
 }
@@ -477,7 +484,7 @@ static const struct handler_row *row_find(const char *type, const struct evtype 
 {
     size_t al = evtype_prefix_len(t, EVTYPE_SEG_ACTION);
     for (size_t i = 0; i < rows_count; i++)
-        if (strlen(rows_table[i].action) == al && memcmp(rows_table[i].action, type, al) == 0)
+        if (rows_action_len[i] == al && memcmp(rows_table[i].action, type, al) == 0)
             return &rows_table[i];
     return NULL;
 }
@@ -1157,6 +1164,10 @@ static const struct broker_hooks pv_hooks = {
 void provider_install(const struct handler_row *rows, size_t count)
 {
     /* The table is validated once, here: a bad row is a programming error. */
+    if (count > PV_ROWS_MAX) {
+        log_error(-1, "handler table has %zu rows, more than %d", count, PV_ROWS_MAX);
+        abort();
+    }
     for (size_t i = 0; i < count; i++) {
         char probe[EVTYPE_BYTES_MAX + 32];
         struct evtype t;
@@ -1175,6 +1186,8 @@ void provider_install(const struct handler_row *rows, size_t count)
     }
     rows_table = rows;
     rows_count = count;
+    for (size_t i = 0; i < count; i++)
+        rows_action_len[i] = (uint32_t)strlen(rows[i].action);
     for (size_t i = 0; i < count; i++) {
         const struct provider_module *mod = rows[i].module;
         size_t k = 0;
