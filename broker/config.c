@@ -50,6 +50,8 @@ static const struct opt opts[] = {
     {"recv-buffer-bytes", OPT_SIZE, OFF(recv_buffer_bytes), 1024, 1u << 20,
      "bytes per receive buffer"},
     {"drain-ms", OPT_U32, OFF(drain_ms), 0, 600000, "SIGTERM: time allowed to flush queues"},
+    {"busy-poll-us", OPT_U32, OFF(busy_poll_us), 0, 1000000,
+     "poll this long after the last work before sleeping (lower latency, more CPU; 0 = off)"},
     {"idle-timeout-ms", OPT_U32, OFF(idle_timeout_ms), 0, 86400000,
      "close connections silent this long (0 = never)"},
     {"token", OPT_STR, OFF(token), 0, sizeof(((struct config *)0)->token),

@@ -35,6 +35,7 @@ struct config {
     uint32_t recv_buffers;      /* provided buffers per shard (power of two) */
     uint32_t recv_buffer_bytes;
     uint32_t drain_ms;        /* SIGTERM: how long queued data may take to flush */
+    uint32_t busy_poll_us;    /* keep polling this long after the last work before sleeping */
     uint32_t idle_timeout_ms; /* close connections silent this long; 0 = never */
     char token[128];          /* non-empty: Hello with this token required */
     int log_level;

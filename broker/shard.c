@@ -574,6 +574,15 @@ static void shard_wait(struct shard *s, bool busy)
         }
         return;
     }
+    if (s->cfg->busy_poll_us) {
+        /* Busy polling: an event that arrives within the window is seen without a wake-up
+         * (the sleeping flag stays clear, so peers need not wake us either). */
+        int64_t now = shard_now_ns();
+        if (now - s->last_work_ns < (int64_t)s->cfg->busy_poll_us * 1000) {
+            io_uring_submit_and_get_events(&s->ring);
+            return;
+        }
+    }
     atomic_store_explicit(&s->sleeping, 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
     if (shard_rings_have_input(s)) {
@@ -605,6 +614,8 @@ void shard_loop(struct shard *s)
         shard_run_lists(s);
         conn_reap(s);
         shard_flush_rings(s);
+        if (s->cfg->busy_poll_us && (n > 0 || busy))
+            s->last_work_ns = shard_now_ns();
         if (s->stopping && s->conns.count == 0 && s->dead_count == 0)
             break;
         shard_wait(s, busy || n == 4096);

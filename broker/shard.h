@@ -261,6 +261,7 @@ struct shard {
     struct outbox outbox[2][CONFIG_SHARDS_MAX]; /* [0] requests, [1] deliveries */
     uint64_t ring_dirty;                        /* bit per destination shard: unpublished pushes */
     atomic_int sleeping;
+    int64_t last_work_ns; /* --busy-poll-us: when the loop last found work */
 
     struct remote_subs firehose_remote;
     void *hooks_state; /* the handlers layer's per-shard state */

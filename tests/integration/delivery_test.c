@@ -40,9 +40,10 @@ static uint32_t id_parse(struct codec_slice id)
 /* Emits per publisher per campaign. */
 #define CROSS_M 150
 
-static void cross_shard(uint32_t n)
+/* flag, value: one more nexusd flag and its value (NULL for none; value NULL for a switch). */
+static void cross_shard(uint32_t n, const char *flag, const char *value)
 {
-    struct broker_proc b = H_START(n, NULL);
+    struct broker_proc b = flag ? H_START(n, flag, value, NULL) : H_START(n, NULL);
     int64_t camp[SHARDS_MAX];
     struct nexus_client *pub[SHARDS_MAX], *sub[SHARDS_MAX];
     for (uint32_t k = 0; k < n; k++) {
@@ -164,13 +165,28 @@ static void cross_shard(uint32_t n)
 static void test_cross_shard_2(void **state)
 {
     (void)state;
-    cross_shard(2);
+    cross_shard(2, NULL, NULL);
 }
 
 static void test_cross_shard_3(void **state)
 {
     (void)state;
-    cross_shard(3);
+    cross_shard(3, NULL, NULL);
+}
+
+/* Busy polling changes how shards wait for each other (no sleeping flag, no wake-ups while
+ * polling): the same exchange must lose and reorder nothing. */
+static void test_cross_shard_busy_poll(void **state)
+{
+    (void)state;
+    cross_shard(3, "--busy-poll-us", "2000");
+}
+
+/* Shards pinned to CPUs (wrapping around when there are fewer CPUs than shards). */
+static void test_cross_shard_pinned(void **state)
+{
+    (void)state;
+    cross_shard(3, "--pin-cpus", NULL);
 }
 
 /* ---- ordering ------------------------------------------------------------------------------ */
@@ -381,6 +397,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_cross_shard_2, h_teardown),
         cmocka_unit_test_teardown(test_cross_shard_3, h_teardown),
+        cmocka_unit_test_teardown(test_cross_shard_busy_poll, h_teardown),
+        cmocka_unit_test_teardown(test_cross_shard_pinned, h_teardown),
         cmocka_unit_test_teardown(test_ordering_concurrent_publishers, h_teardown),
         cmocka_unit_test_teardown(test_ordering_fire_and_forget, h_teardown),
         cmocka_unit_test_teardown(test_publisher_close_loses_nothing, h_teardown),

@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+#include <dirent.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
@@ -137,12 +138,70 @@ static void test_bad_flags_and_config(void **state)
     assert_non_null(strstr(out, "nexusd " NEXUS_VERSION));
 }
 
+/* The CPUs ("0", "0-1", ...) that the thread of pid named want_comm may run on. */
+static bool task_cpus(pid_t pid, const char *want_comm, char *cpus, size_t cap)
+{
+    char path[384];
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return false;
+    bool found = false;
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char comm[64] = "", line[256];
+        snprintf(path, sizeof(path), "/proc/%d/task/%s/comm", (int)pid, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (!fgets(comm, sizeof(comm), f))
+            comm[0] = 0;
+        fclose(f);
+        comm[strcspn(comm, "\n")] = 0;
+        if (strcmp(comm, want_comm) != 0)
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/task/%s/status", (int)pid, e->d_name);
+        if (!(f = fopen(path, "r")))
+            continue;
+        while (fgets(line, sizeof(line), f))
+            if (sscanf(line, "Cpus_allowed_list: %63s", cpus) == 1 && strlen(cpus) < cap)
+                found = true;
+        fclose(f);
+    }
+    closedir(d);
+    return found;
+}
+
+/* --pin-cpus: each shard thread may run on one CPU, shard i on the i-th allowed CPU (wrapping
+ * around); without it, on all of them. */
+static void test_pin_cpus(void **state)
+{
+    (void)state;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    struct broker_proc b = H_START(2, "--pin-cpus", NULL);
+    char c0[64], c1[64];
+    assert_true(task_cpus(b.pid, "nexus-shard-0", c0, sizeof(c0)));
+    assert_true(task_cpus(b.pid, "nexus-shard-1", c1, sizeof(c1)));
+    assert_string_equal(c0, "0");
+    assert_string_equal(c1, ncpu > 1 ? "1" : "0");
+    assert_int_equal(h_stop(&b), 0);
+
+    struct broker_proc u = H_START(2, NULL);
+    assert_true(task_cpus(u.pid, "nexus-shard-0", c0, sizeof(c0)));
+    if (ncpu > 1)
+        assert_string_not_equal(c0, "0");
+    assert_int_equal(h_stop(&u), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_io_uring_blocked_by_seccomp),
         cmocka_unit_test(test_port_in_use),
         cmocka_unit_test(test_bad_flags_and_config),
+        cmocka_unit_test_teardown(test_pin_cpus, h_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
