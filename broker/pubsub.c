@@ -114,7 +114,7 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
         pubsub_error_to_conn(s, m->conn_id, m->correlation, "limit_exceeded", msg);
         return;
     }
-    int64_t now = shard_now_ns();
+    int64_t now = shard_clock_ns(s);
     char uuid[36];
     struct codec_slice id = {body + m->id_off, m->id_len};
     if (m->id_len == 0) {

@@ -603,6 +603,7 @@ void shard_loop(struct shard *s)
     for (;;) {
         struct io_uring_cqe *cqe;
         unsigned head, n = 0;
+        s->clock_uses = SHARD_CLOCK_REUSE; /* a new pass: the next stamp reads the clock */
         io_uring_for_each_cqe(&s->ring, head, cqe)
         {
             shard_cqe(s, cqe);

@@ -262,6 +262,8 @@ struct shard {
     uint64_t ring_dirty;                        /* bit per destination shard: unpublished pushes */
     atomic_int sleeping;
     int64_t last_work_ns; /* --busy-poll-us: when the loop last found work */
+    int64_t clock_ns;     /* shard_clock_ns: the cached time, and how often it was used */
+    uint32_t clock_uses;
 
     struct remote_subs firehose_remote;
     void *hooks_state; /* the handlers layer's per-shard state */
@@ -289,6 +291,19 @@ struct shard {
 
 /* ---- shard.c ---- */
 int64_t shard_now_ns(void);
+
+/* The time for stamping events: shard_now_ns() read at most once per SHARD_CLOCK_REUSE uses and
+ * at least once per pass of the loop, so that an event's timestamp is never older than the
+ * pass that accepted it and a burst of events pays for one clock read per 32. */
+#define SHARD_CLOCK_REUSE 32
+static inline int64_t shard_clock_ns(struct shard *s)
+{
+    if (++s->clock_uses >= SHARD_CLOCK_REUSE) {
+        s->clock_ns = shard_now_ns();
+        s->clock_uses = 0;
+    }
+    return s->clock_ns;
+}
 /* Queues a message for shard dst on ring class cls (0 requests, 1 deliveries). Never fails:
  * overflows into the outbox. */
 void shard_send(struct shard *s, uint32_t dst, int cls, const struct ring_msg *m);
