@@ -99,14 +99,26 @@ static bool payload_parts(const struct codec_event_in *ev, struct codec_slice *d
     return r == 0;
 }
 
+/* A full history evicts its oldest frame at each event of the campaign. That frame was written
+ * some 1024 events of the campaign ago and is cold; its header is read and written when it is
+ * dropped, and the allocator hands its block out again for new frames, whose writes would
+ * stall on it (deliver_list's reference count took the stall: 20% of the campaigns workload).
+ * So the next frame to go is brought into cache for writing one event of the campaign ahead:
+ * its header and the first HIST_PREFETCH_BYTES of its data (a typical event). Measured:
+ * campaigns 1.45M -> ~1.7M events/s. */
+#define HIST_PREFETCH_BYTES 256
+static void hist_prefetch(const struct oframe *f)
+{
+    for (size_t o = 0; o < sizeof(*f) + HIST_PREFETCH_BYTES; o += 64)
+        __builtin_prefetch((const char *)f + o, 1, 3);
+}
+
 /* Makes room for one more event in the campaign's ring. Returns 0 or -ENOMEM. */
 static int hist_room(struct cs_shard *sh, struct cstate *cs)
 {
     if (cs->h_count == CS_HISTORY_EVENTS_MAX) {
         hist_drop_oldest(sh, cs);
-        /* The next oldest goes at this campaign's next event: its header (and the allocator's
-         * free-list word inside it) comes into cache now, not as a stall then. */
-        __builtin_prefetch(cs->h_ring[cs->h_head], 1, 3);
+        hist_prefetch(cs->h_ring[cs->h_head]);
         return 0;
     }
     if (cs->h_count < cs->h_cap)
