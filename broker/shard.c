@@ -45,6 +45,12 @@ enum {
  * again (latency for sockets) while amortizing the ring's atomics over a batch. */
 #define SHARD_RING_BATCH 256
 
+/* Completions handled per pass of the loop before the sends they produced are submitted. A
+ * pass of thousands of receive completions builds megabytes of frames before the first send
+ * copies them, and by then they have left the cache: 64 keeps that working set small without
+ * adding a system call per handful of events (campaigns +5% over 4096). */
+#define SHARD_PASS_CQES 64
+
 /* Provided-buffer group id of the receive buffers (one group per ring). */
 #define SHARD_BGID 0
 
@@ -607,7 +613,8 @@ void shard_loop(struct shard *s)
         io_uring_for_each_cqe(&s->ring, head, cqe)
         {
             shard_cqe(s, cqe);
-            n++;
+            if (++n == SHARD_PASS_CQES)
+                break;
         }
         io_uring_cq_advance(&s->ring, n);
 
@@ -619,7 +626,7 @@ void shard_loop(struct shard *s)
             s->last_work_ns = shard_now_ns();
         if (s->stopping && s->conns.count == 0 && s->dead_count == 0)
             break;
-        shard_wait(s, busy || n == 4096);
+        shard_wait(s, busy || n == SHARD_PASS_CQES);
     }
 }
 
