@@ -168,6 +168,7 @@ static void *shard_thread(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "nexus-shard-%u", s->index);
     pthread_setname_np(pthread_self(), name);
+    oframe_self = (int)s->index;
     int r = shard_init(s);
     if (r == 0 && broker_hooks && broker_hooks->shard_init)
         r = broker_hooks->shard_init(s);

@@ -61,6 +61,7 @@ void pubsub_to_conn(struct shard *s, uint64_t conn_id, struct oframe *f)
             oframe_unref(f);
         return;
     }
+    oframe_share(f);
     struct ring_msg m = {.kind = MSG_TO_CONN, .ptr = f, .arg = conn_id};
     shard_send(s, home, 1, &m);
 }
@@ -214,6 +215,7 @@ int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
             uint32_t d = (uint32_t)__builtin_ctzll(mask);
             mask &= mask - 1;
             oframe_ref(f, 1);
+            oframe_share(f);
             struct ring_msg rm = {.kind = MSG_DELIVER, .ptr = f};
             shard_send(s, d, 1, &rm);
         }

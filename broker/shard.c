@@ -54,6 +54,8 @@ enum {
 /* Provided-buffer group id of the receive buffers (one group per ring). */
 #define SHARD_BGID 0
 
+_Thread_local int oframe_self = -1;
+
 int64_t shard_now_ns(void)
 {
     struct timespec ts;
