@@ -108,7 +108,7 @@ static uint64_t rng_next(uint64_t s[4])
  * spread to one per 16-bit lane, each lane split into its two nibbles (high nibble in the low
  * byte, so that it is written first), then every nibble turned into its digit at once. */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "hex8 writes digits little-endian");
-static uint64_t hex8(uint32_t v)
+static inline __attribute__((always_inline)) uint64_t hex8(uint32_t v)
 {
     uint64_t x = v;
     x = ((x & 0xffff0000u) << 16) | (x & 0xffffu);
