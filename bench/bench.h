@@ -253,6 +253,10 @@ void bench_conn_fail(struct bench_conn *c, const char *fmt, ...)
  * broker without request lifecycle, 3 set-up failed). */
 int bench_lifecycle_main(const struct bench_cfg *cfg, volatile sig_atomic_t *interrupted);
 
+/* The streams workload (streams.c): many open test:stream_ticks streams with heartbeats,
+ * every tick and heartbeat checked, then all cancelled. Same exit codes as above. */
+int bench_streams_main(const struct bench_cfg *cfg, volatile sig_atomic_t *interrupted);
+
 /* Worker thread body (engine.c); arg is its struct bench_thread. */
 void *bench_thread_main(void *arg);
 

@@ -455,6 +455,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (!strcmp(c->preset, "lifecycle"))
         return bench_lifecycle_main(c, &interrupted);
+    if (!strcmp(c->preset, "streams"))
+        return bench_streams_main(c, &interrupted);
 
     if (bench_payload_build(&r->pl, c->payload_bytes) < 0) {
         fprintf(stderr, "nexus-bench: cannot build a %u-byte payload\n", c->payload_bytes);

@@ -34,6 +34,12 @@ static const struct preset presets[] = {
      "                   success round trips, --requesters connections (default 1), each\n"
      "                   with --window requests open (default 64) or paced by --rate",
      64},
+    {"streams", 10, 0, 1, 64, 0,
+     "nexus only (nexusd --test-handlers): --requesters connections (default\n"
+     "                   10) each hold --window test:stream_ticks streams open (default\n"
+     "                   1000), each with a stream event and a heartbeat every second;\n"
+     "                   checks every tick and heartbeat, then cancels them all",
+     1000},
 };
 
 const char *bench_broker_name(enum bench_broker b)
@@ -52,8 +58,8 @@ static void usage(void)
            "  --host HOST                broker host (default 127.0.0.1)\n"
            "  --port PORT                broker port (default 7400 / 4222 / 6379)\n"
            "  --publishers N             publisher connections\n"
-           "  --requesters N             lifecycle preset: requester connections (the same\n"
-           "                             count as --publishers)\n"
+           "  --requesters N             lifecycle and streams presets: requester connections\n"
+           "                             (the same count as --publishers)\n"
            "  --subscribers N            subscriber connections (subscriber i takes campaign\n"
            "                             i mod campaigns)\n"
            "  --campaigns N              campaigns (subjects, channels); publishers cycle\n"
@@ -66,7 +72,8 @@ static void usage(void)
            "  --drain-s S                time allowed for in-flight events at the end (default 5)\n"
            "  --window N                 max rate: events a publisher may have in flight, i.e.\n"
            "                             not yet received by the slowest subscriber of their\n"
-           "                             campaign (default 4096)\n"
+           "                             campaign (default 4096); lifecycle: requests open\n"
+           "                             per requester; streams: streams per requester\n"
            "  --window-bytes N           max rate: bytes of frames a publisher may have in\n"
            "                             flight, the same way (default 2 MiB)\n"
            "  --threads N                worker threads (default 1)\n"

@@ -204,6 +204,40 @@ static void test_lifecycle_failures(void **state)
     assert_int_equal(h_stop(&b), 0);
 }
 
+/* Many open streams: 2 requesters x 50 test:stream_ticks streams, each with a stream event
+ * and a heartbeat per second; every stream checked (one started, ticks in order and as many
+ * as its open time allows, heartbeats, exactly one cancelled after the cancel). */
+static void test_streams_with_heartbeats(void **state)
+{
+    (void)state;
+    struct broker_proc b = h_start(1, "--test-handlers", NULL);
+    static char out[OUT_BYTES];
+    int rc = run_bench(&b, out, sizeof(out), "--preset", "streams", "--requesters", "2", "--window",
+                       "50", "--duration-s", "3", "--warmup-s", "0.5", NULL);
+    fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "\"ok\":true"));
+    assert_true(json_num(out, "streams") == 100);
+    assert_true(json_num(out, "cancelled") == 100);
+    assert_true(json_num(out, "problems") == 0);
+    /* 100 streams, one of each per second: 100/s, within a tick's rounding at the edges. */
+    double ticks = json_num(out, "stream_events_per_s"), hbs = json_num(out, "heartbeats_per_s");
+    assert_true(ticks >= 60 && ticks <= 140);
+    assert_true(hbs >= 60 && hbs <= 140);
+    assert_true(json_num(out, "late_max_us") >= json_num(out, "late_p50_us"));
+    assert_true(h_alive(&b));
+    assert_int_equal(h_stop(&b), 0);
+
+    /* Without the handler every stream fails at once (no_handler): the run must fail. */
+    struct broker_proc plain = h_start(1, NULL);
+    rc = run_bench(&plain, out, sizeof(out), "--preset", "streams", "--requesters", "1", "--window",
+                   "5", "--duration-s", "0.5", "--warmup-s", "0", NULL);
+    fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "\"ok\":false"));
+    assert_int_equal(h_stop(&plain), 0);
+}
+
 static bool find_program(const char *prog, char *out, size_t cap)
 {
     const char *path = getenv("PATH");
@@ -305,6 +339,7 @@ int main(void)
         cmocka_unit_test(test_fixed_rate_measures_latency),
         cmocka_unit_test(test_loss_fails_the_run),
         cmocka_unit_test(test_lifecycle_round_trips),
+        cmocka_unit_test(test_streams_with_heartbeats),
         cmocka_unit_test(test_lifecycle_failures),
         cmocka_unit_test(test_nats_driver),
         cmocka_unit_test(test_redis_driver),
