@@ -81,6 +81,171 @@ int codec_envelope_decode(const uint8_t *frame, size_t len, struct codec_envelop
     return 0;
 }
 
+/* ---- google.protobuf.Struct all the way down ------------------------------------------------
+ * Payload and Metadata are forwarded verbatim, so whatever a publisher puts in them reaches
+ * every subscriber's decoder. Strict decoders (protobuf's own) refuse a string that is not
+ * UTF-8 at any depth, and nesting past their recursion limit (100 messages by default): one
+ * publisher's bytes must not make every subscriber fail. So the Structs inside are checked
+ * down to the last Value: strings UTF-8, known fields of the right wire type, at most
+ * CODEC_NEST_MAX levels of Struct / ListValue / Value (an event holds 2 messages around its
+ * payload and each nesting level of a Struct adds 3: Struct, its entry, the Value). */
+#define CODEC_NEST_MAX 60
+
+static int nest_fail(char err[CODEC_ERR_BYTES], const char *where, const char *what)
+{
+    if (err)
+        snprintf(err, CODEC_ERR_BYTES, "%s: %s", where, what);
+    return -EBADMSG;
+}
+
+static int pb_struct_check(const uint8_t *p, size_t len, const char *where, unsigned depth,
+                           char err[CODEC_ERR_BYTES]);
+
+static int pb_list_check(const uint8_t *p, size_t len, const char *where, unsigned depth,
+                         char err[CODEC_ERR_BYTES]);
+
+/* google.protobuf.Value: null (1), number (2), string (3), bool (4), struct (5), list (6). */
+static int pb_value_check(const uint8_t *p, size_t len, const char *where, unsigned depth,
+                          char err[CODEC_ERR_BYTES])
+{
+    if (depth > CODEC_NEST_MAX)
+        return nest_fail(err, where, "nested deeper than 60 levels of Struct, ListValue and Value");
+    struct wire_cursor c;
+    struct wire_field f;
+    int r;
+    wire_cursor_init(&c, p, len);
+    while ((r = wire_next(&c, &f)) > 0) {
+        switch (f.number) {
+        case 1:
+        case 4:
+            if (f.type != WIRE_VARINT)
+                return nest_fail(err, where, "a Value field has the wrong wire type");
+            break;
+        case 2:
+            if (f.type != WIRE_I64)
+                return nest_fail(err, where, "a Value field has the wrong wire type");
+            break;
+        case 3:
+            if (f.type != WIRE_LEN)
+                return nest_fail(err, where, "a Value field has the wrong wire type");
+            if (!wire_utf8_valid(f.data, f.len))
+                return nest_fail(err, where, "a string value is not valid UTF-8");
+            break;
+        case 5:
+        case 6:
+            if (f.type != WIRE_LEN)
+                return nest_fail(err, where, "a Value field has the wrong wire type");
+            if ((f.number == 5 ? pb_struct_check : pb_list_check)(f.data, f.len, where, depth + 1,
+                                                                  err) < 0)
+                return -EBADMSG;
+            break;
+        default:
+            break;
+        }
+    }
+    return r < 0 ? nest_fail(err, where, "a nested Value is not a valid protobuf message") : 0;
+}
+
+/* google.protobuf.ListValue: repeated Value values = 1. */
+static int pb_list_check(const uint8_t *p, size_t len, const char *where, unsigned depth,
+                         char err[CODEC_ERR_BYTES])
+{
+    struct wire_cursor c;
+    struct wire_field f;
+    int r;
+    wire_cursor_init(&c, p, len);
+    while ((r = wire_next(&c, &f)) > 0) {
+        if (f.number != 1)
+            continue;
+        if (f.type != WIRE_LEN)
+            return nest_fail(err, where, "a ListValue field has the wrong wire type");
+        if (pb_value_check(f.data, f.len, where, depth + 1, err) < 0)
+            return -EBADMSG;
+    }
+    return r < 0 ? nest_fail(err, where, "a nested ListValue is not a valid protobuf message") : 0;
+}
+
+/* google.protobuf.Struct: map<string, Value> fields = 1, i.e. entries {key = 1, value = 2}. */
+static int pb_struct_check(const uint8_t *p, size_t len, const char *where, unsigned depth,
+                           char err[CODEC_ERR_BYTES])
+{
+    if (depth > CODEC_NEST_MAX)
+        return nest_fail(err, where, "nested deeper than 60 levels of Struct, ListValue and Value");
+    struct wire_cursor c, ec;
+    struct wire_field f, ef;
+    int r, er;
+    wire_cursor_init(&c, p, len);
+    while ((r = wire_next(&c, &f)) > 0) {
+        if (f.number != 1)
+            continue;
+        if (f.type != WIRE_LEN)
+            return nest_fail(err, where, "a Struct field has the wrong wire type");
+        wire_cursor_init(&ec, f.data, f.len);
+        while ((er = wire_next(&ec, &ef)) > 0) {
+            if (ef.number != 1 && ef.number != 2)
+                continue;
+            if (ef.type != WIRE_LEN)
+                return nest_fail(err, where, "a Struct entry has the wrong wire type");
+            if (ef.number == 1 && !wire_utf8_valid(ef.data, ef.len))
+                return nest_fail(err, where, "a Struct key is not valid UTF-8");
+            if (ef.number == 2 && pb_value_check(ef.data, ef.len, where, depth + 1, err) < 0)
+                return -EBADMSG;
+        }
+        if (er < 0)
+            return nest_fail(err, where, "a Struct entry is not a valid protobuf message");
+    }
+    return r < 0 ? nest_fail(err, where, "a nested Struct is not a valid protobuf message") : 0;
+}
+
+/* common.Payload: data (1) and versioning (2), both Structs. */
+static int payload_check(const uint8_t *p, size_t len, char err[CODEC_ERR_BYTES])
+{
+    struct wire_cursor c;
+    struct wire_field f;
+    int r;
+    wire_cursor_init(&c, p, len);
+    while ((r = wire_next(&c, &f)) > 0) {
+        if (f.number != 1 && f.number != 2)
+            continue;
+        const char *where = f.number == 1 ? "payload.data" : "payload.versioning";
+        if (f.type != WIRE_LEN)
+            return nest_fail(err, where, "wrong wire type (a Struct is expected)");
+        if (pb_struct_check(f.data, f.len, where, 1, err) < 0)
+            return -EBADMSG;
+    }
+    return r < 0 ? fail(err, "payload is not a valid protobuf message") : 0;
+}
+
+/* The Structs and repeated strings of common.Metadata (global_context: metadata_scan). */
+static int metadata_check(const uint8_t *p, size_t len, char err[CODEC_ERR_BYTES])
+{
+    static const char *const names[] = {NULL,
+                                        "metadata.scheduling",
+                                        "metadata.features",
+                                        "metadata.custom_rules",
+                                        "metadata.audit",
+                                        "metadata.tags",
+                                        "metadata.service_specific",
+                                        "metadata.knowledge_graph"};
+    struct wire_cursor c;
+    struct wire_field f;
+    int r;
+    wire_cursor_init(&c, p, len);
+    while ((r = wire_next(&c, &f)) > 0) {
+        if (f.number < 1 || f.number > 7)
+            continue;
+        if (f.type != WIRE_LEN)
+            return nest_fail(err, names[f.number], "wrong wire type");
+        if (f.number == 2 || f.number == 5) {
+            if (!wire_utf8_valid(f.data, f.len))
+                return nest_fail(err, names[f.number], "a string is not valid UTF-8");
+        } else if (pb_struct_check(f.data, f.len, names[f.number], 1, err) < 0) {
+            return -EBADMSG;
+        }
+    }
+    return r < 0 ? fail(err, "metadata is not a valid protobuf message") : 0;
+}
+
 /* Reads global_context (field 21) out of Metadata bytes: user_id (1), correlation_id (3). */
 static int metadata_scan(const uint8_t *md, size_t len, struct codec_slice *user_id,
                          struct codec_slice *correlation_id, char err[CODEC_ERR_BYTES])
@@ -164,18 +329,12 @@ int codec_emit_decode(const uint8_t *body, size_t len, struct codec_emit *e,
     }
     if (r < 0)
         return fail(err, "emit is not a valid EventRequest message");
-    if (e->has_metadata &&
-        metadata_scan(e->metadata.ptr, e->metadata.len, &e->user_id, &e->correlation_id, err) < 0)
+    if (e->has_metadata && (metadata_scan(e->metadata.ptr, e->metadata.len, &e->user_id,
+                                          &e->correlation_id, err) < 0 ||
+                            metadata_check(e->metadata.ptr, e->metadata.len, err) < 0))
         return -EBADMSG;
-    if (e->has_payload) {
-        /* The payload is forwarded verbatim; check its top level is a message. */
-        struct wire_cursor pc;
-        wire_cursor_init(&pc, e->payload.ptr, e->payload.len);
-        while ((r = wire_next(&pc, &f)) > 0)
-            ;
-        if (r < 0)
-            return fail(err, "payload is not a valid protobuf message");
-    }
+    if (e->has_payload && payload_check(e->payload.ptr, e->payload.len, err) < 0)
+        return -EBADMSG;
     return 0;
 }
 

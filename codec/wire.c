@@ -1,58 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Field iteration and UTF-8 validation for wire.h. Pure; any thread.
+// UTF-8 validation past the first non-ASCII byte, for wire.h. Pure; any thread.
 #include "codec/wire.h"
 
-int wire_next(struct wire_cursor *c, struct wire_field *f)
+bool wire_utf8_valid_from(const uint8_t *s, size_t len, size_t i)
 {
-    if (c->p >= c->end)
-        return 0;
-    uint64_t tag;
-    if (wire_read_varint(c, &tag) < 0)
-        return -EBADMSG;
-    uint64_t number = tag >> 3;
-    if (number == 0 || number > 536870911u) /* 2^29 - 1: the largest field number */
-        return -EBADMSG;
-    f->number = (uint32_t)number;
-    f->type = (uint8_t)(tag & 7);
-    f->data = NULL;
-    f->len = 0;
-    f->value = 0;
-    switch (f->type) {
-    case WIRE_VARINT:
-        return wire_read_varint(c, &f->value) < 0 ? -EBADMSG : 1;
-    case WIRE_I64:
-        if (c->end - c->p < 8)
-            return -EBADMSG;
-        memcpy(&f->value, c->p, 8);
-        c->p += 8;
-        return 1;
-    case WIRE_I32: {
-        if (c->end - c->p < 4)
-            return -EBADMSG;
-        uint32_t v;
-        memcpy(&v, c->p, 4);
-        f->value = v;
-        c->p += 4;
-        return 1;
-    }
-    case WIRE_LEN: {
-        uint64_t len;
-        if (wire_read_varint(c, &len) < 0 || len > (uint64_t)(c->end - c->p))
-            return -EBADMSG;
-        f->data = c->p;
-        f->len = (size_t)len;
-        c->p += len;
-        return 1;
-    }
-    default:
-        return -EBADMSG;
-    }
-}
-
-bool wire_utf8_valid(const uint8_t *s, size_t len)
-{
-    size_t i = 0;
     while (i < len) {
         uint8_t b = s[i];
         if (b < 0x80) {

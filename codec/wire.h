@@ -49,6 +49,10 @@ static inline void wire_cursor_init(struct wire_cursor *c, const uint8_t *buf, s
  * than 10 bytes. */
 static inline int wire_read_varint(struct wire_cursor *c, uint64_t *out)
 {
+    if (c->p < c->end && !(*c->p & 0x80)) { /* one byte: tags and short lengths */
+        *out = *c->p++;
+        return 0;
+    }
     uint64_t v = 0;
     for (unsigned shift = 0; shift < 70; shift += 7) {
         if (c->p >= c->end)
@@ -65,8 +69,55 @@ static inline int wire_read_varint(struct wire_cursor *c, uint64_t *out)
 
 /* Reads the next field. Returns 1 with *f filled, 0 at the end of the buffer, -EBADMSG on
  * malformed input (bad tag, field number 0, truncated value, groups, which proto3 never
- * writes). */
-int wire_next(struct wire_cursor *c, struct wire_field *f);
+ * writes). Inline: every decoder walks every field with it (a call per field was ~5 ns, a
+ * quarter of checking a small payload). */
+static inline __attribute__((always_inline)) int wire_next(struct wire_cursor *c,
+                                                           struct wire_field *f)
+{
+    if (c->p >= c->end)
+        return 0;
+    uint64_t tag;
+    if (wire_read_varint(c, &tag) < 0)
+        return -EBADMSG;
+    uint64_t number = tag >> 3;
+    if (number == 0 || number > 536870911u) /* 2^29 - 1: the largest field number */
+        return -EBADMSG;
+    f->number = (uint32_t)number;
+    f->type = (uint8_t)(tag & 7);
+    f->data = NULL;
+    f->len = 0;
+    f->value = 0;
+    switch (f->type) {
+    case WIRE_VARINT:
+        return wire_read_varint(c, &f->value) < 0 ? -EBADMSG : 1;
+    case WIRE_I64:
+        if (c->end - c->p < 8)
+            return -EBADMSG;
+        memcpy(&f->value, c->p, 8);
+        c->p += 8;
+        return 1;
+    case WIRE_I32: {
+        if (c->end - c->p < 4)
+            return -EBADMSG;
+        uint32_t v;
+        memcpy(&v, c->p, 4);
+        f->value = v;
+        c->p += 4;
+        return 1;
+    }
+    case WIRE_LEN: {
+        uint64_t len;
+        if (wire_read_varint(c, &len) < 0 || len > (uint64_t)(c->end - c->p))
+            return -EBADMSG;
+        f->data = c->p;
+        f->len = (size_t)len;
+        c->p += len;
+        return 1;
+    }
+    default:
+        return -EBADMSG;
+    }
+}
 
 static inline size_t wire_varint_len(uint64_t v)
 {
@@ -141,6 +192,23 @@ static inline uint32_t wire_get_be32(const uint8_t *p)
 /* True if buf[0..len) is well-formed UTF-8 (proto3 requires it of `string` fields; generated
  * code in other languages refuses to decode a frame that breaks the rule, so the broker must
  * never forward one). Rejects overlongs, surrogates and code points above U+10FFFF. */
-bool wire_utf8_valid(const uint8_t *buf, size_t len);
+bool wire_utf8_valid_from(const uint8_t *buf, size_t len, size_t i);
+
+/* Whether buf holds well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF).
+ * ASCII, the common case, is checked inline; the rest from the first byte >= 0x80 on. */
+static inline bool wire_utf8_valid(const uint8_t *buf, size_t len)
+{
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) { /* eight bytes at a time while they are ASCII */
+        uint64_t w;
+        memcpy(&w, buf + i, 8);
+        if (w & 0x8080808080808080u)
+            return wire_utf8_valid_from(buf, len, i);
+    }
+    for (; i < len; i++)
+        if (buf[i] >= 0x80)
+            return wire_utf8_valid_from(buf, len, i);
+    return true;
+}
 
 #endif

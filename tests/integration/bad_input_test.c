@@ -283,6 +283,32 @@ static void test_bad_protobuf(void **state)
     assert_int_equal(nexus_flush(c), 0);
     expect_error(c, 9005, "bad_protobuf");
     expect_usable(&fx, c);
+
+    /* Invalid UTF-8 deep inside the payload: Payload{data: {a: {b: "\xff"}}}. Forwarded, it
+     * would make a strict subscriber's decoder fail; the publisher is told where instead, and
+     * the subscriber gets nothing of it (fx_finish counts what it received). */
+    static const uint8_t deep[] = {
+        0x0a, 0x13,                   /* Payload.data: Struct (19 bytes) */
+        0x0a, 0x11,                   /*   fields entry (17) */
+        0x0a, 0x01, 'a',              /*     key "a" */
+        0x12, 0x0c,                   /*     value: Value (12) */
+        0x2a, 0x0a,                   /*       struct_value: Struct (10) */
+        0x0a, 0x08,                   /*         fields entry (8) */
+        0x0a, 0x01, 'b',              /*           key "b" */
+        0x12, 0x03, 0x1a, 0x01, 0xff, /*           value: Value{string_value: "\xff"} */
+    };
+    nexus_emit_init(&e, "order:placed:v1:success", fx.camp, NULL, deep, sizeof(deep));
+    e.correlation = 9006;
+    fx_emit_buffered(&fx, c, 2);
+    assert_int_equal(nexus_send_emit(c, &e), 0);
+    assert_int_equal(nexus_flush(c), 0);
+    struct nexus_frame f;
+    assert_int_equal(nexus_wait_reply(c, 9006, &f, 5000), 1);
+    assert_int_equal(f.kind, CODEC_KIND_ERROR);
+    assert_true(h_slice_eq(f.u.error.code, "bad_protobuf"));
+    assert_true(h_slice_has(f.u.error.message, "payload.data"));
+    assert_true(h_slice_has(f.u.error.message, "UTF-8"));
+    expect_usable(&fx, c);
     nexus_close(c);
     fx_finish(&fx);
 }

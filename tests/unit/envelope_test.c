@@ -428,6 +428,136 @@ static void test_emit_invalid_utf8(void **state)
     free(body);
 }
 
+/* Decodes an emit whose payload (field 6) or metadata (field 4) is m. */
+static int decode_with(uint32_t field, const struct pb *m, char err[CODEC_ERR_BYTES])
+{
+    struct pb *body = pb_new();
+    pb_str(body, 2, "a:b:v1:c");
+    pb_msg(body, field, m);
+    struct codec_emit e;
+    err[0] = 0;
+    int r = codec_emit_decode(body->b, body->n, &e, err);
+    free(body);
+    return r;
+}
+
+/* A Payload whose data holds {k: value} nested `levels` Structs deep ({k: {k: ... value}}). */
+static void nested_payload(struct pb *pl, unsigned levels, const struct pb *value)
+{
+    struct pb *cur = pb_new(), *next = pb_new(), *v = pb_new();
+    struct_put(cur, "k", value);
+    for (unsigned i = 1; i < levels; i++) {
+        v->n = 0;
+        pb_msg(v, 5, cur); /* Value{struct_value} */
+        next->n = 0;
+        struct_put(next, "k", v);
+        struct pb *t = cur;
+        cur = next;
+        next = t;
+    }
+    pl->n = 0;
+    pb_msg(pl, 1, cur);
+    free(cur);
+    free(next);
+    free(v);
+}
+
+/* Payload and metadata are forwarded verbatim, so every string inside their Structs, however
+ * deep, must be UTF-8, known fields must have their wire type and nesting is bounded: a strict
+ * subscriber would otherwise fail to decode the event. */
+static void test_emit_nested_checked(void **state)
+{
+    (void)state;
+    char err[CODEC_ERR_BYTES];
+    struct pb *pl = pb_new(), *val = pb_new(), *st = pb_new(), *list = pb_new();
+    static const char bad[] = "a\xff";
+
+    /* A bad string value 10 Structs down. */
+    value_string(val, bad);
+    nested_payload(pl, 10, val);
+    assert_int_equal(decode_with(6, pl, err), -EBADMSG);
+    assert_non_null(strstr(err, "payload.data"));
+    assert_non_null(strstr(err, "UTF-8"));
+    /* The same with good text is accepted. */
+    val->n = 0;
+    value_string(val, "caf\xc3\xa9");
+    nested_payload(pl, 10, val);
+    assert_int_equal(decode_with(6, pl, err), 0);
+
+    /* A bad key. */
+    val->n = 0;
+    value_number(val, 1);
+    st->n = 0;
+    struct_put(st, bad, val);
+    pl->n = 0;
+    pb_msg(pl, 2, st); /* versioning */
+    assert_int_equal(decode_with(6, pl, err), -EBADMSG);
+    assert_non_null(strstr(err, "payload.versioning"));
+    assert_non_null(strstr(err, "key"));
+
+    /* A bad string inside a list inside a struct. */
+    struct pb *item = pb_new();
+    value_string(item, bad);
+    list->n = 0;
+    pb_msg(list, 1, item);
+    val->n = 0;
+    pb_msg(val, 6, list); /* Value{list_value} */
+    st->n = 0;
+    struct_put(st, "l", val);
+    pl->n = 0;
+    pb_msg(pl, 1, st);
+    assert_int_equal(decode_with(6, pl, err), -EBADMSG);
+    assert_non_null(strstr(err, "UTF-8"));
+    free(item);
+
+    /* A known Value field with the wrong wire type (number_value as a varint). */
+    val->n = 0;
+    pb_u64(val, 2, 7);
+    st->n = 0;
+    struct_put(st, "n", val);
+    pl->n = 0;
+    pb_msg(pl, 1, st);
+    assert_int_equal(decode_with(6, pl, err), -EBADMSG);
+    assert_non_null(strstr(err, "wire type"));
+
+    /* Nesting: 30 Structs deep (60 levels of Struct and Value) is accepted, 31 is not. */
+    val->n = 0;
+    value_bool(val, true);
+    nested_payload(pl, 30, val);
+    assert_int_equal(decode_with(6, pl, err), 0);
+    nested_payload(pl, 31, val);
+    assert_int_equal(decode_with(6, pl, err), -EBADMSG);
+    assert_non_null(strstr(err, "nested deeper"));
+
+    /* Metadata: a bad tag (repeated string), a bad string in a Struct field. */
+    struct pb *md = pb_new();
+    pb_bytes(md, 5, bad, strlen(bad));
+    assert_int_equal(decode_with(4, md, err), -EBADMSG);
+    assert_non_null(strstr(err, "metadata.tags"));
+    md->n = 0;
+    val->n = 0;
+    value_string(val, bad);
+    st->n = 0;
+    struct_put(st, "rule", val);
+    pb_msg(md, 3, st);
+    assert_int_equal(decode_with(4, md, err), -EBADMSG);
+    assert_non_null(strstr(err, "metadata.custom_rules"));
+    /* Unknown fields anywhere are skipped. */
+    md->n = 0;
+    pb_u64(md, 99, 1);
+    val->n = 0;
+    pb_u64(val, 15, 3);
+    st->n = 0;
+    struct_put(st, "x", val);
+    pb_msg(md, 4, st);
+    assert_int_equal(decode_with(4, md, err), 0);
+    free(md);
+    free(pl);
+    free(val);
+    free(st);
+    free(list);
+}
+
 static void test_emit_twice_rejected(void **state)
 {
     (void)state;
@@ -1204,6 +1334,7 @@ int main(void)
         cmocka_unit_test(test_event_size_matches_encode),
         cmocka_unit_test(test_emit_size_matches_encode),
         cmocka_unit_test(test_client_decoders_malformed),
+        cmocka_unit_test(test_emit_nested_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
