@@ -14,9 +14,9 @@
 // soon as it is due and the window allows, latency still counted from the schedule (no
 // coordinated omission). One thread drives every connection with epoll; --threads is ignored.
 #include "bench/bench.h"
+#include "bench/nconn.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,7 +24,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,7 +32,6 @@
 
 #define LC_EVENT_TYPE  "test:echo:v1:requested"
 #define LC_IN_BYTES    (1u << 20)
-#define LC_SETUP_NS    10000000000ll
 #define LC_DRAIN_IDLE  1500000000ll
 #define LC_EVENTS_MAX  64
 #define LC_ID_BYTES    32
@@ -48,13 +46,7 @@ struct lc_slot {
 };
 
 struct lc_conn {
-    int fd;
-    uint32_t index;
-    bool dead, want_out;
-    uint8_t *in;
-    uint32_t in_len;
-    uint8_t *out;
-    uint32_t out_head, out_len, out_cap;
+    struct nconn nc;       /* first: epoll hands back &nc */
     struct lc_slot *slots; /* ring indexed by seq & mask */
     uint32_t mask;
     uint64_t next_seq; /* next request to send */
@@ -115,57 +107,14 @@ static void *lc_calloc(size_t n, size_t size)
     return p;
 }
 
-static void conn_kill(struct lc_run *r, struct lc_conn *c)
+/* Sends what is buffered; a failed connection is counted and reported. */
+static void lc_flush(struct lc_run *r, struct lc_conn *c)
 {
-    if (c->dead)
-        return;
-    c->dead = true;
-    epoll_ctl(r->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    close(c->fd);
-}
-
-static void set_out(struct lc_run *r, struct lc_conn *c, bool want)
-{
-    if (c->dead || c->want_out == want)
-        return;
-    struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0u), .data.ptr = c};
-    epoll_ctl(r->epfd, EPOLL_CTL_MOD, c->fd, &ev);
-    c->want_out = want;
-}
-
-static void conn_flush(struct lc_run *r, struct lc_conn *c)
-{
-    while (!c->dead && c->out_head < c->out_len) {
-        ssize_t w = send(c->fd, c->out + c->out_head, c->out_len - c->out_head, MSG_NOSIGNAL);
-        if (w > 0) {
-            c->out_head += (uint32_t)w;
-            continue;
-        }
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            set_out(r, c, true);
-            return;
-        }
+    char err[256];
+    if (nconn_flush(&c->nc, err, sizeof(err)) < 0) {
         r->k[LC_DISCONNECTS]++;
-        lc_error(r, "requester %u: send: %s", c->index, w < 0 ? strerror(errno) : "closed");
-        conn_kill(r, c);
-        return;
+        lc_error(r, "requester %s", err);
     }
-    c->out_head = c->out_len = 0;
-    set_out(r, c, false);
-}
-
-static bool out_room(struct lc_conn *c, size_t need)
-{
-    if (c->out_cap - c->out_len >= need)
-        return true;
-    if (c->out_head) {
-        memmove(c->out, c->out + c->out_head, c->out_len - c->out_head);
-        c->out_len -= c->out_head;
-        c->out_head = 0;
-    }
-    return c->out_cap - c->out_len >= need;
 }
 
 /* Appends request c->next_seq with time t to the output. Returns false if it did not fit. */
@@ -176,21 +125,21 @@ static bool put_request(struct lc_run *r, struct lc_conn *c, int64_t t)
     if (s->seq)
         return false; /* an older request still holds the slot */
     char id[LC_ID_BYTES];
-    int idn = snprintf(id, sizeof(id), "r%u-%" PRIu64, c->index, seq);
+    int idn = snprintf(id, sizeof(id), "r%u-%" PRIu64, c->nc.index, seq);
     struct codec_emit_in e;
     memset(&e, 0, sizeof(e));
     e.event_id.ptr = (const uint8_t *)id;
     e.event_id.len = (uint32_t)idn;
     e.event_type.ptr = (const uint8_t *)LC_EVENT_TYPE;
     e.event_type.len = (uint32_t)strlen(LC_EVENT_TYPE);
-    e.campaign_id = (int64_t)(r->cfg->campaign_base + c->index);
+    e.campaign_id = (int64_t)(r->cfg->campaign_base + c->nc.index);
     e.payload.ptr = r->pl.bytes;
     e.payload.len = r->pl.len;
     e.has_payload = true;
     size_t need = codec_emit_size(&e);
-    if (!out_room(c, need))
+    if (!nconn_room(&c->nc, need))
         return false;
-    c->out_len += (uint32_t)codec_emit_encode(&e, c->out + c->out_len);
+    c->nc.out_len += (uint32_t)codec_emit_encode(&e, c->nc.out + c->nc.out_len);
     s->seq = seq;
     s->t_ns = t;
     s->started = false;
@@ -205,7 +154,7 @@ static int64_t fill(struct lc_run *r, struct lc_conn *c, int64_t now)
 {
     const struct bench_cfg *cfg = r->cfg;
     int64_t next_due = INT64_MAX;
-    if (c->dead || !r->sending)
+    if (c->nc.dead || !r->sending)
         return next_due;
     while (c->open < cfg->window) {
         int64_t t = now;
@@ -221,7 +170,7 @@ static int64_t fill(struct lc_run *r, struct lc_conn *c, int64_t now)
         if (t >= r->m_end || !put_request(r, c, t))
             break;
     }
-    conn_flush(r, c);
+    lc_flush(r, c);
     return next_due;
 }
 
@@ -237,7 +186,7 @@ static struct lc_slot *find_slot(struct lc_conn *c, struct codec_slice id)
     unsigned long long seq;
     int used = 0;
     if (sscanf(buf, "r%u-%llu%n", &conn, &seq, &used) != 2 || (uint32_t)used != id.len ||
-        conn != c->index || seq == 0)
+        conn != c->nc.index || seq == 0)
         return NULL;
     struct lc_slot *s = &c->slots[seq & c->mask];
     return s->seq == seq ? s : NULL;
@@ -257,14 +206,14 @@ static void on_event(struct lc_run *r, struct lc_conn *c, const struct codec_eve
                     type_is(ev->event_type, ":timeout");
     if (!started && !success && !terminal) {
         r->k[LC_OTHER]++;
-        lc_error(r, "requester %u: unexpected event %.*s", c->index, (int)ev->event_type.len,
+        lc_error(r, "requester %u: unexpected event %.*s", c->nc.index, (int)ev->event_type.len,
                  (const char *)ev->event_type.ptr);
         return;
     }
     struct lc_slot *s = find_slot(c, ev->correlation_id);
     if (!s) {
         r->k[LC_UNKNOWN]++;
-        lc_error(r, "requester %u: %.*s for no open request (correlation_id \"%.*s\")", c->index,
+        lc_error(r, "requester %u: %.*s for no open request (correlation_id \"%.*s\")", c->nc.index,
                  (int)ev->event_type.len, (const char *)ev->event_type.ptr,
                  (int)ev->correlation_id.len, (const char *)ev->correlation_id.ptr);
         return;
@@ -273,26 +222,26 @@ static void on_event(struct lc_run *r, struct lc_conn *c, const struct codec_eve
         r->k[LC_STARTED]++;
         if (s->started) {
             r->k[LC_DUP_STARTED]++;
-            lc_error(r, "requester %u: second started for request %" PRIu64, c->index, s->seq);
+            lc_error(r, "requester %u: second started for request %" PRIu64, c->nc.index, s->seq);
         }
         s->started = true;
         return;
     }
     if (terminal) {
         r->k[LC_FAILED]++;
-        lc_error(r, "requester %u: request %" PRIu64 " ended %.*s (%.*s)", c->index, s->seq,
+        lc_error(r, "requester %u: request %" PRIu64 " ended %.*s (%.*s)", c->nc.index, s->seq,
                  (int)ev->event_type.len, (const char *)ev->event_type.ptr, (int)ev->code.len,
                  (const char *)ev->code.ptr);
     } else {
         r->k[LC_SUCCESS]++;
         if (!s->started) {
             r->k[LC_NO_START]++;
-            lc_error(r, "requester %u: success before started for request %" PRIu64, c->index,
+            lc_error(r, "requester %u: success before started for request %" PRIu64, c->nc.index,
                      s->seq);
         }
         if (ev->payload.len != r->pl.len) {
             r->k[LC_CORRUPT]++;
-            lc_error(r, "requester %u: success payload of %u bytes, sent %u", c->index,
+            lc_error(r, "requester %u: success payload of %u bytes, sent %u", c->nc.index,
                      ev->payload.len, r->pl.len);
         }
         uint64_t lat = r->now > s->t_ns ? (uint64_t)(r->now - s->t_ns) : 0;
@@ -313,8 +262,8 @@ static void on_frame(struct lc_run *r, struct lc_conn *c, const uint8_t *body, u
     char cerr[CODEC_ERR_BYTES];
     if (codec_envelope_decode(body, len, &env, cerr) < 0) {
         r->k[LC_CORRUPT]++;
-        lc_error(r, "requester %u: %s", c->index, cerr);
-        conn_kill(r, c);
+        lc_error(r, "requester %u: %s", c->nc.index, cerr);
+        nconn_kill(&c->nc);
         return;
     }
     switch (env.kind) {
@@ -322,7 +271,7 @@ static void on_frame(struct lc_run *r, struct lc_conn *c, const uint8_t *body, u
         struct codec_event_in ev;
         if (codec_event_decode(env.body.ptr, env.body.len, &ev, cerr) < 0) {
             r->k[LC_CORRUPT]++;
-            lc_error(r, "requester %u: undecodable event: %s", c->index, cerr);
+            lc_error(r, "requester %u: undecodable event: %s", c->nc.index, cerr);
             return;
         }
         on_event(r, c, &ev);
@@ -332,106 +281,40 @@ static void on_frame(struct lc_run *r, struct lc_conn *c, const uint8_t *body, u
         struct codec_error_in e;
         r->k[LC_ERRORS]++;
         if (codec_error_decode(env.body.ptr, env.body.len, &e, cerr) == 0)
-            lc_error(r, "requester %u: broker error %.*s: %.*s", c->index, (int)e.code.len,
+            lc_error(r, "requester %u: broker error %.*s: %.*s", c->nc.index, (int)e.code.len,
                      (const char *)e.code.ptr, (int)e.message.len, (const char *)e.message.ptr);
         else
-            lc_error(r, "requester %u: undecodable error frame", c->index);
+            lc_error(r, "requester %u: undecodable error frame", c->nc.index);
         return;
     }
-    case CODEC_KIND_PING: {
-        uint64_t nonce = 0;
-        uint8_t buf[CODEC_CONTROL_BYTES_MAX];
-        codec_u64_msg_decode(env.body.ptr, env.body.len, &nonce, cerr);
-        int n = codec_pong_encode(buf, sizeof(buf), env.correlation, nonce);
-        if (n > 0 && out_room(c, (size_t)n)) {
-            memcpy(c->out + c->out_len, buf, (size_t)n);
-            c->out_len += (uint32_t)n;
-            conn_flush(r, c);
-        }
+    case CODEC_KIND_PING:
+        nconn_pong(&c->nc, env.correlation, env.body.ptr, env.body.len);
         return;
-    }
     default:
         return;
     }
 }
 
-static void conn_read(struct lc_run *r, struct lc_conn *c)
+static void lc_frame(void *ctx, struct nconn *nc, const uint8_t *body, uint32_t len)
 {
-    for (;;) {
-        ssize_t n = recv(c->fd, c->in + c->in_len, LC_IN_BYTES - c->in_len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (n <= 0) {
-            r->k[LC_DISCONNECTS]++;
-            lc_error(r, "requester %u: broker closed the connection%s%s", c->index,
-                     n < 0 ? ": " : "", n < 0 ? strerror(errno) : "");
-            conn_kill(r, c);
-            return;
-        }
-        r->now = bench_now_ns();
-        c->in_len += (uint32_t)n;
-        uint32_t off = 0;
-        while (!c->dead && c->in_len - off >= CODEC_FRAME_HEADER_BYTES) {
-            const uint8_t *p = c->in + off;
-            uint32_t l =
-                ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-            if (l == 0 || l > LC_IN_BYTES - CODEC_FRAME_HEADER_BYTES) {
-                r->k[LC_CORRUPT]++;
-                lc_error(r, "requester %u: frame length %u out of range", c->index, l);
-                conn_kill(r, c);
-                return;
-            }
-            if (c->in_len - off < CODEC_FRAME_HEADER_BYTES + l)
-                break;
-            on_frame(r, c, p + CODEC_FRAME_HEADER_BYTES, l);
-            off += CODEC_FRAME_HEADER_BYTES + l;
-        }
-        if (c->dead)
-            return;
-        memmove(c->in, c->in + off, c->in_len - off);
-        c->in_len -= off;
-    }
+    on_frame(ctx, (struct lc_conn *)nc, body, len);
 }
 
-static int open_conn(struct lc_run *r, struct lc_conn *c)
+static void lc_read(struct lc_run *r, struct lc_conn *c)
 {
-    char err[512] = "";
-    int fd = bench_connect(r->cfg->host, r->cfg->port, err, sizeof(err));
-    if (fd < 0) {
-        fprintf(stderr, "nexus-bench: %s\n", err);
-        return fd;
+    char err[256];
+    if (nconn_read(&c->nc, lc_frame, r, &r->now, err, sizeof(err)) < 0) {
+        r->k[LC_DISCONNECTS]++;
+        lc_error(r, "requester %s", err);
     }
-    struct bench_setup *s = lc_calloc(1, sizeof(*s));
-    s->fd = fd;
-    s->deadline_ns = bench_now_ns() + LC_SETUP_NS;
-    int rc = bench_proto_nexus.greet(s, err, sizeof(err));
-    if (rc < 0) {
-        fprintf(stderr, "nexus-bench: requester %u: %s\n", c->index, err);
-        close(fd);
-        free(s);
-        return rc;
-    }
-    memcpy(c->in, s->buf, s->len);
-    c->in_len = (uint32_t)s->len;
-    free(s);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-    c->fd = fd;
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        perror("nexus-bench: epoll_ctl");
-        return -errno;
-    }
-    return 0;
 }
 
 static uint64_t open_total(const struct lc_run *r)
 {
     uint64_t n = 0;
     for (uint32_t i = 0; i < r->n; i++)
-        if (!r->conns[i].dead)
-            n += r->conns[i].open + (r->conns[i].out_len - r->conns[i].out_head);
+        if (!r->conns[i].nc.dead)
+            n += r->conns[i].open + (r->conns[i].nc.out_len - r->conns[i].nc.out_head);
     return n;
 }
 
@@ -538,15 +421,12 @@ int bench_lifecycle_main(const struct bench_cfg *cfg, volatile sig_atomic_t *int
     r->conns = lc_calloc(r->n, sizeof(*r->conns));
     for (uint32_t i = 0; i < r->n && !*interrupted; i++) {
         struct lc_conn *c = &r->conns[i];
-        c->index = i;
-        c->fd = -1;
-        c->in = lc_calloc(1, LC_IN_BYTES);
-        c->out_cap = (uint32_t)(frame_max * (cfg->window < 1024 ? cfg->window : 1024) + 65536);
-        c->out = lc_calloc(1, c->out_cap);
         c->slots = lc_calloc(ring, sizeof(*c->slots));
         c->mask = ring - 1;
         c->next_seq = 1;
-        if (open_conn(r, c) < 0)
+        uint32_t out_cap =
+            (uint32_t)(frame_max * (cfg->window < 1024 ? cfg->window : 1024) + 65536);
+        if (nconn_open(&c->nc, cfg, r->epfd, i, LC_IN_BYTES, out_cap) < 0)
             return 3;
     }
     if (*interrupted)
@@ -633,10 +513,10 @@ int bench_lifecycle_main(const struct bench_cfg *cfg, volatile sig_atomic_t *int
         }
         for (int i = 0; i < n; i++) {
             struct lc_conn *c = evs[i].data.ptr;
-            if (!c->dead && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
-                conn_read(r, c);
-            if (!c->dead && (evs[i].events & EPOLLOUT))
-                conn_flush(r, c);
+            if (!c->nc.dead && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+                lc_read(r, c);
+            if (!c->nc.dead && (evs[i].events & EPOLLOUT))
+                lc_flush(r, c);
         }
     }
     if (r->sending) { /* interrupted before the end */
@@ -666,10 +546,7 @@ int bench_lifecycle_main(const struct bench_cfg *cfg, volatile sig_atomic_t *int
     if (!ok)
         fprintf(stderr, "nexus-bench: FAIL: %s\n", verdict);
     for (uint32_t i = 0; i < r->n; i++) {
-        if (!r->conns[i].dead && r->conns[i].fd >= 0)
-            close(r->conns[i].fd);
-        free(r->conns[i].in);
-        free(r->conns[i].out);
+        nconn_free(&r->conns[i].nc);
         free(r->conns[i].slots);
     }
     free(r->conns);

@@ -16,16 +16,15 @@
 // log-bucketed histogram), broker CPU and the broker's resident memory per
 // open stream (with --broker-pid). One thread drives every connection with epoll.
 #include "bench/bench.h"
+#include "bench/nconn.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -55,13 +54,7 @@ struct st_stream {
 };
 
 struct st_conn {
-    int fd;
-    uint32_t index;
-    bool dead, want_out;
-    uint8_t *in;
-    uint32_t in_len;
-    uint8_t *out;
-    uint32_t out_head, out_len, out_cap;
+    struct nconn nc;      /* first: epoll hands back &nc */
     struct st_stream *st; /* [window] */
 };
 
@@ -110,45 +103,14 @@ static void *st_calloc(size_t n, size_t size)
     return p;
 }
 
-static void conn_kill(struct st_run *r, struct st_conn *c)
+/* Sends what is buffered; a failed connection is counted and reported. */
+static void st_flush(struct st_run *r, struct st_conn *c)
 {
-    if (c->dead)
-        return;
-    c->dead = true;
-    epoll_ctl(r->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    close(c->fd);
-}
-
-static void set_out(struct st_run *r, struct st_conn *c, bool want)
-{
-    if (c->dead || c->want_out == want)
-        return;
-    struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0u), .data.ptr = c};
-    epoll_ctl(r->epfd, EPOLL_CTL_MOD, c->fd, &ev);
-    c->want_out = want;
-}
-
-static void conn_flush(struct st_run *r, struct st_conn *c)
-{
-    while (!c->dead && c->out_head < c->out_len) {
-        ssize_t w = send(c->fd, c->out + c->out_head, c->out_len - c->out_head, MSG_NOSIGNAL);
-        if (w > 0) {
-            c->out_head += (uint32_t)w;
-            continue;
-        }
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            set_out(r, c, true);
-            return;
-        }
+    char err[256];
+    if (nconn_flush(&c->nc, err, sizeof(err)) < 0) {
         r->k[SC_DISCONNECTS]++;
-        st_error(r, "requester %u: send: %s", c->index, w < 0 ? strerror(errno) : "closed");
-        conn_kill(r, c);
-        return;
+        st_error(r, "requester %s", err);
     }
-    c->out_head = c->out_len = 0;
-    set_out(r, c, false);
 }
 
 /* Appends one emit of type ST_ACTION + state for stream k of c. Returns false if it did not
@@ -157,14 +119,14 @@ static bool put_emit(struct st_run *r, struct st_conn *c, uint32_t k, const char
                      const uint8_t *payload, uint32_t payload_len)
 {
     char id[ST_ID_BYTES], type[64];
-    int idn = snprintf(id, sizeof(id), "s%u-%u", c->index, k + 1);
+    int idn = snprintf(id, sizeof(id), "s%u-%u", c->nc.index, k + 1);
     int tn = snprintf(type, sizeof(type), "%s%s", ST_ACTION, state);
     uint8_t md[128];
     struct codec_emit_in e;
     memset(&e, 0, sizeof(e));
     e.event_type.ptr = (const uint8_t *)type;
     e.event_type.len = (uint32_t)tn;
-    e.campaign_id = (int64_t)(r->cfg->campaign_base + c->index);
+    e.campaign_id = (int64_t)(r->cfg->campaign_base + c->nc.index);
     if (payload) { /* the request: its id is the stream's */
         e.event_id.ptr = (const uint8_t *)id;
         e.event_id.len = (uint32_t)idn;
@@ -179,10 +141,9 @@ static bool put_emit(struct st_run *r, struct st_conn *c, uint32_t k, const char
         e.metadata.len = (uint32_t)ml;
         e.has_metadata = true;
     }
-    size_t need = codec_emit_size(&e);
-    if (c->out_cap - c->out_len < need)
+    if (!nconn_room(&c->nc, codec_emit_size(&e)))
         return false;
-    c->out_len += (uint32_t)codec_emit_encode(&e, c->out + c->out_len);
+    c->nc.out_len += (uint32_t)codec_emit_encode(&e, c->nc.out + c->nc.out_len);
     return true;
 }
 
@@ -197,7 +158,7 @@ static struct st_stream *find_stream(struct st_run *r, struct st_conn *c, struct
     unsigned conn, k;
     int used = 0;
     if (sscanf(buf, "s%u-%u%n", &conn, &k, &used) != 2 || (uint32_t)used != id.len ||
-        conn != c->index || k == 0 || k > r->per)
+        conn != c->nc.index || k == 0 || k > r->per)
         return NULL;
     return &c->st[k - 1];
 }
@@ -213,7 +174,7 @@ static void on_event(struct st_run *r, struct st_conn *c, const struct codec_eve
     struct st_stream *s = find_stream(r, c, ev->correlation_id);
     if (!s || s->state == ST_ENDED) {
         r->k[SC_BAD]++;
-        st_error(r, "requester %u: %.*s for no open stream (correlation_id \"%.*s\")", c->index,
+        st_error(r, "requester %u: %.*s for no open stream (correlation_id \"%.*s\")", c->nc.index,
                  (int)ev->event_type.len, (const char *)ev->event_type.ptr,
                  (int)ev->correlation_id.len, (const char *)ev->correlation_id.ptr);
         return;
@@ -222,7 +183,7 @@ static void on_event(struct st_run *r, struct st_conn *c, const struct codec_eve
         r->k[SC_STARTED]++;
         if (s->state != ST_SENT) {
             r->k[SC_BAD]++;
-            st_error(r, "requester %u: second started for %.*s", c->index,
+            st_error(r, "requester %u: second started for %.*s", c->nc.index,
                      (int)ev->correlation_id.len, (const char *)ev->correlation_id.ptr);
             return;
         }
@@ -233,7 +194,7 @@ static void on_event(struct st_run *r, struct st_conn *c, const struct codec_eve
         if (s->state == ST_SENT || ev->stream_seq != s->last_seq + 1) {
             r->k[SC_BAD]++;
             st_error(r, "requester %u: stream event %" PRIu64 " after %" PRIu64 " for %.*s",
-                     c->index, ev->stream_seq, s->last_seq, (int)ev->correlation_id.len,
+                     c->nc.index, ev->stream_seq, s->last_seq, (int)ev->correlation_id.len,
                      (const char *)ev->correlation_id.ptr);
         }
         s->last_seq = ev->stream_seq;
@@ -256,7 +217,7 @@ static void on_event(struct st_run *r, struct st_conn *c, const struct codec_eve
         s->state = ST_ENDED;
     } else {
         r->k[SC_BAD]++;
-        st_error(r, "requester %u: unexpected %.*s (%.*s) for %.*s", c->index,
+        st_error(r, "requester %u: unexpected %.*s (%.*s) for %.*s", c->nc.index,
                  (int)ev->event_type.len, (const char *)ev->event_type.ptr, (int)ev->code.len,
                  (const char *)ev->code.ptr, (int)ev->correlation_id.len,
                  (const char *)ev->correlation_id.ptr);
@@ -270,15 +231,15 @@ static void on_frame(struct st_run *r, struct st_conn *c, const uint8_t *body, u
     char cerr[CODEC_ERR_BYTES];
     if (codec_envelope_decode(body, len, &env, cerr) < 0) {
         r->k[SC_BAD]++;
-        st_error(r, "requester %u: %s", c->index, cerr);
-        conn_kill(r, c);
+        st_error(r, "requester %u: %s", c->nc.index, cerr);
+        nconn_kill(&c->nc);
         return;
     }
     if (env.kind == CODEC_KIND_EVENT) {
         struct codec_event_in ev;
         if (codec_event_decode(env.body.ptr, env.body.len, &ev, cerr) < 0) {
             r->k[SC_BAD]++;
-            st_error(r, "requester %u: undecodable event: %s", c->index, cerr);
+            st_error(r, "requester %u: undecodable event: %s", c->nc.index, cerr);
             return;
         }
         on_event(r, c, &ev);
@@ -286,89 +247,25 @@ static void on_frame(struct st_run *r, struct st_conn *c, const uint8_t *body, u
         struct codec_error_in e;
         r->k[SC_ERRORS]++;
         if (codec_error_decode(env.body.ptr, env.body.len, &e, cerr) == 0)
-            st_error(r, "requester %u: broker error %.*s: %.*s", c->index, (int)e.code.len,
+            st_error(r, "requester %u: broker error %.*s: %.*s", c->nc.index, (int)e.code.len,
                      (const char *)e.code.ptr, (int)e.message.len, (const char *)e.message.ptr);
     } else if (env.kind == CODEC_KIND_PING) {
-        uint64_t nonce = 0;
-        uint8_t buf[CODEC_CONTROL_BYTES_MAX];
-        codec_u64_msg_decode(env.body.ptr, env.body.len, &nonce, cerr);
-        int n = codec_pong_encode(buf, sizeof(buf), env.correlation, nonce);
-        if (n > 0 && c->out_cap - c->out_len >= (uint32_t)n) {
-            memcpy(c->out + c->out_len, buf, (size_t)n);
-            c->out_len += (uint32_t)n;
-            conn_flush(r, c);
-        }
+        nconn_pong(&c->nc, env.correlation, env.body.ptr, env.body.len);
     }
 }
 
-static void conn_read(struct st_run *r, struct st_conn *c)
+static void st_frame(void *ctx, struct nconn *nc, const uint8_t *body, uint32_t len)
 {
-    for (;;) {
-        ssize_t n = recv(c->fd, c->in + c->in_len, ST_IN_BYTES - c->in_len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (n <= 0) {
-            r->k[SC_DISCONNECTS]++;
-            st_error(r, "requester %u: broker closed the connection", c->index);
-            conn_kill(r, c);
-            return;
-        }
-        r->now = bench_now_ns();
-        c->in_len += (uint32_t)n;
-        uint32_t off = 0;
-        while (!c->dead && c->in_len - off >= CODEC_FRAME_HEADER_BYTES) {
-            const uint8_t *p = c->in + off;
-            uint32_t l =
-                ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-            if (l == 0 || l > ST_IN_BYTES - CODEC_FRAME_HEADER_BYTES) {
-                r->k[SC_BAD]++;
-                st_error(r, "requester %u: frame length %u out of range", c->index, l);
-                conn_kill(r, c);
-                return;
-            }
-            if (c->in_len - off < CODEC_FRAME_HEADER_BYTES + l)
-                break;
-            on_frame(r, c, p + CODEC_FRAME_HEADER_BYTES, l);
-            off += CODEC_FRAME_HEADER_BYTES + l;
-        }
-        if (c->dead)
-            return;
-        memmove(c->in, c->in + off, c->in_len - off);
-        c->in_len -= off;
-    }
+    on_frame(ctx, (struct st_conn *)nc, body, len);
 }
 
-static int open_conn(struct st_run *r, struct st_conn *c)
+static void st_read(struct st_run *r, struct st_conn *c)
 {
-    char err[512] = "";
-    int fd = bench_connect(r->cfg->host, r->cfg->port, err, sizeof(err));
-    if (fd < 0) {
-        fprintf(stderr, "nexus-bench: %s\n", err);
-        return fd;
+    char err[256];
+    if (nconn_read(&c->nc, st_frame, r, &r->now, err, sizeof(err)) < 0) {
+        r->k[SC_DISCONNECTS]++;
+        st_error(r, "requester %s", err);
     }
-    struct bench_setup *s = st_calloc(1, sizeof(*s));
-    s->fd = fd;
-    s->deadline_ns = bench_now_ns() + ST_SETUP_NS;
-    int rc = bench_proto_nexus.greet(s, err, sizeof(err));
-    if (rc < 0) {
-        fprintf(stderr, "nexus-bench: requester %u: %s\n", c->index, err);
-        close(fd);
-        free(s);
-        return rc;
-    }
-    memcpy(c->in, s->buf, s->len);
-    c->in_len = (uint32_t)s->len;
-    free(s);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-    c->fd = fd;
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        perror("nexus-bench: epoll_ctl");
-        return -errno;
-    }
-    return 0;
 }
 
 /* Streams of every connection in state st. */
@@ -400,10 +297,10 @@ static void pump(struct st_run *r, int64_t max_ns, bool (*done)(const struct st_
         }
         for (int i = 0; i < n; i++) {
             struct st_conn *c = evs[i].data.ptr;
-            if (!c->dead && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
-                conn_read(r, c);
-            if (!c->dead && (evs[i].events & EPOLLOUT))
-                conn_flush(r, c);
+            if (!c->nc.dead && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+                st_read(r, c);
+            if (!c->nc.dead && (evs[i].events & EPOLLOUT))
+                st_flush(r, c);
         }
     }
 }
@@ -467,13 +364,9 @@ int bench_streams_main(const struct bench_cfg *cfg, volatile sig_atomic_t *inter
     r->conns = st_calloc(r->n, sizeof(*r->conns));
     for (uint32_t i = 0; i < r->n && !*interrupted; i++) {
         struct st_conn *c = &r->conns[i];
-        c->index = i;
-        c->fd = -1;
-        c->in = st_calloc(1, ST_IN_BYTES);
-        c->out_cap = r->per * 256u + 65536u; /* every request, then every cancel, fits */
-        c->out = st_calloc(1, c->out_cap);
         c->st = st_calloc(r->per, sizeof(*c->st));
-        if (open_conn(r, c) < 0)
+        /* Output: every request, then every cancel, fits. */
+        if (nconn_open(&c->nc, cfg, r->epfd, i, ST_IN_BYTES, r->per * 256u + 65536u) < 0)
             return 3;
     }
     if (*interrupted)
@@ -492,7 +385,7 @@ int bench_streams_main(const struct bench_cfg *cfg, volatile sig_atomic_t *inter
         for (uint32_t k = 0; k < r->per; k++)
             if (!put_emit(r, c, k, "requested", pl, (uint32_t)pll))
                 st_error(r, "requester %u: output buffer full", i);
-        conn_flush(r, c);
+        st_flush(r, c);
     }
     pump(r, ST_SETUP_NS, all_started, interrupted);
     double open_s = (double)(bench_now_ns() - t_open) / 1e9;
@@ -539,7 +432,7 @@ int bench_streams_main(const struct bench_cfg *cfg, volatile sig_atomic_t *inter
             c->st[k].state = ST_CANCEL_SENT;
             c->st[k].cancel_ns = now;
         }
-        conn_flush(r, c);
+        st_flush(r, c);
     }
     pump(r, (int64_t)(cfg->drain_s * 1e9), all_ended, interrupted);
 
@@ -621,10 +514,7 @@ int bench_streams_main(const struct bench_cfg *cfg, volatile sig_atomic_t *inter
         fprintf(stderr, "nexus-bench: FAIL: %s\n",
                 r->first_error[0] ? r->first_error : "interrupted or nothing measured");
     for (uint32_t i = 0; i < r->n; i++) {
-        if (!r->conns[i].dead && r->conns[i].fd >= 0)
-            close(r->conns[i].fd);
-        free(r->conns[i].in);
-        free(r->conns[i].out);
+        nconn_free(&r->conns[i].nc);
         free(r->conns[i].st);
     }
     free(r->conns);
