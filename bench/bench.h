@@ -248,6 +248,12 @@ void bench_conn_reply(struct bench_conn *c, const void *data, size_t len);
 void bench_conn_fail(struct bench_conn *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* calloc that ends the run (exit 3) when memory is short. */
+void *bench_calloc(size_t n, size_t size);
+/* Records the first problem of a run in buf (later ones are counted, not kept). */
+void bench_first_error(char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* The lifecycle workload (lifecycle.c): request -> started -> success round trips against
  * nexusd --test-handlers. Returns the exit status (0 ok, 1 delivery failed, 2 usage or a
  * broker without request lifecycle, 3 set-up failed). */

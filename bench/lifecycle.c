@@ -18,7 +18,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,26 +85,7 @@ struct lc_run {
     char first_error[256];
 };
 
-static void lc_error(struct lc_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void lc_error(struct lc_run *r, const char *fmt, ...)
-{
-    if (r->first_error[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->first_error, sizeof(r->first_error), fmt, ap);
-    va_end(ap);
-}
-
-static void *lc_calloc(size_t n, size_t size)
-{
-    void *p = calloc(n ? n : 1, size);
-    if (!p) {
-        fprintf(stderr, "nexus-bench: out of memory\n");
-        exit(3);
-    }
-    return p;
-}
+#define lc_error(r, ...) bench_first_error((r)->first_error, sizeof((r)->first_error), __VA_ARGS__)
 
 /* Sends what is buffered; a failed connection is counted and reported. */
 static void lc_flush(struct lc_run *r, struct lc_conn *c)
@@ -418,10 +398,10 @@ int bench_lifecycle_main(const struct bench_cfg *cfg, volatile sig_atomic_t *int
     while (ring < 2 * cfg->window)
         ring <<= 1;
     size_t frame_max = (size_t)r->pl.len + BENCH_FRAME_OVERHEAD_MAX;
-    r->conns = lc_calloc(r->n, sizeof(*r->conns));
+    r->conns = bench_calloc(r->n, sizeof(*r->conns));
     for (uint32_t i = 0; i < r->n && !*interrupted; i++) {
         struct lc_conn *c = &r->conns[i];
-        c->slots = lc_calloc(ring, sizeof(*c->slots));
+        c->slots = bench_calloc(ring, sizeof(*c->slots));
         c->mask = ring - 1;
         c->next_seq = 1;
         uint32_t out_cap =

@@ -12,6 +12,7 @@
 #include "bench/bench.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,7 +45,7 @@ static void on_signal(int sig)
     interrupted = 1;
 }
 
-static void *xcalloc(size_t n, size_t size)
+void *bench_calloc(size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size);
     if (!p) {
@@ -52,6 +53,16 @@ static void *xcalloc(size_t n, size_t size)
         exit(3);
     }
     return p;
+}
+
+void bench_first_error(char *buf, size_t cap, const char *fmt, ...)
+{
+    if (buf[0])
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
 }
 
 static void sleep_until(int64_t t_ns)
@@ -67,18 +78,18 @@ static void sleep_until(int64_t t_ns)
 static void build_tables(struct bench_run *r)
 {
     const struct bench_cfg *c = &r->cfg;
-    r->gen = xcalloc((size_t)c->publishers * c->campaigns, sizeof(*r->gen));
-    r->progress = xcalloc((size_t)c->subscribers * c->publishers, sizeof(*r->progress));
-    r->sub_campaign = xcalloc(c->subscribers, sizeof(uint32_t));
-    r->camp_first = xcalloc((size_t)c->campaigns + 1, sizeof(uint32_t));
-    r->camp_subs = xcalloc(c->subscribers, sizeof(uint32_t));
+    r->gen = bench_calloc((size_t)c->publishers * c->campaigns, sizeof(*r->gen));
+    r->progress = bench_calloc((size_t)c->subscribers * c->publishers, sizeof(*r->progress));
+    r->sub_campaign = bench_calloc(c->subscribers, sizeof(uint32_t));
+    r->camp_first = bench_calloc((size_t)c->campaigns + 1, sizeof(uint32_t));
+    r->camp_subs = bench_calloc(c->subscribers, sizeof(uint32_t));
     for (uint32_t s = 0; s < c->subscribers; s++) {
         r->sub_campaign[s] = s % c->campaigns;
         r->camp_first[r->sub_campaign[s] + 1]++;
     }
     for (uint32_t i = 0; i < c->campaigns; i++)
         r->camp_first[i + 1] += r->camp_first[i];
-    uint32_t *fill = xcalloc(c->campaigns, sizeof(uint32_t));
+    uint32_t *fill = bench_calloc(c->campaigns, sizeof(uint32_t));
     for (uint32_t s = 0; s < c->subscribers; s++) {
         uint32_t cc = r->sub_campaign[s];
         r->camp_subs[r->camp_first[cc] + fill[cc]++] = s;
@@ -98,10 +109,10 @@ static int build_templates(struct bench_run *r)
                 c->campaigns, r->pl.len, TEMPLATE_BYTES_MAX >> 20);
         return -E2BIG;
     }
-    r->tmpl = xcalloc(c->campaigns, per);
-    r->tmpl_off = xcalloc(c->campaigns, sizeof(uint32_t));
-    r->tmpl_len = xcalloc(c->campaigns, sizeof(uint32_t));
-    r->tmpl_pl_off = xcalloc(c->campaigns, sizeof(uint32_t));
+    r->tmpl = bench_calloc(c->campaigns, per);
+    r->tmpl_off = bench_calloc(c->campaigns, sizeof(uint32_t));
+    r->tmpl_len = bench_calloc(c->campaigns, sizeof(uint32_t));
+    r->tmpl_pl_off = bench_calloc(c->campaigns, sizeof(uint32_t));
     size_t off = 0;
     for (uint32_t cc = 0; cc < c->campaigns; cc++) {
         uint32_t pl_off;
@@ -161,7 +172,7 @@ static int open_all(struct bench_run *r)
 {
     const struct bench_cfg *c = &r->cfg;
     r->conn_count = c->publishers + c->subscribers;
-    r->conns = xcalloc(r->conn_count, sizeof(struct bench_conn));
+    r->conns = bench_calloc(r->conn_count, sizeof(struct bench_conn));
     /* The receive tail must hold one whole message of the largest kind the broker sends. */
     uint32_t carry_cap = r->pl.len + 65536;
     for (uint32_t i = 0; i < r->conn_count; i++) {
@@ -170,7 +181,7 @@ static int open_all(struct bench_run *r)
         cn->role = i < c->publishers ? BENCH_PUB : BENCH_SUB;
         cn->index = cn->role == BENCH_PUB ? i : i - c->publishers;
         cn->carry_cap = carry_cap;
-        cn->carry = xcalloc(1, carry_cap);
+        cn->carry = bench_calloc(1, carry_cap);
         if (cn->role == BENCH_PUB) {
             cn->out_cap = PUB_OUT_BYTES;
             if (cn->out_cap < 4 * r->frame_len_max)
@@ -178,14 +189,14 @@ static int open_all(struct bench_run *r)
         } else {
             cn->out_cap = SUB_OUT_BYTES;
             cn->campaign = r->sub_campaign[cn->index];
-            cn->next_seq = xcalloc(c->publishers, sizeof(uint64_t));
-            cn->received = xcalloc(c->publishers, sizeof(uint64_t));
+            cn->next_seq = bench_calloc(c->publishers, sizeof(uint64_t));
+            cn->received = bench_calloc(c->publishers, sizeof(uint64_t));
             for (uint32_t p = 0; p < c->publishers; p++)
                 cn->next_seq[p] = 1;
         }
-        cn->out = xcalloc(1, cn->out_cap);
+        cn->out = bench_calloc(1, cn->out_cap);
     }
-    struct bench_setup *s = xcalloc(1, sizeof(*s));
+    struct bench_setup *s = bench_calloc(1, sizeof(*s));
     int rc = 0;
     for (uint32_t k = 0; k < r->conn_count && rc == 0 && !interrupted; k++) {
         uint32_t i = (k + c->publishers) % r->conn_count; /* subscribers, then publishers */
@@ -198,7 +209,7 @@ static int open_all(struct bench_run *r)
 static int start_threads(struct bench_run *r)
 {
     const struct bench_cfg *c = &r->cfg;
-    r->threads = xcalloc(c->threads, sizeof(struct bench_thread));
+    r->threads = bench_calloc(c->threads, sizeof(struct bench_thread));
     for (uint32_t i = 0; i < c->threads; i++) {
         struct bench_thread *t = &r->threads[i];
         t->run = r;
@@ -209,9 +220,9 @@ static int start_threads(struct bench_run *r)
             return -errno;
         }
         t->rbuf_cap = THREAD_RBUF_BYTES + r->pl.len + 65536;
-        t->rbuf = xcalloc(1, t->rbuf_cap);
-        t->pubs = xcalloc(r->conn_count, sizeof(struct bench_conn *));
-        t->subs = xcalloc(r->conn_count, sizeof(struct bench_conn *));
+        t->rbuf = bench_calloc(1, t->rbuf_cap);
+        t->pubs = bench_calloc(r->conn_count, sizeof(struct bench_conn *));
+        t->subs = bench_calloc(r->conn_count, sizeof(struct bench_conn *));
         hist_reset(&t->hist);
     }
     for (uint32_t i = 0; i < r->conn_count; i++) {

@@ -19,16 +19,6 @@
 /* Time allowed to connect and greet. */
 #define NCONN_SETUP_NS 10000000000ll
 
-static void *nconn_calloc(size_t n)
-{
-    void *p = calloc(1, n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "nexus-bench: out of memory\n");
-        exit(3);
-    }
-    return p;
-}
-
 int nconn_open(struct nconn *c, const struct bench_cfg *cfg, int epfd, uint32_t index,
                uint32_t in_cap, uint32_t out_cap)
 {
@@ -36,9 +26,9 @@ int nconn_open(struct nconn *c, const struct bench_cfg *cfg, int epfd, uint32_t 
     c->fd = -1;
     c->epfd = epfd;
     c->index = index;
-    c->in = nconn_calloc(in_cap);
+    c->in = bench_calloc(1, in_cap);
     c->in_cap = in_cap;
-    c->out = nconn_calloc(out_cap);
+    c->out = bench_calloc(1, out_cap);
     c->out_cap = out_cap;
     char err[512] = "";
     int fd = bench_connect(cfg->host, cfg->port, err, sizeof(err));
@@ -46,7 +36,7 @@ int nconn_open(struct nconn *c, const struct bench_cfg *cfg, int epfd, uint32_t 
         fprintf(stderr, "nexus-bench: %s\n", err);
         return fd;
     }
-    struct bench_setup *s = nconn_calloc(sizeof(*s));
+    struct bench_setup *s = bench_calloc(1, sizeof(*s));
     s->fd = fd;
     s->deadline_ns = bench_now_ns() + NCONN_SETUP_NS;
     int rc = bench_proto_nexus.greet(s, err, sizeof(err));

@@ -20,7 +20,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,26 +81,7 @@ struct st_run {
     char first_error[256];
 };
 
-static void st_error(struct st_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void st_error(struct st_run *r, const char *fmt, ...)
-{
-    if (r->first_error[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->first_error, sizeof(r->first_error), fmt, ap);
-    va_end(ap);
-}
-
-static void *st_calloc(size_t n, size_t size)
-{
-    void *p = calloc(n ? n : 1, size);
-    if (!p) {
-        fprintf(stderr, "nexus-bench: out of memory\n");
-        exit(3);
-    }
-    return p;
-}
+#define st_error(r, ...) bench_first_error((r)->first_error, sizeof((r)->first_error), __VA_ARGS__)
 
 /* Sends what is buffered; a failed connection is counted and reported. */
 static void st_flush(struct st_run *r, struct st_conn *c)
@@ -361,10 +341,10 @@ int bench_streams_main(const struct bench_cfg *cfg, volatile sig_atomic_t *inter
         return 3;
     }
     uint64_t rss0 = cfg->broker_pid ? rss_bytes(cfg->broker_pid) : 0;
-    r->conns = st_calloc(r->n, sizeof(*r->conns));
+    r->conns = bench_calloc(r->n, sizeof(*r->conns));
     for (uint32_t i = 0; i < r->n && !*interrupted; i++) {
         struct st_conn *c = &r->conns[i];
-        c->st = st_calloc(r->per, sizeof(*c->st));
+        c->st = bench_calloc(r->per, sizeof(*c->st));
         /* Output: every request, then every cancel, fits. */
         if (nconn_open(&c->nc, cfg, r->epfd, i, ST_IN_BYTES, r->per * 256u + 65536u) < 0)
             return 3;
