@@ -51,7 +51,7 @@ static const struct opt opts[] = {
      "bytes per receive buffer"},
     {"drain-ms", OPT_U32, OFF(drain_ms), 0, 600000, "SIGTERM: time allowed to flush queues"},
     {"busy-poll-us", OPT_U32, OFF(busy_poll_us), 0, 1000000,
-     "poll this long after the last work before sleeping (lower latency, more CPU; 0 = off)"},
+     "poll, not sleep, this long after the last work (0 = off)"},
     {"idle-timeout-ms", OPT_U32, OFF(idle_timeout_ms), 0, 86400000,
      "close connections silent this long (0 = never)"},
     {"token", OPT_STR, OFF(token), 0, sizeof(((struct config *)0)->token),
