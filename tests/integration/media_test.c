@@ -381,6 +381,78 @@ static void test_media_bad_payloads(void **state)
     assert_int_equal(h_stop(&b), 0);
 }
 
+/* The bounds of docs/HANDLERS.md: 64 peers in a room (the 65th gets room_full, and a peer
+ * that leaves makes room again), 1024 rooms in a campaign (the 1025th gets room_limit, a join
+ * to an existing room still works). */
+static void test_room_bounds(void **state)
+{
+    (void)state;
+    struct broker_proc b = H_START(1, NULL);
+    int64_t camp = 777;
+    enum { PEERS = 64 };
+    struct nexus_client *c[PEERS + 1];
+    struct hev e = {0};
+    char peer[32], id[32];
+    for (int i = 0; i <= PEERS; i++) {
+        c[i] = h_connect(&b, NULL);
+        assert_non_null(c[i]);
+    }
+    for (int i = 0; i < PEERS; i++) {
+        snprintf(peer, sizeof(peer), "p%d", i);
+        snprintf(id, sizeof(id), "full-%d", i);
+        assert_int_equal(join(c[i], camp, "full", peer, id, &e), 1);
+        if (!hev_state(&e, "success"))
+            fail_msg("join %d of %d: %s %s", i + 1, PEERS, e.type, e.code);
+        hev_clear(&e);
+    }
+    struct hs_writer w;
+    hp_begin(&w);
+    hs_put_cstring(&w, "context_id", "full");
+    hs_put_cstring(&w, "peer_id", "one-too-many");
+    hp_end(&w);
+    expect_failed(c[PEERS], "media:join_room:v1:requested", camp, "full-x", &w, "room_full");
+    /* A peer's connection goes: its place is free again. */
+    nexus_close(c[0]);
+    int64_t deadline = h_now_ms() + 5000;
+    int attempt = 0;
+    do {
+        /* A fresh id each time: a repeated event id would be suppressed as a duplicate. */
+        snprintf(id, sizeof(id), "full-late-%d", attempt++);
+        assert_int_equal(join(c[PEERS], camp, "full", "late", id, &e), 1);
+        bool ok = hev_state(&e, "success");
+        if (!ok && strcmp(e.code, "room_full") != 0)
+            fail_msg("late join: %s %s", e.type, e.code);
+        hev_clear(&e);
+        if (ok)
+            break;
+        usleep(20000);
+    } while (h_now_ms() < deadline);
+    assert_true(h_now_ms() < deadline);
+
+    /* Rooms: this campaign has one; open 1023 more from one connection, then one too many. */
+    struct nexus_client *d = c[1];
+    char ctx[32];
+    for (int i = 1; i < 1024; i++) {
+        snprintf(ctx, sizeof(ctx), "room-%d", i);
+        snprintf(id, sizeof(id), "open-%d", i);
+        assert_int_equal(join(d, camp, ctx, "opener", id, &e), 1);
+        if (!hev_state(&e, "success"))
+            fail_msg("room %d of 1024: %s %s", i + 1, e.type, e.code);
+        hev_clear(&e);
+    }
+    hp_begin(&w);
+    hs_put_cstring(&w, "context_id", "room-1024");
+    hp_end(&w);
+    expect_failed(d, "media:join_room:v1:requested", camp, "open-x", &w, "room_limit");
+    /* Joining a room that exists is not opening one. */
+    assert_int_equal(join(c[2], camp, "room-7", "second", "join-7", &e), 1);
+    assert_true(hev_state(&e, "success"));
+    hev_clear(&e);
+    for (int i = 1; i <= PEERS; i++)
+        nexus_close(c[i]);
+    assert_int_equal(h_stop(&b), 0);
+}
+
 static void test_webrtc_stats(void **state)
 {
     (void)state;
@@ -422,6 +494,7 @@ int main(void)
         cmocka_unit_test_teardown(test_three_peers, h_teardown),
         cmocka_unit_test_teardown(test_media_bad_payloads, h_teardown),
         cmocka_unit_test_teardown(test_webrtc_stats, h_teardown),
+        cmocka_unit_test_teardown(test_room_bounds, h_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
