@@ -166,6 +166,26 @@ static int pb_list_check(const uint8_t *p, size_t len, const char *where, unsign
 }
 
 /* google.protobuf.Struct: map<string, Value> fields = 1, i.e. entries {key = 1, value = 2}. */
+/* The common entry, as protobuf writes it, checked without the general walk: {1: short ASCII
+ * key, 2: Value holding a number, a bool or null} = 0a KL key 12 VL (11 f64 | 20 b | 08 n).
+ * True when e is such an entry and valid; false sends it down the general path (which also
+ * reports any error). Most payload fields are numbers under short keys: this is most of the
+ * check's cost on the hot path. */
+static bool struct_entry_scalar(const uint8_t *e, size_t n)
+{
+    if (n < 4 || e[0] != 0x0a || e[1] >= 0x80)
+        return false;
+    size_t kl = e[1];
+    if (kl + 4 > n || e[2 + kl] != 0x12 || e[3 + kl] >= 0x80 || 4 + kl + e[3 + kl] != n)
+        return false;
+    for (size_t i = 0; i < kl; i++)
+        if (e[2 + i] >= 0x80)
+            return false;
+    const uint8_t *v = e + 4 + kl;
+    size_t vl = e[3 + kl];
+    return (vl == 9 && v[0] == 0x11) || (vl == 2 && (v[0] == 0x20 || v[0] == 0x08) && v[1] < 0x80);
+}
+
 static int pb_struct_check(const uint8_t *p, size_t len, const char *where, unsigned depth,
                            char err[CODEC_ERR_BYTES])
 {
@@ -180,6 +200,8 @@ static int pb_struct_check(const uint8_t *p, size_t len, const char *where, unsi
             continue;
         if (f.type != WIRE_LEN)
             return nest_fail(err, where, "a Struct field has the wrong wire type");
+        if (struct_entry_scalar(f.data, f.len))
+            continue;
         wire_cursor_init(&ec, f.data, f.len);
         while ((er = wire_next(&ec, &ef)) > 0) {
             if (ef.number != 1 && ef.number != 2)
