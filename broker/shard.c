@@ -65,7 +65,10 @@ int64_t shard_now_ns(void)
 
 uint32_t shard_of_campaign(const struct shard *s, int64_t campaign_id)
 {
-    return (uint32_t)(XXH3_64bits(&campaign_id, sizeof(campaign_id)) % s->broker->shard_count);
+    uint32_t n = s->broker->shard_count;
+    if (n == 1)
+        return 0; /* no hash, no division: one shard owns everything */
+    return (uint32_t)(XXH3_64bits(&campaign_id, sizeof(campaign_id)) % n);
 }
 
 struct io_uring_sqe *shard_sqe(struct shard *s)
