@@ -403,7 +403,7 @@ static int hs_check(const uint8_t *v, size_t len, enum hs_frame first, const cha
 
 /* ---- map --------------------------------------------------------------------------------- */
 
-static int key_cmp(const void *a, uint32_t al, const void *b, uint32_t bl)
+int hs_bytes_cmp(const void *a, uint32_t al, const void *b, uint32_t bl)
 {
     int c = memcmp(a, b, al < bl ? al : bl);
     if (c)
@@ -417,7 +417,7 @@ static uint32_t map_find(const struct hs_map *m, const void *key, uint32_t klen,
     uint32_t lo = 0, hi = m->count;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        int c = key_cmp(m->v[mid]->data, m->v[mid]->klen, key, klen);
+        int c = hs_bytes_cmp(m->v[mid]->data, m->v[mid]->klen, key, klen);
         if (c == 0) {
             *found = true;
             return mid;
@@ -461,7 +461,7 @@ void hs_map_write_keys(struct hs_writer *w, const struct hs_map *m)
 static int change_cmp(const void *a, const void *b)
 {
     const struct hs_change *x = a, *y = b;
-    int c = key_cmp(x->key, x->klen, y->key, y->klen);
+    int c = hs_bytes_cmp(x->key, x->klen, y->key, y->klen);
     if (c)
         return c;
     return x->order < y->order ? -1 : x->order > y->order ? 1 : 0;
@@ -475,7 +475,7 @@ static uint32_t changes_normalize(struct hs_change *ch, uint32_t n)
     qsort(ch, n, sizeof(*ch), change_cmp);
     uint32_t k = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (i + 1 < n && key_cmp(ch[i].key, ch[i].klen, ch[i + 1].key, ch[i + 1].klen) == 0)
+        if (i + 1 < n && hs_bytes_cmp(ch[i].key, ch[i].klen, ch[i + 1].key, ch[i + 1].klen) == 0)
             continue; /* a later change of the same key follows */
         ch[k++] = ch[i];
     }
@@ -569,7 +569,7 @@ int hs_map_merge(struct hs_map *m, struct hs_change *ch, uint32_t n, const struc
     while (a < m->count || b < n) {
         int c = a == m->count ? 1
                 : b == n      ? -1
-                              : key_cmp(m->v[a]->data, m->v[a]->klen, ch[b].key, ch[b].klen);
+                              : hs_bytes_cmp(m->v[a]->data, m->v[a]->klen, ch[b].key, ch[b].klen);
         if (c < 0) {
             nv[k++] = m->v[a++];
             continue;

@@ -102,6 +102,10 @@ struct hs_kv {
     uint8_t data[]; /* key, then value */
 };
 
+/* Orders byte strings: memcmp over the common length, then the shorter first (the order of the
+ * hs_map keys, and of anything else kept sorted by a byte-string key). */
+int hs_bytes_cmp(const void *a, uint32_t al, const void *b, uint32_t bl);
+
 struct hs_map {
     struct hs_kv **v; /* sorted by key (bytewise, shorter first on a tie) */
     uint32_t count, cap;

@@ -171,12 +171,6 @@ static int64_t ms_of(int64_t ns)
 
 /* ---- rooms -------------------------------------------------------------------------------- */
 
-static int ctx_cmp(const char *a, uint32_t al, const void *b, uint32_t bl)
-{
-    int c = memcmp(a, b, al < bl ? al : bl);
-    return c ? c : al < bl ? -1 : al > bl ? 1 : 0;
-}
-
 /* Index of the room with this context id, or where it would go. */
 static uint32_t room_find(const struct mcampaign *mc, const void *ctx, uint32_t len, bool *found)
 {
@@ -184,7 +178,7 @@ static uint32_t room_find(const struct mcampaign *mc, const void *ctx, uint32_t 
     *found = false;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        int c = ctx_cmp(mc->rooms[mid]->ctx, mc->rooms[mid]->ctx_len, ctx, len);
+        int c = hs_bytes_cmp(mc->rooms[mid]->ctx, mc->rooms[mid]->ctx_len, ctx, len);
         if (c == 0) {
             *found = true;
             return mid;
@@ -267,7 +261,7 @@ static void tell_watchers(struct mcampaign *mc, enum mwatch_kind kind, const str
     for (uint32_t i = 0; i < mc->n_watch; i++) {
         struct mwatch *mw = *provider_state(mc->watch[i]);
         if (mw->kind != kind ||
-            (mw->ctx_len && ctx_cmp(mw->ctx, mw->ctx_len, room->ctx, room->ctx_len) != 0))
+            (mw->ctx_len && hs_bytes_cmp(mw->ctx, mw->ctx_len, room->ctx, room->ctx_len) != 0))
             continue;
         provider_stream(mc->watch[i], w->buf, (uint32_t)w->len);
     }
@@ -790,7 +784,7 @@ static void rooms_listing(struct hs_writer *w, const struct mcampaign *mc, const
     hs_put_list_open(w, "rooms");
     for (uint32_t i = 0; mc && i < mc->n_rooms; i++) {
         const struct mroom *room = mc->rooms[i];
-        if (mw->ctx_len && ctx_cmp(mw->ctx, mw->ctx_len, room->ctx, room->ctx_len) != 0)
+        if (mw->ctx_len && hs_bytes_cmp(mw->ctx, mw->ctx_len, room->ctx, room->ctx_len) != 0)
             continue;
         rooms++;
         npeers += room->n_peers;
