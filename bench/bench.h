@@ -25,6 +25,7 @@
 #include <sys/types.h>
 
 #include "bench/hist.h"
+#include "client/nexus_client.h"
 
 /* Limits on the workload, each chosen so that the tables below stay small (subscribers x
  * publishers progress words, publishers x campaigns counters) and so that a publisher index
@@ -201,8 +202,6 @@ struct bench_setup {
     int64_t deadline_ns;
 };
 
-/* Connects to host:port (TCP_NODELAY, blocking). Returns the fd or -errno with err filled. */
-int bench_connect(const char *host, uint16_t port, char *err, size_t cap);
 /* Writes all of data before the deadline. 0 or -errno. */
 int bench_setup_send(struct bench_setup *s, const void *data, size_t len);
 /* Reads more bytes into s->buf before the deadline. Returns bytes read, 0 if the peer closed,

@@ -138,7 +138,7 @@ static int open_conn(struct bench_run *r, struct bench_setup *s, struct bench_co
 {
     const struct bench_cfg *cfg = &r->cfg;
     char err[512] = "";
-    int fd = bench_connect(cfg->host, cfg->port, err, sizeof(err));
+    int fd = nexus_tcp_connect(cfg->host, cfg->port, err, sizeof(err));
     if (fd < 0) {
         fprintf(stderr, "nexus-bench: %s\n", err);
         return fd;

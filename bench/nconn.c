@@ -31,7 +31,7 @@ int nconn_open(struct nconn *c, const struct bench_cfg *cfg, int epfd, uint32_t 
     c->out = bench_calloc(1, out_cap);
     c->out_cap = out_cap;
     char err[512] = "";
-    int fd = bench_connect(cfg->host, cfg->port, err, sizeof(err));
+    int fd = nexus_tcp_connect(cfg->host, cfg->port, err, sizeof(err));
     if (fd < 0) {
         fprintf(stderr, "nexus-bench: %s\n", err);
         return fd;

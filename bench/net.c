@@ -6,9 +6,6 @@
 #include "bench/bench.h"
 
 #include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,42 +18,6 @@ int64_t bench_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-int bench_connect(const char *host, uint16_t port, char *err, size_t cap)
-{
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    char ps[8];
-    snprintf(ps, sizeof(ps), "%u", port);
-    int r = getaddrinfo(host, ps, &hints, &res);
-    if (r != 0) {
-        snprintf(err, cap, "cannot resolve %s: %s", host, gai_strerror(r));
-        return -EHOSTUNREACH;
-    }
-    int fd = -1, last = ECONNREFUSED;
-    for (struct addrinfo *a = res; a; a = a->ai_next) {
-        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-        if (fd < 0) {
-            last = errno;
-            continue;
-        }
-        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
-            break;
-        last = errno;
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0) {
-        snprintf(err, cap, "cannot connect to %s:%u: %s", host, port, strerror(last));
-        return -last;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    return fd;
 }
 
 static int wait_fd(const struct bench_setup *s, short events)

@@ -37,9 +37,9 @@ struct nexus_client {
     struct held *held_head, *held_tail;
 };
 
-struct nexus_client *nexus_connect(const char *host, uint16_t port, char *err, size_t err_cap)
+int nexus_tcp_connect(const char *host, uint16_t port, char *err, size_t cap)
 {
-    struct addrinfo hints, *res = NULL, *ai;
+    struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -47,15 +47,17 @@ struct nexus_client *nexus_connect(const char *host, uint16_t port, char *err, s
     snprintf(ps, sizeof(ps), "%u", port);
     int r = getaddrinfo(host, ps, &hints, &res);
     if (r != 0) {
-        snprintf(err, err_cap, "cannot resolve %s: %s", host, gai_strerror(r));
-        return NULL;
+        snprintf(err, cap, "cannot resolve %s: %s", host, gai_strerror(r));
+        return -EHOSTUNREACH;
     }
-    int fd = -1, last = 0;
-    for (ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
+    int fd = -1, last = ECONNREFUSED;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            last = errno;
             continue;
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        }
+        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
             break;
         last = errno;
         close(fd);
@@ -63,11 +65,19 @@ struct nexus_client *nexus_connect(const char *host, uint16_t port, char *err, s
     }
     freeaddrinfo(res);
     if (fd < 0) {
-        snprintf(err, err_cap, "cannot connect to %s:%u: %s", host, port, strerror(last));
-        return NULL;
+        snprintf(err, cap, "cannot connect to %s:%u: %s", host, port, strerror(last));
+        return -last;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+struct nexus_client *nexus_connect(const char *host, uint16_t port, char *err, size_t err_cap)
+{
+    int fd = nexus_tcp_connect(host, port, err, err_cap);
+    if (fd < 0)
+        return NULL;
     struct nexus_client *c = calloc(1, sizeof(*c));
     if (!c) {
         close(fd);

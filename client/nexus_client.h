@@ -33,6 +33,10 @@ struct nexus_frame {
     } u;
 };
 
+/* A blocking TCP connection to host:port (numeric or name, every address tried in turn),
+ * TCP_NODELAY set. Returns the fd, or -errno with err filled. */
+int nexus_tcp_connect(const char *host, uint16_t port, char *err, size_t cap);
+
 /* Connects to host:port (numeric or name). Returns a client or NULL with err filled. */
 struct nexus_client *nexus_connect(const char *host, uint16_t port, char *err, size_t err_cap);
 void nexus_close(struct nexus_client *c);
