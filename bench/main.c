@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// nexus-bench: the load generator of BRIEF §7 and issue 6. The main thread parses the flags,
-// builds the payload and the per-campaign publish frames, opens and sets up every connection
+// nexus-bench: the load generator of docs/DESIGN.md §7 and issue 6. The main thread parses the
+// flags, builds the payload and the per-campaign publish frames, opens and sets up every connection
 // (blocking, with deadlines: subscribers first, each confirmed by the broker before any event
 // is published), hands the connections to the epoll workers (engine.c), prints a progress
 // line each second, takes the measured window's counters and CPU readings, stops publishing,

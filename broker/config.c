@@ -81,14 +81,14 @@ void config_defaults(struct config *c)
     snprintf(c->listen_host, sizeof(c->listen_host), "127.0.0.1");
     c->listen_port = 7400;
     c->shards = 0;
-    /* 1 MiB: BRIEF §5's default; large enough for any state snapshot, small enough that one
-     * hostile length cannot make the broker allocate much. */
+    /* 1 MiB: docs/DESIGN.md §5's default; large enough for any state snapshot, small enough that
+     * one hostile length cannot make the broker allocate much. */
     c->frame_bytes_max = 1u << 20;
     /* 65536: what one box serves comfortably; each idle connection costs ~1 KiB here. */
     c->connections_max = 65536;
     /* 1024: a dashboard subscribing per campaign stays well under; matching cost is bounded. */
     c->subscriptions_per_conn_max = 1024;
-    /* 16 MiB: BRIEF §2.4's default; about 100k small events of slack per subscriber. */
+    /* 16 MiB: docs/DESIGN.md §2.4's default; about 100k small events of slack per subscriber. */
     c->outbound_bytes_max = 16u << 20;
     c->slow_policy = SLOW_DISCONNECT;
     /* 8192 messages: at ~100 ns per message, 0.8 ms of work between two shards; enough to
@@ -108,7 +108,7 @@ void config_defaults(struct config *c)
     c->log_level = LOG_INFO;
     c->log_json = false;
     c->metrics_port = 0;
-    /* BRIEF §3.2: 1 s heartbeats, streams end after 30 min. Plain requests get 30 s: an
+    /* docs/DESIGN.md §3.2: 1 s heartbeats, streams end after 30 min. Plain requests get 30 s: an
      * external handler that has not answered by then is not going to. */
     c->heartbeat_ms = 1000;
     c->request_timeout_ms = 30000;

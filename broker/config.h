@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Every limit and setting of nexusd in one place (STYLE: "every limit has a bound and a
+// Every limit and setting of nexusd in one place ("every limit has a bound and a
 // policy"). Each default says why it has its value; docs/OPERATIONS.md lists them with what
 // happens when a limit is reached. The configuration is filled once at start-up from flags and
 // an optional config file, then read-only: any thread may read it.

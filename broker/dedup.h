@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Duplicate suppression for one campaign (BRIEF §2.4): remembers the (event_id, event_type)
-// pairs accepted within a time window, bounded in entries. Keys are 64-bit xxh3 hashes of the
-// pair, so an entry costs 16 bytes plus its index slot; two different pairs collide with
+// Duplicate suppression for one campaign (docs/DESIGN.md §2.4): remembers the (event_id,
+// event_type) pairs accepted within a time window, bounded in entries. Keys are 64-bit xxh3 hashes
+// of the pair, so an entry costs 16 bytes plus its index slot; two different pairs collide with
 // probability about n/2^64 for n live entries (for the default 8192 entries, ~4e-16), which we
 // accept and document. When the table is full the oldest entry is forgotten first, so the
 // effective window is min(window, entries / emit rate). Owned by the campaign's shard.

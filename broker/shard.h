@@ -80,7 +80,7 @@ struct interest_msg {
     uint64_t sub_id;
     uint64_t correlation;
     /* +1 only: a copy of the subscription's filter, kept by the owner (ownership moves) so it
-     * can tell whether any subscription matches a request (no_handler, BRIEF §3.1). */
+     * can tell whether any subscription matches a request (no_handler, docs/DESIGN.md §3.1). */
     struct evpattern *patterns;
     uint32_t pattern_count;
     uint32_t user_id_len;

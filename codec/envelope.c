@@ -11,7 +11,7 @@
 
 #include "codec/wire.h"
 
-/* protocol_version of this broker (BRIEF §5). */
+/* protocol_version of this broker (docs/DESIGN.md §5). */
 #define CODEC_PROTOCOL_VERSION 1
 
 static int fail(char err[CODEC_ERR_BYTES], const char *msg)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The nexus.v1.Frame envelope (BRIEF §5): decoding what clients send and encoding what the
+// The nexus.v1.Frame envelope (docs/DESIGN.md §5): decoding what clients send and encoding what the
 // broker sends, directly on the protobuf wire format.
 //
 // Decoding never builds message trees and never allocates: every string and sub-message is a

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Event types and subscription patterns (BRIEF §2.1, §2.3, §3.2). This module owns the
+// Event types and subscription patterns (docs/DESIGN.md §2.1, §2.3, §3.2). This module owns the
 // canonical event type `{service}:{action}:v{N}:{state}`: parsing and validating it from client
 // bytes, the error text a client sees when it is wrong, the streaming rule, and the patterns a
 // subscription matches types with. It does not own handler tables, subscriptions or frames; it
@@ -61,7 +61,7 @@ enum evtype_error {
     EVTYPE_ESTATE = EVTYPE_ERR_BASE - 8,    // not a state of the vocabulary
 };
 
-// The state vocabulary (BRIEF §2.1), in lifecycle order.
+// The state vocabulary (docs/DESIGN.md §2.1), in lifecycle order.
 enum evtype_state {
     EVTYPE_REQUESTED,
     EVTYPE_STARTED,
@@ -139,7 +139,7 @@ static inline size_t evtype_prefix_len(const struct evtype *t, enum evtype_segme
     return (size_t)t->seg[last].off + t->seg[last].len;
 }
 
-// BRIEF §3.2's default streaming rule, applied literally: true only if the state is
+// docs/DESIGN.md §3.2's default streaming rule, applied literally: true only if the state is
 // `requested` and either the action starts with "stream_" or the whole type contains one of
 // ":stream:", ":typing:", ":presence:", ":chunks:", ":live:", ":realtime:". `s` is the buffer
 // `t` was parsed from. (With four canonical segments a ":word:" can only be the action, so the

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // Incremental framing: a 4-byte big-endian length L, then L bytes of one nexus.v1.Frame
-// (BRIEF §5). The framer accepts input in chunks of any size and yields whole frames. A frame
-// that lies entirely inside the chunk being fed is returned in place (no copy); only a frame
+// (docs/DESIGN.md §5). The framer accepts input in chunks of any size and yields whole frames. A
+// frame that lies entirely inside the chunk being fed is returned in place (no copy); only a frame
 // split across chunks is assembled in the framer's own buffer, which is allocated after its
 // length has been validated, with exactly the frame's size. Lengths of 0 or above
 // frame_bytes_max are rejected before any allocation, each with its own error.

@@ -66,7 +66,8 @@ struct publish;
 #define CS_PUSH_MS_DEFAULT 50
 #define CS_PUSH_MS_MIN     10
 #define CS_PUSH_MS_MAX     5000
-/* campaign:stream_analytics: every 5 s by default (BRIEF §4.1); interval_ms 100 .. 600000. */
+/* campaign:stream_analytics: every 5 s by default (docs/DESIGN.md §4.1); interval_ms 100 .. 600000.
+ */
 #define CS_ANALYTICS_MS_DEFAULT 5000
 #define CS_ANALYTICS_MS_MIN     100
 #define CS_ANALYTICS_MS_MAX     600000

@@ -44,7 +44,7 @@
 #define MEDIA_PAYLOAD_BYTES_MAX (MEDIA_STATE_BYTES_MAX + MEDIA_SIGNAL_BYTES_MAX + 32 * 1024)
 /* Rooms listed in a snapshot or a statistics sample (the counts cover all of them). */
 #define MEDIA_LIST_ROOMS_MAX 256
-/* media:stream_webrtc: every 2 s by default (BRIEF §4.2); interval_ms 500 .. 60000. */
+/* media:stream_webrtc: every 2 s by default (docs/DESIGN.md §4.2); interval_ms 500 .. 60000. */
 #define MEDIA_WEBRTC_MS_DEFAULT 2000
 #define MEDIA_WEBRTC_MS_MIN     500
 #define MEDIA_WEBRTC_MS_MAX     60000

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The built-in media room handlers (BRIEF §4.2), as rows of the Provider's table: rooms keyed
-// campaign_id:context_id with their peers and state, signalling relayed privately between the
+// The built-in media room handlers (docs/DESIGN.md §4.2), as rows of the Provider's table: rooms
+// keyed campaign_id:context_id with their peers and state, signalling relayed privately between the
 // peers of a room, and the streams that watch rooms and peers. A room lives on the shard that
 // owns its campaign and is touched only by that shard's thread; a peer's connection may live on
 // any shard (its frames travel through the rings), and a peer leaves its rooms when that

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The Provider (BRIEF §3): a managed lifecycle for every request, on the shard that owns the
-// request's campaign. `S:A:vN:requested` → `started` → (`stream` | `heartbeat`)* → exactly one
+// The Provider (docs/DESIGN.md §3): a managed lifecycle for every request, on the shard that owns
+// the request's campaign. `S:A:vN:requested` → `started` → (`stream` | `heartbeat`)* → exactly one
 // of `success`, `failed`, `cancelled`, `timeout`. Handlers are rows of one table (built-in) or
 // connections that registered for actions (external); both are served by the same engine,
 // which publishes the lifecycle events, sends heartbeats, enforces timeouts and bounds, and

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // ring/spsc.h: the bounded lock-free single-producer single-consumer ring that carries messages
-// between two shards, one ring per ordered pair (BRIEF §6). It owns the slot array and the two
-// indices; it does not own what a message points at (`ptr` is opaque: the protocol between the
+// between two shards, one ring per ordered pair (docs/DESIGN.md §6). It owns the slot array and the
+// two indices; it does not own what a message points at (`ptr` is opaque: the protocol between the
 // two shards says who frees it), and it knows nothing about waking a sleeping consumer. Threading
 // rule: exactly one producer thread calls the producer functions and exactly one consumer thread
 // calls the consumer functions, for the ring's whole life; ring_capacity() and ring_depth() may

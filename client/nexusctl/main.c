@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// nexusctl: the command line client of nexusd (BRIEF §7). Parses the global flags given before
-// the command name, then hands the rest to the command (which accepts the global flags too).
+// nexusctl: the command line client of nexusd (docs/DESIGN.md §7). Parses the global flags given
+// before the command name, then hands the rest to the command (which accepts the global flags too).
 // The usage text below is the contract for scripts: commands, flags, output and exit statuses.
 #include <getopt.h>
 #include <stdio.h>

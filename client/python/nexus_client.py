@@ -26,7 +26,7 @@ PROTOCOL_VERSION = 1
 # Largest frame accepted from the broker before its Welcome says otherwise (the broker's own
 # default bound is 1 MiB; 64 MiB leaves room for any configuration).
 FRAME_BYTES_MAX = 64 << 20
-# The states that end a request (docs/PROTOCOL.md, BRIEF §3).
+# The states that end a request (docs/PROTOCOL.md, docs/DESIGN.md §3).
 TERMINAL_STATES = ("success", "failed", "cancelled", "timeout")
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

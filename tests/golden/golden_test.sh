@@ -10,7 +10,7 @@
 #       and payload bytes in it (@HEX:metadata@, @LEN:payload@, ...) are derived by protoc
 #       encoding that sub-message of the .txtpb alone.
 #   (b) encode: frames written by the codec's encoders are decoded by `protoc --decode` and
-#       compared with encode_NAME.expected, written by hand from the contract (BRIEF §5); then
+#       compared with encode_NAME.expected, written by hand from the contract (docs/DESIGN.md §5); then
 #       protoc re-encodes its reading, which must give back our bytes exactly (field order,
 #       omitted defaults, varint forms). encode-event splices the metadata and payload of the
 #       protoc-encoded emit of (a).

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Bad input, every class (BRIEF §1 "safe on bad input", §5): each bad frame gets an error with
-// the documented code and the offending frame's correlation; length errors close the
+// Bad input, every class (docs/DESIGN.md §1 "safe on bad input", §5): each bad frame gets an error
+// with the documented code and the offending frame's correlation; length errors close the
 // connection, the others leave it usable; the broker keeps serving a second client; and no
 // event accepted before the bad frame is lost (a subscriber gets every one of them, including
 // the emits written in the same burst just before the bad frame).

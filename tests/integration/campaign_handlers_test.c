@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The built-in campaign handlers (BRIEF §4.1) against the real nexusd, over real sockets, with
-// 3 shards: updates from clients on different shards converge in every stream_state stream
-// and in campaign:state, each update is followed by exactly one campaign:state:v1:success to
-// the whole campaign; stream_events resumed from a sequence sees each event once across the
-// replay/live seam while another client keeps emitting; campaign:list returns the campaigns of
-// every shard and pages consistently; features, config, switch and analytics; bad payloads are
-// refused with a code naming the field and leave the state unchanged.
+// The built-in campaign handlers (docs/DESIGN.md §4.1) against the real nexusd, over real sockets,
+// with 3 shards: updates from clients on different shards converge in every stream_state stream and
+// in campaign:state, each update is followed by exactly one campaign:state:v1:success to the whole
+// campaign; stream_events resumed from a sequence sees each event once across the replay/live seam
+// while another client keeps emitting; campaign:list returns the campaigns of every shard and pages
+// consistently; features, config, switch and analytics; bad payloads are refused with a code naming
+// the field and leave the state unchanged.
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Delivery across shards and ordering (BRIEF §2.2, §2.4): publishers and subscribers on
+// Delivery across shards and ordering (docs/DESIGN.md §2.2, §2.4): publishers and subscribers on
 // different shards, campaigns owned by every shard, every event exactly once at every matching
 // subscriber; concurrent publishers to one campaign seen in one gapless order by every
 // subscriber, with each publisher's emits in emit order.

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// SIGTERM drains (BRIEF §7): events the broker accepted and queued for subscribers before the
-// signal are delivered before it exits 0, on the owner's shard and across shards; and a
+// SIGTERM drains (docs/DESIGN.md §7): events the broker accepted and queued for subscribers before
+// the signal are delivered before it exits 0, on the owner's shard and across shards; and a
 // subscriber that never reads cannot hold the exit beyond --drain-ms.
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The built-in media rooms (BRIEF §4.2) against the real nexusd over real sockets, 3 shards,
-// the room's campaign on one shard and the peers' connections on all three: three peers join
-// and hear about each other, signal each other privately (the target only; a campaign
+// The built-in media rooms (docs/DESIGN.md §4.2) against the real nexusd over real sockets, 3
+// shards, the room's campaign on one shard and the peers' connections on all three: three peers
+// join and hear about each other, signal each other privately (the target only; a campaign
 // subscriber never sees a signal), share room state, one disconnects abruptly and the others
 // get peer_left, the room is freed when the last leaves (asserted through the stats frame and
 // a stream_rooms watcher), stream_peers sees signal activity without its content,

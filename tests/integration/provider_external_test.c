@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// External handlers (BRIEF §3.3, issue 4) against the real nexusd over real sockets, two shards:
-// connections that register for actions receive requests as `requested` events, balanced
+// External handlers (docs/DESIGN.md §3.3, issue 4) against the real nexusd over real sockets, two
+// shards: connections that register for actions receive requests as `requested` events, balanced
 // between them; their success / failed / stream frames are relayed under the request's
 // correlation id after the broker's `started`; a handler that disconnects turns the requests it
 // held into failed/handler_lost and the survivor takes the new ones; answers for requests a

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The Provider (BRIEF §3, issue 4) with the built-in test handlers, against the real nexusd over
-// real sockets, two shards, the requester, the subscribers and the campaign's owner placed on
-// chosen shards: the exact lifecycle of a plain request (sequence, correlation ids, each event
-// once per connection, exactly one terminal), streams (heartbeats with growing counts, the
+// The Provider (docs/DESIGN.md §3, issue 4) with the built-in test handlers, against the real
+// nexusd over real sockets, two shards, the requester, the subscribers and the campaign's owner
+// placed on chosen shards: the exact lifecycle of a plain request (sequence, correlation ids, each
+// event once per connection, exactly one terminal), streams (heartbeats with growing counts, the
 // heartbeat clamp, cancel, timeouts, a requester that vanishes mid-stream), no_handler both
 // ways, the bounds (--max-streams, --max-requests-per-conn), forged lifecycle events, and the
 // request counters of the stats.

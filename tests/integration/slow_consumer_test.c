@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Slow subscribers (BRIEF §2.4): a subscriber that stops reading passes its outbound bound
+// Slow subscribers (docs/DESIGN.md §2.4): a subscriber that stops reading passes its outbound bound
 // (--max-outbound-bytes) and the broker applies its policy. disconnect: the slow one is
 // closed after what was already on its socket, healthy subscribers of the same campaign get
 // everything. drop: the slow one gets gap frames, and its events plus the gap ranges account

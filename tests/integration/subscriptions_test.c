@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Subscriptions and emit acknowledgements (BRIEF §2.3, §2.4, §5): type patterns, the firehose,
-// the user filter, unsubscribe, overlapping subscriptions on one connection, ack contents and
-// generated UUIDv4 ids, duplicate suppression and its window, invalid patterns and types.
+// Subscriptions and emit acknowledgements (docs/DESIGN.md §2.3, §2.4, §5): type patterns, the
+// firehose, the user filter, unsubscribe, overlapping subscriptions on one connection, ack contents
+// and generated UUIDv4 ids, duplicate suppression and its window, invalid patterns and types.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,8 +15,8 @@
 static const char PAYLOAD[] = "\x0a\x0a\x0a\x08\x0a\x01k\x12\x03\x1a\x01v";
 #define PAYLOAD_LEN (sizeof(PAYLOAD) - 1)
 
-/* Our own reading of BRIEF §2.3, independent of the broker's: four ':' segments, each equal
- * or `*`; the single pattern `*` and the empty list match everything. */
+/* Our own reading of docs/DESIGN.md §2.3, independent of the broker's: four ':' segments, each
+ * equal or `*`; the single pattern `*` and the empty list match everything. */
 static bool seg_next(const char **p, const char **seg, size_t *len)
 {
     if (!*p)
