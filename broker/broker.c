@@ -21,19 +21,6 @@
 #include "broker/metrics.h"
 #include "broker/shard.h"
 
-/* From shard.c. */
-int shard_init(struct shard *s);
-void shard_loop(struct shard *s);
-void shard_drain_and_free(struct shard *s);
-void shard_free_outboxes(struct shard *s);
-
-const struct broker_hooks *broker_hooks;
-
-void broker_set_hooks(const struct broker_hooks *h)
-{
-    broker_hooks = h;
-}
-
 static int read_int_file(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -170,8 +157,8 @@ static void *shard_thread(void *arg)
     pthread_setname_np(pthread_self(), name);
     oframe_self = (int)s->index;
     int r = shard_init(s);
-    if (r == 0 && broker_hooks && broker_hooks->shard_init)
-        r = broker_hooks->shard_init(s);
+    if (r == 0 && core_hooks && core_hooks->shard_init)
+        r = core_hooks->shard_init(s);
     if (r < 0) {
         char msg[512];
         explain(r, msg, sizeof(msg));
@@ -238,7 +225,9 @@ static void pin_shards(struct broker *b)
     }
 }
 
-struct broker *broker_start(const struct config *cfg)
+/* The broker record, its rings and its shard records (no thread, no socket yet). Returns
+ * NULL if out of memory. */
+static struct broker *broker_alloc(const struct config *cfg)
 {
     struct broker *b = calloc(1, sizeof(*b));
     if (!b)
@@ -260,7 +249,6 @@ struct broker *broker_start(const struct config *cfg)
         for (uint32_t a = 0; a < b->shard_count; a++)
             for (uint32_t d = 0; d < b->shard_count; d++)
                 if (a != d && !(b->rings[cls][a][d] = ring_create(cfg->ring_capacity))) {
-                    log_error(-1, "out of memory creating rings");
                     broker_free(b);
                     return NULL;
                 }
@@ -277,12 +265,17 @@ struct broker *broker_start(const struct config *cfg)
         s->listen_fd = -1;
         b->shards[i] = s;
     }
+    return b;
+}
+
+/* Binds the metrics port, then one client listener per shard. Returns 0, or -1 after logging
+ * why (the caller frees the broker). */
+static int broker_bind(struct broker *b)
+{
     /* Metrics first: its port answers before the client port does, so anything that waits
      * for the broker to accept clients can scrape it at once. */
-    if (b->cfg.metrics_port && !(b->metrics = metrics_start(b))) {
-        broker_free(b);
-        return NULL;
-    }
+    if (b->cfg.metrics_port && !(b->metrics = metrics_start(b)))
+        return -1;
     for (uint32_t i = 0; i < b->shard_count; i++) {
         char err[256];
         b->shards[i]->listen_fd = broker_listen(b->cfg.listen_host, b->cfg.listen_port, true, 4096,
@@ -290,15 +283,31 @@ struct broker *broker_start(const struct config *cfg)
         if (b->shards[i]->listen_fd < 0) {
             log_error(-1, "%s", err);
             metrics_stop(b->metrics);
-            broker_free(b);
-            return NULL;
+            b->metrics = NULL;
+            return -1;
         }
+    }
+    return 0;
+}
+
+struct broker *broker_start(const struct config *cfg)
+{
+    struct broker *b = broker_alloc(cfg);
+    if (!b) {
+        log_error(-1, "out of memory creating the shards and their rings");
+        return NULL;
+    }
+    if (broker_bind(b) < 0) {
+        broker_free(b);
+        return NULL;
     }
     pthread_barrier_init(&b->start_barrier, NULL, b->shard_count + 1);
     pthread_barrier_init(&b->exit_barrier, NULL, b->shard_count);
     for (uint32_t i = 0; i < b->shard_count; i++) {
         if (pthread_create(&b->shards[i]->thread, NULL, shard_thread, b->shards[i]) != 0) {
-            log_error(-1, "cannot start shard thread %u", i);
+            /* The barriers count every shard: without its thread nothing can start or stop
+             * cleanly. Start-up only, never reachable from a client. */
+            log_error(-1, "cannot start shard thread %u: %s", i, strerror(errno));
             abort();
         }
     }

@@ -60,20 +60,35 @@ static const struct opt opts[] = {
     {"log-json", OPT_BOOL, OFF(log_json), 0, 0, "log JSON lines"},
     {"pin-cpus", OPT_BOOL, OFF(pin_cpus), 0, 0,
      "pin shard i to the i-th CPU of nexusd's affinity mask (taskset)"},
-    {"heartbeat-ms", OPT_U32, OFF(heartbeat_ms), 100, 60000, "default stream heartbeat interval"},
-    {"request-timeout-ms", OPT_U32, OFF(request_timeout_ms), 100, 86400000,
-     "timeout of plain requests served by external handlers"},
-    {"stream-timeout-ms", OPT_U32, OFF(stream_timeout_ms), 100, 86400000,
-     "longest a stream may stay open"},
-    {"max-streams", OPT_U32, OFF(streams_per_shard_max), 1, 100000000, "open streams per shard"},
-    {"max-requests-per-conn", OPT_U32, OFF(requests_per_conn_max), 1, 10000000,
-     "open requests of one connection (per owning shard)"},
-    {"max-pending-per-handler", OPT_U32, OFF(pending_per_handler_max), 1, 10000000,
-     "open requests one external handler holds (per shard)"},
-    {"test-handlers", OPT_BOOL, OFF(test_handlers), 0, 0,
-     "register the test:* built-in handlers (echo, fail, stream_ticks)"},
     {"metrics", OPT_MADDR, 0, 0, 0, "HOST:PORT for Prometheus metrics over HTTP (off if unset)"},
 };
+
+/* Rows other layers registered (config_register): settings of their own. */
+static const struct config_setting *ext_rows[CONFIG_SETTINGS_MAX];
+static size_t ext_count;
+
+int config_register(const struct config_setting *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        bool known = false;
+        for (size_t k = 0; k < ext_count && !known; k++)
+            known = ext_rows[k] == &rows[i]; /* registered twice (tests): once is enough */
+        if (known)
+            continue;
+        if (ext_count == CONFIG_SETTINGS_MAX)
+            return -ENOSPC;
+        ext_rows[ext_count++] = &rows[i];
+    }
+    return 0;
+}
+
+static const struct config_setting *find_ext(const char *name, size_t len)
+{
+    for (size_t i = 0; i < ext_count; i++)
+        if (strlen(ext_rows[i]->name) == len && !strncmp(ext_rows[i]->name, name, len))
+            return ext_rows[i];
+    return NULL;
+}
 
 void config_defaults(struct config *c)
 {
@@ -108,15 +123,6 @@ void config_defaults(struct config *c)
     c->log_level = LOG_INFO;
     c->log_json = false;
     c->metrics_port = 0;
-    /* docs/DESIGN.md §3.2: 1 s heartbeats, streams end after 30 min. Plain requests get 30 s: an
-     * external handler that has not answered by then is not going to. */
-    c->heartbeat_ms = 1000;
-    c->request_timeout_ms = 30000;
-    c->stream_timeout_ms = 30 * 60 * 1000;
-    /* 100,000 streams per shard at ~1 KiB each (metadata copy, timers) is ~100 MiB. */
-    c->streams_per_shard_max = 100000;
-    c->requests_per_conn_max = 1024;
-    c->pending_per_handler_max = 10000;
     snprintf(c->metrics_host, sizeof(c->metrics_host), "127.0.0.1");
 }
 
@@ -127,6 +133,8 @@ void config_usage(void)
            "Flags (each also a key in the --config file, as `key = value`):\n");
     for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
         printf("  --%-24s %s\n", opts[i].name, opts[i].help);
+    for (size_t i = 0; i < ext_count; i++)
+        printf("  --%-24s %s\n", ext_rows[i]->name, ext_rows[i]->help);
     printf("  --%-24s %s\n", "config FILE", "read settings from FILE (flags given later win)");
     printf("  --%-24s %s\n", "help", "print this help");
     printf("  --%-24s %s\n", "version", "print the version");
@@ -205,6 +213,42 @@ static int parse_addr(const char *s, char *host, size_t host_cap, uint16_t *port
     return 0;
 }
 
+/* A number for flag name in [min, max] (size: K/M/G suffixes allowed). */
+static int parse_number(const char *name, bool size, uint64_t min, uint64_t max, const char *val,
+                        const char *where, uint64_t *out)
+{
+    if (parse_u64(val, size, out) < 0 || *out < min || *out > max) {
+        fprintf(stderr, "nexusd: %s: --%s wants a number in %llu..%llu, got \"%s\"\n", where, name,
+                (unsigned long long)min, (unsigned long long)max, val);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int parse_bool(const char *name, const char *val, const char *where, bool *out)
+{
+    if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes"))
+        *out = true;
+    else if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no"))
+        *out = false;
+    else {
+        fprintf(stderr, "nexusd: %s: --%s wants true or false, got \"%s\"\n", where, name, val);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int set_ext(const struct config_setting *o, const char *val, const char *where)
+{
+    uint64_t v;
+    if (o->type == CONFIG_SETTING_BOOL)
+        return parse_bool(o->name, val, where, o->ptr);
+    if (parse_number(o->name, false, o->min, o->max, val, where, &v) < 0)
+        return -EINVAL;
+    *(uint32_t *)o->ptr = (uint32_t)v;
+    return 0;
+}
+
 static int set_opt(struct config *c, const struct opt *o, const char *val, const char *where)
 {
     char *base = (char *)c;
@@ -212,11 +256,8 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
     switch (o->type) {
     case OPT_U32:
     case OPT_SIZE:
-        if (parse_u64(val, o->type == OPT_SIZE, &v) < 0 || v < o->min || v > o->max) {
-            fprintf(stderr, "nexusd: %s: --%s wants a number in %llu..%llu, got \"%s\"\n", where,
-                    o->name, (unsigned long long)o->min, (unsigned long long)o->max, val);
+        if (parse_number(o->name, o->type == OPT_SIZE, o->min, o->max, val, where, &v) < 0)
             return -EINVAL;
-        }
         if (o->off == OFF(outbound_bytes_max))
             c->outbound_bytes_max = v;
         else
@@ -233,16 +274,7 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
         return 0;
     }
     case OPT_BOOL:
-        if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes"))
-            *(bool *)(base + o->off) = true;
-        else if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no"))
-            *(bool *)(base + o->off) = false;
-        else {
-            fprintf(stderr, "nexusd: %s: --%s wants true or false, got \"%s\"\n", where, o->name,
-                    val);
-            return -EINVAL;
-        }
-        return 0;
+        return parse_bool(o->name, val, where, (bool *)(base + o->off));
     case OPT_POLICY:
         if (!strcmp(val, "disconnect"))
             c->slow_policy = SLOW_DISCONNECT;
@@ -328,12 +360,13 @@ static int load_file(struct config *c, const char *path)
             val++;
         }
         const struct opt *o = find_opt(key, strlen(key));
-        if (!o) {
+        const struct config_setting *x = o ? NULL : find_ext(key, strlen(key));
+        if (!o && !x) {
             fprintf(stderr, "nexusd: %s: unknown setting \"%s\"\n", where, key);
             r = -EINVAL;
             break;
         }
-        r = set_opt(c, o, val, where);
+        r = o ? set_opt(c, o, val, where) : set_ext(x, val, where);
     }
     fclose(f);
     return r;
@@ -361,12 +394,13 @@ int config_parse(struct config *c, int argc, char **argv)
         const char *val = eq ? eq + 1 : NULL;
         bool is_config = nl == 6 && !strncmp(name, "config", 6);
         const struct opt *o = is_config ? NULL : find_opt(name, nl);
-        if (!o && !is_config) {
+        const struct config_setting *x = o || is_config ? NULL : find_ext(name, nl);
+        if (!o && !x && !is_config) {
             fprintf(stderr, "nexusd: unknown flag \"%s\" (see --help)\n", a);
             return -EINVAL;
         }
         if (!val) {
-            if (o && o->type == OPT_BOOL) {
+            if ((o && o->type == OPT_BOOL) || (x && x->type == CONFIG_SETTING_BOOL)) {
                 val = "true";
             } else if (i + 1 < argc) {
                 val = argv[++i];
@@ -375,7 +409,9 @@ int config_parse(struct config *c, int argc, char **argv)
                 return -EINVAL;
             }
         }
-        int r = is_config ? load_file(c, val) : set_opt(c, o, val, "command line");
+        int r = is_config ? load_file(c, val)
+                : o       ? set_opt(c, o, val, "command line")
+                          : set_ext(x, val, "command line");
         if (r < 0)
             return r;
     }

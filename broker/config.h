@@ -8,6 +8,7 @@
 #define NEXUS_BROKER_CONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Shards are indexed by 6 bits in connection ids and interest masks. */
@@ -41,17 +42,26 @@ struct config {
     int log_level;
     bool log_json;
     uint16_t metrics_port; /* 0 = metrics off */
-    /* The Provider (handlers/provider.c). */
-    uint32_t heartbeat_ms;       /* default stream heartbeat interval */
-    uint32_t request_timeout_ms; /* plain requests served by external handlers */
-    uint32_t stream_timeout_ms;  /* streams */
-    uint32_t streams_per_shard_max;
-    uint32_t requests_per_conn_max;   /* open requests of one connection, per owning shard */
-    uint32_t pending_per_handler_max; /* open requests one external handler holds, per shard */
-    bool test_handlers;               /* register the test:* built-in handlers */
-    bool pin_cpus;                    /* pin shard i to the i-th CPU nexusd may run on */
+    bool pin_cpus;         /* pin shard i to the i-th CPU nexusd may run on */
     char metrics_host[256];
 };
+
+/* A setting another layer owns (the Provider's timeouts, say): a flag and config-file key
+ * bound to the layer's own variable, which holds the default until parsed. */
+enum config_setting_type { CONFIG_SETTING_U32, CONFIG_SETTING_BOOL };
+
+struct config_setting {
+    const char *name; /* flag without "--", and config-file key */
+    enum config_setting_type type;
+    void *ptr; /* uint32_t * or bool * */
+    uint64_t min, max;
+    const char *help;
+};
+
+/* Adds rows (which must outlive the process) to the flags config_parse knows. Start-up only,
+ * before config_parse. Returns 0, or -ENOSPC past CONFIG_SETTINGS_MAX rows in all. */
+#define CONFIG_SETTINGS_MAX 64
+int config_register(const struct config_setting *rows, size_t n);
 
 /* Fills c with the defaults. */
 void config_defaults(struct config *c);

@@ -10,7 +10,7 @@
 // read after that) and shuts the socket down; the memory is freed when the last operation the
 // kernel holds for it completes, since a buffer or msghdr given to the kernel belongs to it
 // until then.
-#include "broker/shard.h"
+#include "broker/conn.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -21,14 +21,11 @@
 #include <unistd.h>
 
 #include "broker/log.h"
+#include "broker/pubsub.h"
+#include "broker/shard.h"
+#include "broker/ud.h"
 #include "codec/envelope.h"
 #include "codec/wire.h"
-
-/* Declared in shard.c. */
-void shard_buf_return(struct shard *s, uint16_t bid);
-const uint8_t *shard_buf(struct shard *s, uint16_t bid);
-
-enum { OP_RECV = 1, OP_SEND = 2, OP_CANCEL = 3 };
 
 /* Distinct campaigns a connection may have pending gap notices for under the drop policy;
  * past it the connection is closed as a slow subscriber (a gap table is memory too). */
@@ -38,11 +35,6 @@ enum { OP_RECV = 1, OP_SEND = 2, OP_CANCEL = 3 };
  * copied into every delivered frame. */
 #define CONN_ID_BYTES_MAX     256
 #define CONN_ENTITY_BYTES_MAX 1024
-
-static inline uint64_t conn_ud(struct conn *c, int op)
-{
-    return (uint64_t)(uintptr_t)c | (uint64_t)op;
-}
 
 struct conn *conn_lookup(struct shard *s, uint64_t id)
 {
@@ -77,6 +69,9 @@ struct conn *conn_create(struct shard *s, int fd)
 static void conn_free(struct conn *c)
 {
     struct shard *s = c->shard;
+    NX_ASSERT((c->flags & (CONN_DEAD | CONN_REAPED)) == (CONN_DEAD | CONN_REAPED));
+    NX_ASSERT(c->ops_inflight == 0 && !(c->flags & (CONN_RECV_ARMED | CONN_SEND_INFLIGHT)));
+    NX_ASSERT(s->dead_count > 0);
     for (uint32_t i = 0; i < c->q_count; i++)
         oframe_unref(c->q[(c->q_head + i) & (c->q_cap - 1)]);
     stat_sub(&s->stats.bytes_queued, c->q_bytes);
@@ -92,9 +87,16 @@ static void conn_free(struct conn *c)
     free(c);
 }
 
+/* One operation the kernel held for c has completed (its flag, if any, already cleared). */
+static void conn_op_end(struct conn *c)
+{
+    NX_ASSERT(c->ops_inflight > 0);
+    c->ops_inflight--;
+}
+
 void conn_op_done(struct conn *c)
 {
-    c->ops_inflight--;
+    conn_op_end(c);
     if ((c->flags & CONN_REAPED) && c->ops_inflight == 0)
         conn_free(c);
 }
@@ -116,6 +118,28 @@ void conn_close(struct conn *c, const char *why)
     s->kill_head = c;
 }
 
+/* Requests the connection made or served end on the shards that hold them. */
+static void conn_notify_gone(struct conn *c)
+{
+    struct shard *s = c->shard;
+    uint64_t mask = c->notify_mask;
+    while (mask) {
+        uint32_t d = (uint32_t)__builtin_ctzll(mask);
+        mask &= mask - 1;
+        if (d == s->index) {
+            if (core_hooks && core_hooks->conn_gone)
+                core_hooks->conn_gone(s, c->id);
+            continue;
+        }
+        struct ring_msg m = {.kind = MSG_CONN_GONE, .arg = c->id};
+        if (shard_send(s, d, CORE_REQUEST, &m) < 0)
+            log_error((int)s->index,
+                      "out of memory telling shard %u that connection %llu closed: its requests "
+                      "there end by timeout",
+                      d, (unsigned long long)c->id);
+    }
+}
+
 void conn_reap(struct shard *s)
 {
     while (s->kill_head) {
@@ -129,27 +153,16 @@ void conn_reap(struct shard *s)
             *pp = c->resume_next;
             c->flags &= ~CONN_ON_RESUME;
         }
+        NX_ASSERT(c->flags & CONN_DEAD);
         map_del(&s->conns, c->id);
         pubsub_conn_gone(c);
-        /* Requests it made or served end on the shards that hold them. */
-        uint64_t mask = c->notify_mask;
-        while (mask) {
-            uint32_t d = (uint32_t)__builtin_ctzll(mask);
-            mask &= mask - 1;
-            if (d == s->index) {
-                if (broker_hooks && broker_hooks->conn_gone)
-                    broker_hooks->conn_gone(s, c->id);
-            } else {
-                struct ring_msg m = {.kind = MSG_CONN_GONE, .arg = c->id};
-                shard_send(s, d, 0, &m);
-            }
-        }
+        conn_notify_gone(c);
         /* Wakes the receive (and any send) in the kernel, which then complete. */
         shutdown(c->fd, SHUT_RDWR);
         if (c->flags & CONN_RECV_ARMED) {
             struct io_uring_sqe *sqe = shard_sqe(s);
-            io_uring_prep_cancel64(sqe, conn_ud(c, OP_RECV), 0);
-            io_uring_sqe_set_data64(sqe, conn_ud(c, OP_CANCEL));
+            io_uring_prep_cancel64(sqe, ud_of_conn(c, UD_CONN_RECV), 0);
+            io_uring_sqe_set_data64(sqe, ud_of_conn(c, UD_CONN_CANCEL));
             c->ops_inflight++;
         }
         if (c->ops_inflight == 0)
@@ -213,7 +226,7 @@ static void conn_slow(struct conn *c, const char *what)
     conn_close(c, "slow consumer");
 }
 
-void conn_note_gap(struct conn *c, const struct oframe *f)
+static void conn_note_gap(struct conn *c, const struct oframe *f)
 {
     for (uint32_t i = 0; i < c->gap_count; i++) {
         struct gap *g = &c->gaps[i];
@@ -345,6 +358,7 @@ void conn_flush(struct conn *c)
 {
     if (c->flags & (CONN_SEND_INFLIGHT | CONN_DEAD) || c->q_count == 0)
         return;
+    NX_ASSERT(c->q_off < c->q[c->q_head]->len);
     uint32_t n = c->q_count < CONN_IOV_MAX ? c->q_count : CONN_IOV_MAX;
     if (n > CONN_IOV_SMALL && c->iov == c->iov_small) {
         struct iovec *big = malloc(sizeof(struct iovec) * CONN_IOV_MAX);
@@ -373,7 +387,7 @@ void conn_flush(struct conn *c)
     c->send_frames = n;
     struct io_uring_sqe *sqe = shard_sqe(c->shard);
     io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, conn_ud(c, OP_SEND));
+    io_uring_sqe_set_data64(sqe, ud_of_conn(c, UD_CONN_SEND));
     c->flags |= CONN_SEND_INFLIGHT;
     c->ops_inflight++;
 }
@@ -381,12 +395,13 @@ void conn_flush(struct conn *c)
 void conn_send_done(struct conn *c, int res)
 {
     struct shard *s = c->shard;
+    NX_ASSERT(c->flags & CONN_SEND_INFLIGHT);
     c->flags &= ~CONN_SEND_INFLIGHT;
     if (c->flags & CONN_DEAD) {
         conn_op_done(c);
         return;
     }
-    c->ops_inflight--;
+    conn_op_end(c);
     if (res < 0) {
         if (res == -EAGAIN || res == -EINTR) {
             conn_schedule_flush(c);
@@ -444,7 +459,7 @@ void conn_recv_arm(struct conn *c)
     io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = 0;
-    io_uring_sqe_set_data64(sqe, conn_ud(c, OP_RECV));
+    io_uring_sqe_set_data64(sqe, ud_of_conn(c, UD_CONN_RECV));
     c->flags |= CONN_RECV_ARMED;
     c->ops_inflight++;
 }
@@ -479,8 +494,8 @@ static void conn_pause(struct conn *c)
         stat_add(&s->stats.paused_reads, 1);
         if ((c->flags & CONN_RECV_ARMED) && !(c->flags & CONN_RECV_CANCELLED)) {
             struct io_uring_sqe *sqe = shard_sqe(s);
-            io_uring_prep_cancel64(sqe, conn_ud(c, OP_RECV), 0);
-            io_uring_sqe_set_data64(sqe, conn_ud(c, OP_CANCEL));
+            io_uring_prep_cancel64(sqe, ud_of_conn(c, UD_CONN_RECV), 0);
+            io_uring_sqe_set_data64(sqe, ud_of_conn(c, UD_CONN_CANCEL));
             c->ops_inflight++;
             c->flags |= CONN_RECV_CANCELLED;
         }
@@ -595,12 +610,13 @@ void conn_recv_done(struct conn *c, struct io_uring_cqe *cqe)
     if (more)
         return;
     /* The multishot receive has ended. */
+    NX_ASSERT(c->flags & CONN_RECV_ARMED);
     c->flags &= ~(CONN_RECV_ARMED | CONN_RECV_CANCELLED);
     if (c->flags & CONN_DEAD) {
         conn_op_done(c);
         return;
     }
-    c->ops_inflight--;
+    conn_op_end(c);
     if (res == 0) {
         /* The peer closed its side. Input held back by backpressure is still to be handled:
          * conn_resume closes once it has been. Otherwise finish sending what is queued. */
@@ -659,6 +675,49 @@ static int conn_hello(struct conn *c, uint64_t corr, struct codec_slice body)
     return 0;
 }
 
+/* The emit's event type, validated: the connection's last type when it repeats (most
+ * publishers repeat theirs), else parsed and remembered. Returns 0, or -EINVAL after answering
+ * with an error. */
+static int conn_emit_type(struct conn *c, uint64_t corr, struct codec_slice ts, struct evtype *t)
+{
+    if (ts.len && ts.len == c->last_type_len && memcmp(ts.ptr, c->last_type_str, ts.len) == 0) {
+        *t = c->last_type;
+        return 0;
+    }
+    char terr[EVTYPE_ERR_BYTES];
+    if (evtype_parse(t, (const char *)ts.ptr, ts.len, terr, sizeof(terr)) < 0) {
+        conn_error(c, corr, "invalid_event_type", "%s", terr);
+        return -EINVAL;
+    }
+    c->last_type = *t;
+    c->last_type_len = (uint16_t)ts.len;
+    memcpy(c->last_type_str, ts.ptr, ts.len);
+    return 0;
+}
+
+/* Fills the routing header of m from a decoded emit whose slices point into base. */
+static void emit_msg_fill(struct emit_msg *m, const struct codec_emit *e, const uint8_t *base)
+{
+#define OFFS(sl, o, l)                                                                             \
+    do {                                                                                           \
+        m->o = (sl).ptr ? (uint32_t)((sl).ptr - base) : 0;                                         \
+        m->l = (sl).len;                                                                           \
+    } while (0)
+    OFFS(e->event_id, id_off, id_len);
+    OFFS(e->event_type, type_off, type_len);
+    OFFS(e->entity_id, entity_off, entity_len);
+    OFFS(e->metadata, md_off, md_len);
+    OFFS(e->payload, pl_off, pl_len);
+    OFFS(e->user_id, user_off, user_len);
+    OFFS(e->correlation_id, corr_off, corr_len);
+#undef OFFS
+    m->has_md = e->has_metadata;
+    m->has_pl = e->has_payload;
+    m->campaign_id = e->campaign_id;
+}
+
+/* An emit frame: decoded and checked here, then handled in place when this shard owns the
+ * campaign or sent to its owner. Returns 1 to hold the frame back (backpressure), else 0. */
 static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
 {
     struct shard *s = c->shard;
@@ -669,20 +728,8 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
         return 0;
     }
     struct evtype t;
-    if (e.event_type.len && e.event_type.len == c->last_type_len &&
-        memcmp(e.event_type.ptr, c->last_type_str, e.event_type.len) == 0) {
-        t = c->last_type;
-    } else {
-        char terr[EVTYPE_ERR_BYTES];
-        if (evtype_parse(&t, (const char *)e.event_type.ptr, e.event_type.len, terr, sizeof(terr)) <
-            0) {
-            conn_error(c, corr, "invalid_event_type", "%s", terr);
-            return 0;
-        }
-        c->last_type = t;
-        c->last_type_len = (uint16_t)e.event_type.len;
-        memcpy(c->last_type_str, e.event_type.ptr, e.event_type.len);
-    }
+    if (conn_emit_type(c, corr, e.event_type, &t) < 0)
+        return 0;
     if (e.event_id.len > CONN_ID_BYTES_MAX || e.entity_id.len > CONN_ENTITY_BYTES_MAX) {
         conn_error(c, corr, "limit_exceeded", "%s longer than %u bytes",
                    e.event_id.len > CONN_ID_BYTES_MAX ? "event_id" : "entity_id",
@@ -692,9 +739,6 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
     uint32_t owner = shard_of_campaign(s, e.campaign_id);
     if (owner == s->index ? shard_stalled(s) : !shard_can_send_request(s, owner))
         return 1;
-    if (t.state == EVTYPE_REQUESTED || t.state == EVTYPE_CANCEL)
-        c->notify_mask |= 1ull << owner; /* its requests live there: tell it when we close */
-    const uint8_t *base = body.ptr;
     struct emit_msg local;
     struct emit_msg *m = &local;
     if (owner != s->index) {
@@ -705,31 +749,21 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
         }
         memcpy(m->body, body.ptr, body.len);
     }
-#define OFFS(sl, o, l)                                                                             \
-    do {                                                                                           \
-        m->o = (sl).ptr ? (uint32_t)((sl).ptr - base) : 0;                                         \
-        m->l = (sl).len;                                                                           \
-    } while (0)
-    OFFS(e.event_id, id_off, id_len);
-    OFFS(e.event_type, type_off, type_len);
-    OFFS(e.entity_id, entity_off, entity_len);
-    OFFS(e.metadata, md_off, md_len);
-    OFFS(e.payload, pl_off, pl_len);
-    OFFS(e.user_id, user_off, user_len);
-    OFFS(e.correlation_id, corr_off, corr_len);
-#undef OFFS
-    m->has_md = e.has_metadata;
-    m->has_pl = e.has_payload;
+    emit_msg_fill(m, &e, body.ptr);
     m->conn_id = c->id;
     m->correlation = corr;
-    m->campaign_id = e.campaign_id;
     m->type = t;
     m->body_len = body.len;
+    if (t.state == EVTYPE_REQUESTED || t.state == EVTYPE_CANCEL)
+        c->notify_mask |= 1ull << owner; /* its requests live there: tell it when we close */
     if (owner == s->index) {
-        pubsub_emit(s, m, base);
-    } else {
-        struct ring_msg rm = {.kind = MSG_EMIT, .ptr = m};
-        shard_send(s, owner, 0, &rm);
+        pubsub_emit(s, m, body.ptr);
+        return 0;
+    }
+    struct ring_msg rm = {.kind = MSG_EMIT, .ptr = m};
+    if (shard_send(s, owner, CORE_REQUEST, &rm) < 0) {
+        free(m);
+        conn_error(c, corr, "internal", "out of memory");
     }
     return 0;
 }
@@ -781,17 +815,17 @@ static int conn_frame(struct conn *c, const uint8_t *frame, uint32_t len)
     case CODEC_KIND_PONG:
         return 0;
     case CODEC_KIND_STATS:
-        pubsub_stats(c, env.correlation);
+        shard_stats_reply(c, env.correlation);
         return 0;
     case CODEC_KIND_NONE:
         conn_error(c, env.correlation, "unknown_frame", "frame has no body");
         return 0;
     default:
-        if (env.kind >= 18 && broker_hooks && broker_hooks->frame) {
-            broker_hooks->frame(c, env.kind, env.correlation, env.body.ptr, env.body.len);
+        if (env.kind >= CODEC_KIND_EXTENSION_MIN && core_hooks && core_hooks->frame) {
+            core_hooks->frame(c, env.kind, env.correlation, env.body.ptr, env.body.len);
             return 0;
         }
-        if (codec_kind_name(env.kind)[0] != 'u')
+        if (codec_kind_from_broker(env.kind))
             conn_error(c, env.correlation, "unknown_frame",
                        "frame kind %s (%u) is sent by the broker, not by clients",
                        codec_kind_name(env.kind), env.kind);

@@ -5,9 +5,12 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "broker/check.h"
 
 static enum log_level log_min = LOG_INFO;
 static int log_json;
@@ -89,4 +92,12 @@ void log_write(enum log_level level, int shard, const char *fmt, ...)
         n = (int)sizeof(line) - 1;
     ssize_t w = write(STDERR_FILENO, line, (size_t)n);
     (void)w;
+}
+
+void nx_assert_fail(const char *file, int line, const char *expr)
+{
+    /* No allocation and no log lock: the process state is already suspect. */
+    fprintf(stderr, "%s:%d: assertion failed: %s\n", file, line, expr);
+    fflush(stderr);
+    abort();
 }

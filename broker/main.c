@@ -17,6 +17,7 @@ int main(int argc, char **argv)
 {
     struct config cfg;
     config_defaults(&cfg);
+    provider_register_settings();
     int r = config_parse(&cfg, argc, argv);
     if (r != 0)
         return r > 0 ? 0 : 2;
@@ -44,7 +45,7 @@ int main(int argc, char **argv)
         rows[nrows++] = campaign_rows[i];
     for (size_t i = 0; i < media_row_count; i++)
         rows[nrows++] = media_rows[i];
-    if (cfg.test_handlers)
+    if (provider_test_handlers_enabled())
         for (size_t i = 0; i < provider_test_row_count; i++)
             rows[nrows++] = provider_test_rows[i];
     provider_install(rows, nrows);

@@ -78,11 +78,27 @@ static const struct counter_def counters[] = {
     {"nexus_subscriptions", "Subscriptions held.", "gauge", SOFF(subscriptions)},
     {"nexus_paused_reads_total", "Times a publisher was paused by backpressure.", "counter",
      SOFF(paused_reads)},
-    {"nexus_open_streams", "Open streams.", "gauge", SOFF(open_streams)},
-    {"nexus_heartbeats_total", "Stream heartbeats sent.", "counter", SOFF(heartbeats)},
-    {"nexus_handler_losses_total", "Requests failed because their handler disconnected.", "counter",
-     SOFF(handler_losses)},
 };
+
+/* The counters other layers registered (stats.h): one family per name, rows with the same
+ * name registered one after the other and told apart by their labels. */
+static size_t render_registered(struct broker *b, char *buf, size_t cap, size_t n)
+{
+    const char *family = NULL;
+    for (int k = 0; k < stats_registered_count(); k++) {
+        const struct stats_def *d = stats_registered(k);
+        if (!family || strcmp(family, d->name) != 0) {
+            family = d->name;
+            n = appendf(buf, cap, n, "# HELP %s %s\n# TYPE %s %s\n", d->name, d->help, d->name,
+                        d->gauge ? "gauge" : "counter");
+        }
+        for (uint32_t i = 0; i < b->shard_count; i++)
+            n = appendf(buf, cap, n, "%s{shard=\"%u\"%s%s} %llu\n", d->name, i,
+                        d->labels ? "," : "", d->labels ? d->labels : "",
+                        LD(b->shards[i]->stats.ext[k]));
+    }
+    return n;
+}
 
 size_t metrics_render(struct broker *b, char *buf, size_t cap)
 {
@@ -97,20 +113,7 @@ size_t metrics_render(struct broker *b, char *buf, size_t cap)
             n = appendf(buf, cap, n, "%s{shard=\"%u\"} %llu\n", d->name, i, LD(*v));
         }
     }
-    n = appendf(buf, cap, n,
-                "# HELP nexus_requests_total Requests ended, by outcome.\n"
-                "# TYPE nexus_requests_total counter\n");
-    for (uint32_t i = 0; i < b->shard_count; i++) {
-        struct shard_stats *st = &b->shards[i]->stats;
-        n = appendf(buf, cap, n,
-                    "nexus_requests_total{shard=\"%u\",outcome=\"success\"} %llu\n"
-                    "nexus_requests_total{shard=\"%u\",outcome=\"failed\"} %llu\n"
-                    "nexus_requests_total{shard=\"%u\",outcome=\"cancelled\"} %llu\n"
-                    "nexus_requests_total{shard=\"%u\",outcome=\"timeout\"} %llu\n"
-                    "nexus_requests_total{shard=\"%u\",outcome=\"no_handler\"} %llu\n",
-                    i, LD(st->req_success), i, LD(st->req_failed), i, LD(st->req_cancelled), i,
-                    LD(st->req_timeout), i, LD(st->req_no_handler));
-    }
+    n = render_registered(b, buf, cap, n);
     n = appendf(buf, cap, n,
                 "# HELP nexus_ring_depth Messages waiting in the rings into a shard.\n"
                 "# TYPE nexus_ring_depth gauge\n");
@@ -152,10 +155,7 @@ size_t metrics_render(struct broker *b, char *buf, size_t cap)
 static struct io_uring_sqe *metrics_sqe(struct metrics *m)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&m->ring);
-    if (!sqe) {
-        log_error(-1, "metrics: io_uring submission queue unexpectedly full");
-        abort();
-    }
+    NX_ASSERT(sqe != NULL);
     return sqe;
 }
 

@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "broker/check.h"
 #include "codec/evtype.h"
 
 /* The shard index of the calling thread (-1 outside shard threads: every reference taken
@@ -75,17 +76,23 @@ static inline struct oframe *oframe_alloc(uint32_t len)
 
 static inline void oframe_release_shared(struct oframe *f)
 {
-    if (atomic_fetch_sub_explicit(&f->shared, 1, memory_order_acq_rel) == 1)
+    unsigned before = atomic_fetch_sub_explicit(&f->shared, 1, memory_order_acq_rel);
+    NX_ASSERT(before > 0); /* a reference dropped twice */
+    if (before == 1)
         free(f);
 }
 
 /* Takes n more references for the calling thread. */
 static inline void oframe_ref(struct oframe *f, unsigned n)
 {
-    if (f->owner == oframe_self && f->local)
+    if (f->owner == oframe_self && f->local) {
+        NX_ASSERT(f->local + n > f->local); /* no wrap */
         f->local += n;
-    else
-        atomic_fetch_add_explicit(&f->shared, n, memory_order_relaxed);
+    } else {
+        /* Only a holder may take more: the frame must be alive when we add. */
+        unsigned before = atomic_fetch_add_explicit(&f->shared, n, memory_order_relaxed);
+        NX_ASSERT(before > 0);
+    }
 }
 
 /* Drops one reference of the calling thread. */

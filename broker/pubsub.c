@@ -9,16 +9,17 @@
 //    (plus the firehose list for campaign 0), and the matching of each delivered event
 //    against them, at most once per connection.
 // Everything here runs on the shard's own thread; other shards reach it through ring messages.
-#include "broker/shard.h"
+#include "broker/pubsub.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/conn.h"
 #include "broker/log.h"
+#include "broker/shard.h"
 #include "codec/envelope.h"
-#include "codec/stats.h"
 
 static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, bool *over_limit)
 {
@@ -44,13 +45,13 @@ static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, b
     return cp;
 }
 
-struct campaign *pubsub_campaign(struct shard *s, int64_t id, bool create)
+struct campaign *core_campaign(struct shard *s, int64_t id, bool create)
 {
     return campaign_get(s, id, create, NULL);
 }
 
 /* Sends a frame to a connection on any shard (takes the reference). */
-void pubsub_to_conn(struct shard *s, uint64_t conn_id, struct oframe *f)
+void core_to_conn(struct shard *s, uint64_t conn_id, struct oframe *f)
 {
     uint32_t home = (uint32_t)(conn_id >> 56);
     if (home == s->index) {
@@ -61,26 +62,38 @@ void pubsub_to_conn(struct shard *s, uint64_t conn_id, struct oframe *f)
             oframe_unref(f);
         return;
     }
+    NX_ASSERT(home < s->broker->shard_count);
     oframe_share(f);
     struct ring_msg m = {.kind = MSG_TO_CONN, .ptr = f, .arg = conn_id};
-    shard_send(s, home, 1, &m);
+    if (shard_send(s, home, CORE_DELIVERY, &m) < 0)
+        oframe_unref(f); /* logged by shard_send: the connection misses this reply */
 }
 
-void pubsub_error_to_conn(struct shard *s, uint64_t conn_id, uint64_t corr, const char *code,
-                          const char *msg)
+void core_bytes_to_conn(struct shard *s, uint64_t conn_id, const uint8_t *frame, size_t len)
+{
+    struct oframe *f = oframe_alloc((uint32_t)len);
+    if (!f) {
+        log_error((int)s->index, "out of memory replying to connection %llu",
+                  (unsigned long long)conn_id);
+        return;
+    }
+    memcpy(f->data, frame, len);
+    core_to_conn(s, conn_id, f);
+}
+
+void core_error_to_conn(struct shard *s, uint64_t conn_id, uint64_t corr, const char *code,
+                        const char *msg)
 {
     uint8_t buf[CODEC_CONTROL_BYTES_MAX];
     int n = codec_error_encode(buf, sizeof(buf), corr, code, msg);
-    struct oframe *f = n > 0 ? oframe_alloc((uint32_t)n) : NULL;
-    if (!f)
+    if (n <= 0)
         return;
-    memcpy(f->data, buf, (size_t)n);
     stat_add(&s->stats.errors, 1);
-    pubsub_to_conn(s, conn_id, f);
+    core_bytes_to_conn(s, conn_id, buf, (size_t)n);
 }
 
-void pubsub_ack(struct shard *s, const struct emit_msg *m, const uint8_t *body,
-                struct codec_slice id, uint64_t seq, int64_t ts, bool duplicate)
+void core_ack(struct shard *s, const struct emit_msg *m, const uint8_t *body, struct codec_slice id,
+              uint64_t seq, int64_t ts, bool duplicate)
 {
     struct codec_event_out a;
     memset(&a, 0, sizeof(a));
@@ -99,7 +112,7 @@ void pubsub_ack(struct shard *s, const struct emit_msg *m, const uint8_t *body,
     if (!f)
         return;
     codec_event_encode(&a, f->data);
-    pubsub_to_conn(s, m->conn_id, f);
+    core_to_conn(s, m->conn_id, f);
 }
 
 void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
@@ -112,7 +125,7 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
                  over ? "campaign limit reached (%u per shard)"
                       : "out of memory creating campaign (limit %u)",
                  s->cfg->campaigns_per_shard_max);
-        pubsub_error_to_conn(s, m->conn_id, m->correlation, "limit_exceeded", msg);
+        core_error_to_conn(s, m->conn_id, m->correlation, "limit_exceeded", msg);
         return;
     }
     int64_t now = shard_clock_ns(s);
@@ -129,25 +142,25 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
         if (dedup_check_insert(&cp->dedup, key, now, (int64_t)s->cfg->dedup_window_ms * 1000000)) {
             stat_add(&s->stats.duplicates, 1);
             if (m->correlation)
-                pubsub_ack(s, m, body, id, 0, now, true);
+                core_ack(s, m, body, id, 0, now, true);
             return;
         }
     }
-    if (broker_hooks && broker_hooks->emit && broker_hooks->emit(s, cp, m, body, id, now))
+    if (core_hooks && core_hooks->emit && core_hooks->emit(s, cp, m, body, id, now))
         return;
 
     struct publish p;
-    pubsub_publish_of_emit(&p, m, body, id, now);
-    if (pubsub_publish(s, cp, &p) < 0) {
-        pubsub_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
+    core_publish_of_emit(&p, m, body, id, now);
+    if (core_publish(s, cp, &p) < 0) {
+        core_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
         return;
     }
     if (m->correlation)
-        pubsub_ack(s, m, body, id, p.ev.sequence, now, false);
+        core_ack(s, m, body, id, p.ev.sequence, now, false);
 }
 
-void pubsub_publish_of_emit(struct publish *p, const struct emit_msg *m, const uint8_t *body,
-                            struct codec_slice id, int64_t now)
+void core_publish_of_emit(struct publish *p, const struct emit_msg *m, const uint8_t *body,
+                          struct codec_slice id, int64_t now)
 {
     memset(p, 0, sizeof(*p));
     p->ev.event_id = id;
@@ -167,7 +180,7 @@ void pubsub_publish_of_emit(struct publish *p, const struct emit_msg *m, const u
     p->user_id_len = m->user_len;
 }
 
-int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
+int core_publish(struct shard *s, struct campaign *cp, struct publish *p)
 {
     struct codec_event_out *ev = &p->ev;
     ev->kind = CODEC_KIND_EVENT;
@@ -175,12 +188,13 @@ int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
     ev->campaign_id = cp->id;
     if (!ev->timestamp_unix_nanos)
         ev->timestamp_unix_nanos = shard_now_ns();
-    ev->sequence = p->unsequenced ? 0 : cp->sequence + 1;
+    bool unsequenced = p->flags & PUBLISH_UNSEQUENCED;
+    ev->sequence = unsequenced ? 0 : cp->sequence + 1;
     size_t body = codec_event_body_size(ev);
     struct oframe *f = oframe_alloc((uint32_t)codec_event_size_of_body(ev, body));
     if (!f)
         return -ENOMEM;
-    if (!p->unsequenced)
+    if (!unsequenced)
         cp->sequence++;
     cp->last_event_ns = ev->timestamp_unix_nanos;
     struct codec_event_layout lay;
@@ -197,18 +211,18 @@ int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
     }
     f->skip_conn_id = p->direct_conn;
     f->skip_conn_id2 = p->direct_conn2;
-    f->terminal = p->terminal;
+    f->terminal = (p->flags & PUBLISH_TERMINAL) != 0;
     stat_add(&s->stats.events_in, 1);
 
     if (p->direct_conn) {
         oframe_ref(f, 1);
-        pubsub_to_conn(s, p->direct_conn, f);
+        core_to_conn(s, p->direct_conn, f);
     }
     if (p->direct_conn2 && p->direct_conn2 != p->direct_conn) {
         oframe_ref(f, 1);
-        pubsub_to_conn(s, p->direct_conn2, f);
+        core_to_conn(s, p->direct_conn2, f);
     }
-    if (!p->unsequenced) {
+    if (!unsequenced) {
         /* Fan out: shards with interest get one reference each, then our own subscribers. */
         uint64_t mask = (cp->interest_mask | s->firehose_mask) & ~(1ull << s->index);
         while (mask) {
@@ -217,11 +231,16 @@ int pubsub_publish(struct shard *s, struct campaign *cp, struct publish *p)
             oframe_ref(f, 1);
             oframe_share(f);
             struct ring_msg rm = {.kind = MSG_DELIVER, .ptr = f};
-            shard_send(s, d, 1, &rm);
+            if (shard_send(s, d, CORE_DELIVERY, &rm) < 0) {
+                /* Out of memory: that shard's subscribers miss this event. Counted as drops
+                 * (and logged by shard_send), never silent. */
+                stat_add(&s->stats.drops, 1);
+                oframe_unref(f);
+            }
         }
         pubsub_deliver(s, f);
-        if (broker_hooks && broker_hooks->published)
-            broker_hooks->published(s, cp, f);
+        if (core_hooks && core_hooks->published)
+            core_hooks->published(s, cp, f);
     }
     oframe_unref(f);
     return 0;
@@ -274,8 +293,8 @@ static bool remote_any_match(const struct remote_subs *rs, const struct evtype *
     return false;
 }
 
-bool pubsub_any_match(struct shard *s, struct campaign *cp, const struct evtype *t,
-                      const char *type_str, const uint8_t *user_id, uint32_t user_id_len)
+bool core_any_match(struct shard *s, struct campaign *cp, const struct evtype *t,
+                    const char *type_str, const uint8_t *user_id, uint32_t user_id_len)
 {
     return list_any_match(map_get(&s->sub_lists, (uint64_t)cp->id), t, type_str, user_id,
                           user_id_len) ||
@@ -324,14 +343,8 @@ void pubsub_deliver(struct shard *s, struct oframe *f)
 
 static int list_add(struct sub_list *l, struct sub *sb)
 {
-    if (l->count == l->cap) {
-        uint32_t ncap = l->cap ? l->cap * 2 : 4;
-        struct sub **nv = realloc(l->v, sizeof(*nv) * ncap);
-        if (!nv)
-            return -ENOMEM;
-        l->v = nv;
-        l->cap = ncap;
-    }
+    if (GROW(l->v, l->cap, l->count + 1, 4) < 0)
+        return -ENOMEM;
     sb->list_pos = l->count;
     l->v[l->count++] = sb;
     return 0;
@@ -340,6 +353,7 @@ static int list_add(struct sub_list *l, struct sub *sb)
 static void list_remove(struct sub_list *l, struct sub *sb)
 {
     uint32_t i = sb->list_pos;
+    NX_ASSERT(i < l->count && l->v[i] == sb);
     l->v[i] = l->v[--l->count];
     l->v[i]->list_pos = i;
 }
@@ -352,45 +366,70 @@ static void send_sub_ack(struct conn *c, uint64_t corr, uint64_t id)
         conn_enqueue_bytes(c, buf, (size_t)n);
 }
 
-/* Tells the owner(s) that this shard gained or lost a subscription. */
-static void send_interest(struct shard *s, struct sub *sb, int32_t delta, uint64_t corr)
+/* The shards other than this one that must know of sb (they sequence what it wants): every
+ * other shard for the firehose, else the campaign's owner if that is another shard. */
+static uint64_t sub_owners(const struct shard *s, const struct sub *sb)
 {
     uint32_t n = s->broker->shard_count;
-    for (uint32_t d = 0; d < n; d++) {
-        if (d == s->index)
-            continue;
-        if (sb->campaign_id != 0 && d != shard_of_campaign(s, sb->campaign_id))
-            continue;
-        struct interest_msg *im = malloc(sizeof(*im));
-        if (!im) {
-            log_error((int)s->index, "out of memory sending subscription interest");
-            abort();
-        }
-        im->campaign_id = sb->campaign_id;
-        im->delta = delta;
-        im->from_shard = s->index;
-        im->conn_id = sb->conn->id;
-        im->sub_id = sb->id;
-        im->correlation = corr;
-        im->patterns = NULL;
-        im->pattern_count = 0;
-        im->user_id_len = 0;
-        if (delta > 0) {
-            if (sb->pattern_count) {
-                im->patterns = malloc(sizeof(struct evpattern) * sb->pattern_count);
-                if (!im->patterns) {
-                    log_error((int)s->index, "out of memory sending subscription interest");
-                    abort();
-                }
-                memcpy(im->patterns, sb->patterns, sizeof(struct evpattern) * sb->pattern_count);
-                im->pattern_count = sb->pattern_count;
+    if (sb->campaign_id == 0)
+        return (n == 64 ? ~0ull : (1ull << n) - 1) & ~(1ull << s->index);
+    uint32_t owner = shard_of_campaign(s, sb->campaign_id);
+    return owner == s->index ? 0 : 1ull << owner;
+}
+
+/* Tells owner shard d that this shard gained (+1, with a copy of the filter) or lost (-1)
+ * subscription sb. Returns 0, or -ENOMEM with nothing sent. */
+static int interest_send(struct shard *s, uint32_t d, const struct sub *sb, int32_t delta,
+                         uint64_t corr)
+{
+    struct interest_msg *im = calloc(1, sizeof(*im));
+    if (!im)
+        return -ENOMEM;
+    im->campaign_id = sb->campaign_id;
+    im->delta = delta;
+    im->from_shard = s->index;
+    im->conn_id = sb->conn->id;
+    im->sub_id = sb->id;
+    im->correlation = corr;
+    if (delta > 0) {
+        if (sb->pattern_count) {
+            im->patterns = malloc(sizeof(struct evpattern) * sb->pattern_count);
+            if (!im->patterns) {
+                free(im);
+                return -ENOMEM;
             }
-            memcpy(im->user_id, sb->user_id, sb->user_id_len);
-            im->user_id_len = sb->user_id_len;
+            memcpy(im->patterns, sb->patterns, sizeof(struct evpattern) * sb->pattern_count);
+            im->pattern_count = sb->pattern_count;
         }
-        struct ring_msg m = {.kind = MSG_INTEREST, .ptr = im};
-        shard_send(s, d, 0, &m);
+        memcpy(im->user_id, sb->user_id, sb->user_id_len);
+        im->user_id_len = sb->user_id_len;
     }
+    struct ring_msg m = {.kind = MSG_INTEREST, .ptr = im};
+    if (shard_send(s, d, CORE_REQUEST, &m) < 0) {
+        free(im->patterns);
+        free(im);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Sends interest to every shard in owners. Returns 0, or -ENOMEM if some were not told. A
+ * removal (-1) that an owner never registered is ignored there, so a partial +1 is undone by
+ * a -1 to all of them. */
+static int interest_send_all(struct shard *s, const struct sub *sb, uint64_t owners, int32_t delta,
+                             uint64_t corr)
+{
+    int r = 0;
+    while (owners) {
+        uint32_t d = (uint32_t)__builtin_ctzll(owners);
+        owners &= owners - 1;
+        if (interest_send(s, d, sb, delta, corr) < 0) {
+            r = -ENOMEM;
+            if (delta > 0)
+                break;
+        }
+    }
+    return r;
 }
 
 static void sub_free(struct sub *sb)
@@ -399,132 +438,145 @@ static void sub_free(struct sub *sb)
     free(sb);
 }
 
-void pubsub_subscribe(struct conn *c, uint64_t corr, const uint8_t *body, uint32_t len)
+/* Decodes and checks a SubscribeRequest into a new subscription of c (not linked yet).
+ * Returns it, or NULL after answering with an error frame. */
+static struct sub *sub_parse(struct conn *c, uint64_t corr, const uint8_t *body, uint32_t len)
 {
-    struct shard *s = c->shard;
     struct codec_subscribe req;
     char err[CODEC_ERR_BYTES];
     int r = codec_subscribe_decode(body, len, &req, err);
     if (r < 0) {
         conn_error(c, corr, r == -E2BIG ? "limit_exceeded" : "bad_protobuf", "%s", err);
-        return;
+        return NULL;
     }
-    if (c->sub_count >= s->cfg->subscriptions_per_conn_max) {
-        conn_error(c, corr, "limit_exceeded", "connection already holds %u subscriptions (max %u)",
-                   c->sub_count, s->cfg->subscriptions_per_conn_max);
-        return;
+    if (req.user_id.len > SUB_USER_ID_BYTES_MAX) {
+        conn_error(c, corr, "limit_exceeded", "user_id filter longer than %d bytes",
+                   SUB_USER_ID_BYTES_MAX);
+        return NULL;
     }
     struct sub *sb = calloc(1, sizeof(*sb));
-    if (!sb) {
-        conn_error(c, corr, "internal", "out of memory");
-        return;
-    }
-    if (req.user_id.len > sizeof(sb->user_id)) {
-        free(sb);
-        conn_error(c, corr, "limit_exceeded", "user_id filter longer than %zu bytes",
-                   sizeof(sb->user_id));
-        return;
-    }
     bool all = req.pattern_count == 0;
     for (uint32_t i = 0; i < req.pattern_count; i++)
         if (req.patterns[i].len == 1 && req.patterns[i].ptr[0] == '*')
             all = true;
-    if (!all) {
-        sb->patterns = malloc(sizeof(struct evpattern) * req.pattern_count);
-        if (!sb->patterns) {
-            free(sb);
-            conn_error(c, corr, "internal", "out of memory");
-            return;
-        }
-        for (uint32_t i = 0; i < req.pattern_count; i++) {
-            char perr[EVTYPE_ERR_BYTES];
-            if (evpattern_parse(&sb->patterns[i], (const char *)req.patterns[i].ptr,
-                                req.patterns[i].len, perr, sizeof(perr)) < 0) {
-                sub_free(sb);
-                conn_error(c, corr, "invalid_pattern", "pattern %u: %s", i + 1, perr);
-                return;
-            }
-        }
-        sb->pattern_count = req.pattern_count;
+    if (!sb || (!all && !(sb->patterns = malloc(sizeof(struct evpattern) * req.pattern_count)))) {
+        free(sb);
+        conn_error(c, corr, "internal", "out of memory");
+        return NULL;
     }
-    memcpy(sb->user_id, req.user_id.ptr ? req.user_id.ptr : (const uint8_t *)"", req.user_id.len);
+    for (uint32_t i = 0; !all && i < req.pattern_count; i++) {
+        char perr[EVTYPE_ERR_BYTES];
+        if (evpattern_parse(&sb->patterns[i], (const char *)req.patterns[i].ptr,
+                            req.patterns[i].len, perr, sizeof(perr)) < 0) {
+            sub_free(sb);
+            conn_error(c, corr, "invalid_pattern", "pattern %u: %s", i + 1, perr);
+            return NULL;
+        }
+    }
+    sb->pattern_count = all ? 0 : req.pattern_count;
+    if (req.user_id.len)
+        memcpy(sb->user_id, req.user_id.ptr, req.user_id.len);
     sb->user_id_len = req.user_id.len;
     sb->campaign_id = req.campaign_id;
     sb->conn = c;
-    sb->id = ++s->next_sub;
     sb->correlation = corr;
-
-    struct sub_list *l = &s->firehose;
-    if (sb->campaign_id != 0) {
-        l = map_get(&s->sub_lists, (uint64_t)sb->campaign_id);
-        if (!l) {
-            l = calloc(1, sizeof(*l));
-            if (!l || map_put(&s->sub_lists, (uint64_t)sb->campaign_id, l) < 0) {
-                free(l);
-                sub_free(sb);
-                conn_error(c, corr, "internal", "out of memory");
-                return;
-            }
-        }
-    }
-    if (c->sub_count == c->sub_cap) {
-        uint32_t ncap = c->sub_cap ? c->sub_cap * 2 : 4;
-        struct sub **nv = realloc(c->subs, sizeof(*nv) * ncap);
-        if (!nv) {
-            sub_free(sb);
-            conn_error(c, corr, "internal", "out of memory");
-            return;
-        }
-        c->subs = nv;
-        c->sub_cap = ncap;
-    }
-    if (list_add(l, sb) < 0) {
-        sub_free(sb);
-        conn_error(c, corr, "internal", "out of memory");
-        return;
-    }
-    c->subs[c->sub_count++] = sb;
-    stat_add(&s->stats.subscriptions, 1);
-
-    /* The ack leaves once every shard that sequences the subscribed campaigns routes them
-     * here; events sequenced after the ack are then certain to arrive. */
-    uint32_t n = s->broker->shard_count;
-    if (sb->campaign_id == 0)
-        sb->acks_pending = n - 1;
-    else
-        sb->acks_pending = shard_of_campaign(s, sb->campaign_id) == s->index ? 0 : 1;
-    if (sb->acks_pending == 0)
-        send_sub_ack(c, corr, sb->id);
-    else
-        send_interest(s, sb, +1, corr);
+    return sb;
 }
 
-static void sub_remove(struct shard *s, struct sub *sb)
+/* The shard's list of subscriptions to sb's campaign, created if asked (NULL if out of
+ * memory, or absent). */
+static struct sub_list *sub_list_of(struct shard *s, int64_t campaign_id, bool create)
 {
-    struct sub_list *l = &s->firehose;
-    if (sb->campaign_id != 0)
-        l = map_get(&s->sub_lists, (uint64_t)sb->campaign_id);
+    if (campaign_id == 0)
+        return &s->firehose;
+    struct sub_list *l = map_get(&s->sub_lists, (uint64_t)campaign_id);
+    if (l || !create)
+        return l;
+    l = calloc(1, sizeof(*l));
+    if (l && map_put(&s->sub_lists, (uint64_t)campaign_id, l) < 0) {
+        free(l);
+        l = NULL;
+    }
+    return l;
+}
+
+/* Links sb into its shard's list and its connection's subscriptions. Returns 0, or -ENOMEM
+ * with nothing linked. */
+static int sub_link(struct shard *s, struct conn *c, struct sub *sb)
+{
+    struct sub_list *l = sub_list_of(s, sb->campaign_id, true);
+    if (!l || GROW(c->subs, c->sub_cap, c->sub_count + 1, 4) < 0 || list_add(l, sb) < 0) {
+        if (l && l != &s->firehose && l->count == 0) {
+            map_del(&s->sub_lists, (uint64_t)sb->campaign_id);
+            free(l->v);
+            free(l);
+        }
+        return -ENOMEM;
+    }
+    sb->id = ++s->next_sub;
+    c->subs[c->sub_count++] = sb;
+    stat_add(&s->stats.subscriptions, 1);
+    return 0;
+}
+
+/* Unlinks subscription i of connection c, tells its owners, and frees it. */
+static void sub_drop(struct conn *c, uint32_t i)
+{
+    struct shard *s = c->shard;
+    NX_ASSERT(i < c->sub_count);
+    struct sub *sb = c->subs[i];
+    c->subs[i] = c->subs[--c->sub_count];
+    struct sub_list *l = sub_list_of(s, sb->campaign_id, false);
+    NX_ASSERT(l != NULL);
     list_remove(l, sb);
     if (l->count == 0 && l != &s->firehose) {
         map_del(&s->sub_lists, (uint64_t)sb->campaign_id);
         free(l->v);
         free(l);
     }
-    uint32_t owner = sb->campaign_id ? shard_of_campaign(s, sb->campaign_id) : UINT32_MAX;
-    if (owner != s->index)
-        send_interest(s, sb, -1, 0);
+    if (interest_send_all(s, sb, sub_owners(s, sb), -1, 0) < 0)
+        log_error((int)s->index,
+                  "out of memory withdrawing subscription %llu: its owner keeps routing its "
+                  "campaign here until the next change",
+                  (unsigned long long)sb->id);
     stat_sub(&s->stats.subscriptions, 1);
     sub_free(sb);
+}
+
+void pubsub_subscribe(struct conn *c, uint64_t corr, const uint8_t *body, uint32_t len)
+{
+    struct shard *s = c->shard;
+    if (c->sub_count >= s->cfg->subscriptions_per_conn_max) {
+        conn_error(c, corr, "limit_exceeded", "connection already holds %u subscriptions (max %u)",
+                   c->sub_count, s->cfg->subscriptions_per_conn_max);
+        return;
+    }
+    struct sub *sb = sub_parse(c, corr, body, len);
+    if (!sb)
+        return;
+    if (sub_link(s, c, sb) < 0) {
+        sub_free(sb);
+        conn_error(c, corr, "internal", "out of memory");
+        return;
+    }
+    /* The ack leaves once every shard that sequences the subscribed campaigns routes them
+     * here; events sequenced after the ack are then certain to arrive. */
+    uint64_t owners = sub_owners(s, sb);
+    sb->acks_pending = (uint32_t)__builtin_popcountll(owners);
+    if (owners == 0) {
+        send_sub_ack(c, corr, sb->id);
+    } else if (interest_send_all(s, sb, owners, +1, corr) < 0) {
+        sub_drop(c, c->sub_count - 1);
+        conn_error(c, corr, "internal", "out of memory registering the subscription");
+    }
 }
 
 void pubsub_unsubscribe(struct conn *c, uint64_t corr, uint64_t sub_id)
 {
     for (uint32_t i = 0; i < c->sub_count; i++) {
-        struct sub *sb = c->subs[i];
-        if (sb->id != sub_id)
+        if (c->subs[i]->id != sub_id)
             continue;
-        c->subs[i] = c->subs[--c->sub_count];
-        sub_remove(c->shard, sb);
+        sub_drop(c, i);
         send_sub_ack(c, corr, sub_id);
         return;
     }
@@ -534,40 +586,36 @@ void pubsub_unsubscribe(struct conn *c, uint64_t corr, uint64_t sub_id)
 
 void pubsub_conn_gone(struct conn *c)
 {
-    for (uint32_t i = 0; i < c->sub_count; i++)
-        sub_remove(c->shard, c->subs[i]);
-    c->sub_count = 0;
+    while (c->sub_count)
+        sub_drop(c, c->sub_count - 1);
 }
 
-/* Owner side: a shard's subscription count changed. */
-static void remote_update(struct remote_subs *rs, struct interest_msg *im)
+/* Owner side: adds (+1: the filter moves out of im) or removes (-1) the summary of
+ * subscription im->sub_id of shard im->from_shard. Returns 1 if it changed, 0 if a removal
+ * found nothing (it was never registered), or -ENOMEM. */
+static int remote_update(struct remote_subs *rs, struct interest_msg *im)
 {
     if (im->delta > 0) {
-        if (rs->count == rs->cap) {
-            uint32_t ncap = rs->cap ? rs->cap * 2 : 4;
-            struct remote_sub *nv = realloc(rs->v, sizeof(*nv) * ncap);
-            if (!nv)
-                abort(); /* bounded by subscriptions; no sane way on */
-            rs->v = nv;
-            rs->cap = ncap;
-        }
+        if (GROW(rs->v, rs->cap, rs->count + 1, 4) < 0)
+            return -ENOMEM;
         struct remote_sub *r = &rs->v[rs->count++];
         r->shard = im->from_shard;
         r->sub_id = im->sub_id;
-        r->patterns = im->patterns; /* ownership moves here */
+        r->patterns = im->patterns;
         r->pattern_count = im->pattern_count;
         r->user_id_len = im->user_id_len;
         memcpy(r->user_id, im->user_id, im->user_id_len);
         im->patterns = NULL;
-        return;
+        return 1;
     }
     for (uint32_t i = 0; i < rs->count; i++) {
         if (rs->v[i].shard == im->from_shard && rs->v[i].sub_id == im->sub_id) {
             free(rs->v[i].patterns);
             rs->v[i] = rs->v[--rs->count];
-            return;
+            return 1;
         }
     }
+    return 0;
 }
 
 static void remote_free(struct remote_subs *rs)
@@ -578,51 +626,79 @@ static void remote_free(struct remote_subs *rs)
     memset(rs, 0, sizeof(*rs));
 }
 
+static void interest_msg_free(struct interest_msg *im)
+{
+    free(im->patterns);
+    free(im);
+}
+
+/* Counts one registered summary more or less in a per-shard interest count and its mask. */
+static void interest_count(uint32_t *count, uint64_t *mask, uint32_t from, int32_t delta)
+{
+    NX_ASSERT(delta > 0 || *count > 0);
+    *count = (uint32_t)((int64_t)*count + delta);
+    if (*count)
+        *mask |= 1ull << from;
+    else
+        *mask &= ~(1ull << from);
+}
+
 void pubsub_interest(struct shard *s, struct interest_msg *im)
 {
     uint32_t from = im->from_shard;
+    NX_ASSERT(from < s->broker->shard_count && from != s->index);
+    NX_ASSERT(im->delta == 1 || im->delta == -1);
     if (im->campaign_id == 0) {
-        s->firehose_interest[from] = (uint32_t)((int64_t)s->firehose_interest[from] + im->delta);
-        if (s->firehose_interest[from])
-            s->firehose_mask |= 1ull << from;
-        else
-            s->firehose_mask &= ~(1ull << from);
-        remote_update(&s->firehose_remote, im);
+        int r = remote_update(&s->firehose_remote, im);
+        if (r > 0)
+            interest_count(&s->firehose_interest[from], &s->firehose_mask, from, im->delta);
+        im->status = r < 0 ? r : 0;
     } else {
-        /* Interest creates the campaign entry (its sequence must outlive subscribers); the
-         * count of such entries is bounded by subscriptions, themselves bounded. */
-        struct campaign *cp = campaign_get(s, im->campaign_id, true, NULL);
-        if (!cp) {
-            log_error((int)s->index, "out of memory registering interest");
-            abort();
-        }
-        cp->interest[from] = (uint32_t)((int64_t)cp->interest[from] + im->delta);
-        if (cp->interest[from])
-            cp->interest_mask |= 1ull << from;
-        else
-            cp->interest_mask &= ~(1ull << from);
-        remote_update(&cp->remote, im);
+        /* Interest creates the campaign entry (its sequence must outlive subscribers). At the
+         * campaign limit the subscription is refused, not the broker stopped. */
+        bool over = false;
+        struct campaign *cp = campaign_get(s, im->campaign_id, im->delta > 0, &over);
+        int r = !cp ? (over            ? -ENOSPC
+                       : im->delta > 0 ? -ENOMEM
+                                       : 0)
+                    : remote_update(&cp->remote, im);
+        if (r > 0)
+            interest_count(&cp->interest[from], &cp->interest_mask, from, im->delta);
+        im->status = r < 0 ? r : 0;
     }
-    if (im->delta > 0) {
-        struct ring_msg m = {.kind = MSG_INTEREST_ACK, .ptr = im};
-        shard_send(s, from, 1, &m);
-    } else {
-        free(im);
+    if (im->delta < 0) {
+        interest_msg_free(im);
+        return;
     }
+    struct ring_msg m = {.kind = MSG_INTEREST_ACK, .ptr = im};
+    if (shard_send(s, from, CORE_DELIVERY, &m) < 0)
+        interest_msg_free(im); /* logged by shard_send; the subscriber waits for its ack */
 }
 
-/* Subscriber side: an owner now routes to us. */
+/* Subscriber side: an owner now routes to us, or refused the subscription. */
 void pubsub_interest_ack(struct shard *s, struct interest_msg *im)
 {
     struct conn *c = conn_lookup(s, im->conn_id);
-    if (c) {
-        for (uint32_t i = 0; i < c->sub_count; i++) {
-            struct sub *sb = c->subs[i];
-            if (sb->id == im->sub_id && sb->acks_pending && --sb->acks_pending == 0)
-                send_sub_ack(c, im->correlation, sb->id);
+    for (uint32_t i = 0; c && i < c->sub_count; i++) {
+        struct sub *sb = c->subs[i];
+        if (sb->id != im->sub_id)
+            continue;
+        if (im->status < 0) {
+            sub_drop(c, i);
+            if (im->status == -ENOSPC)
+                conn_error(c, im->correlation, "limit_exceeded",
+                           "campaign limit reached (--max-campaigns %u per shard): the "
+                           "subscription to campaign %lld was not registered",
+                           s->cfg->campaigns_per_shard_max, (long long)im->campaign_id);
+            else
+                conn_error(c, im->correlation, "internal",
+                           "out of memory registering the subscription");
+        } else if (sb->acks_pending && --sb->acks_pending == 0) {
+            send_sub_ack(c, im->correlation, sb->id);
         }
+        break;
     }
-    free(im);
+    interest_msg_free(im);
 }
 
 void pubsub_free_shard(struct shard *s)
@@ -646,67 +722,4 @@ void pubsub_free_shard(struct shard *s)
     map_free(&s->sub_lists);
     free(s->firehose.v);
     remote_free(&s->firehose_remote);
-}
-
-static uint64_t rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    unsigned long size = 0, rss = 0;
-    if (f) {
-        if (fscanf(f, "%lu %lu", &size, &rss) != 2)
-            rss = 0;
-        fclose(f);
-    }
-    return (uint64_t)rss * 4096;
-}
-
-void pubsub_stats(struct conn *c, uint64_t corr)
-{
-    struct broker *b = c->shard->broker;
-    struct codec_shard_stats st[CONFIG_SHARDS_MAX];
-    memset(st, 0, sizeof(st));
-    for (uint32_t i = 0; i < b->shard_count; i++) {
-        struct shard_stats *x = &b->shards[i]->stats;
-        struct codec_shard_stats *o = &st[i];
-        o->shard_id = i;
-#define LD(f) atomic_load_explicit(&x->f, memory_order_relaxed)
-        o->connections = LD(connections);
-        o->events_in = LD(events_in);
-        o->events_out = LD(events_out);
-        o->frames_in = LD(frames_in);
-        o->frames_out = LD(frames_out);
-        o->bytes_queued = LD(bytes_queued);
-        o->slow_disconnects = LD(slow_disconnects);
-        o->drops = LD(drops);
-        o->duplicates = LD(duplicates);
-        o->errors = LD(errors);
-        o->campaigns = LD(campaigns);
-        o->subscriptions = LD(subscriptions);
-        o->paused_reads = LD(paused_reads);
-        o->req_success = LD(req_success);
-        o->req_failed = LD(req_failed);
-        o->req_cancelled = LD(req_cancelled);
-        o->req_timeout = LD(req_timeout);
-        o->req_no_handler = LD(req_no_handler);
-        o->open_streams = LD(open_streams);
-        o->heartbeats = LD(heartbeats);
-        o->handler_losses = LD(handler_losses);
-        o->media_rooms = LD(media_rooms);
-        o->media_peers = LD(media_peers);
-#undef LD
-        for (uint32_t src = 0; src < b->shard_count; src++)
-            if (src != i)
-                o->ring_depth +=
-                    ring_depth(broker_ring(b, 0, src, i)) + ring_depth(broker_ring(b, 1, src, i));
-    }
-    uint8_t *buf = NULL;
-    int n = codec_stats_reply_encode(&buf, corr, st, b->shard_count, rss_bytes());
-    if (n > 0) {
-        struct oframe *f = oframe_alloc((uint32_t)n);
-        if (f) {
-            memcpy(f->data, buf, (size_t)n);
-            conn_enqueue(c, f);
-        }
-    }
-    free(buf);
 }

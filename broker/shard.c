@@ -23,19 +23,11 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "broker/conn.h"
 #include "broker/log.h"
+#include "broker/msg.h"
+#include "broker/ud.h"
 #include "codec/envelope.h"
-
-/* user_data values that are not connections (connections are 16-byte aligned pointers with
- * the operation in the low bits). */
-enum {
-    UD_ACCEPT = 1,
-    UD_TIMER = 2,
-    UD_WAKE = 3,
-    UD_IGNORE = 4,
-    UD_HOOK_TIMER = 5,
-};
-#define UD_OP_MASK 0xfull
 
 /* The shard's housekeeping period: stop requests, idle connections and the drain deadline are
  * checked this often. 100 ms keeps shutdown prompt and costs nothing measurable. */
@@ -80,10 +72,7 @@ struct io_uring_sqe *shard_sqe(struct shard *s)
         sqe = io_uring_get_sqe(&s->ring);
     }
     /* The SQ is sized so that a submit always frees entries; failing here is a bug. */
-    if (!sqe) {
-        log_error((int)s->index, "io_uring submission queue exhausted");
-        abort();
-    }
+    NX_ASSERT(sqe != NULL);
     return sqe;
 }
 
@@ -146,6 +135,7 @@ void shard_uuid4(struct shard *s, char out[36])
 
 static bool outbox_push(struct outbox *ob, const struct ring_msg *m)
 {
+    NX_ASSERT(ob->count <= ob->cap);
     if (ob->count == ob->cap) {
         uint32_t ncap = ob->cap ? ob->cap * 2 : 64;
         struct ring_msg *nv = malloc(sizeof(*nv) * ncap);
@@ -163,19 +153,20 @@ static bool outbox_push(struct outbox *ob, const struct ring_msg *m)
     return true;
 }
 
-void shard_send(struct shard *s, uint32_t dst, int cls, const struct ring_msg *m)
+int shard_send(struct shard *s, uint32_t dst, int cls, const struct ring_msg *m)
 {
+    NX_ASSERT(dst < s->broker->shard_count && dst != s->index && (cls == 0 || cls == 1));
     struct ring *r = broker_ring(s->broker, cls, s->index, dst);
     struct outbox *ob = &s->outbox[cls][dst];
     if (ob->count == 0 && ring_push(r, m) == 0) {
         s->ring_dirty |= 1ull << dst;
-        return;
+        return 0;
     }
     if (!outbox_push(ob, m)) {
-        /* Out of memory for an overflow slot: nothing sane is left to do for this message. */
         log_error((int)s->index, "out of memory queueing a message for shard %u", dst);
-        abort();
+        return -ENOMEM;
     }
+    return 0;
 }
 
 bool shard_can_send_request(struct shard *s, uint32_t dst)
@@ -264,16 +255,16 @@ static void handle_msg(struct shard *s, const struct ring_msg *m)
         pubsub_interest_ack(s, m->ptr);
         break;
     case MSG_CONN_GONE:
-        if (broker_hooks && broker_hooks->conn_gone)
-            broker_hooks->conn_gone(s, m->arg);
+        if (core_hooks && core_hooks->conn_gone)
+            core_hooks->conn_gone(s, m->arg);
         break;
     case MSG_HOOK_REQ:
     case MSG_HOOK_DEL:
-        broker_hooks->msg(s, m);
+        NX_ASSERT(core_hooks && core_hooks->msg);
+        core_hooks->msg(s, m->aux, m->ptr, m->arg);
         break;
     default:
-        log_error((int)s->index, "unknown ring message kind %u", m->kind);
-        abort();
+        NX_ASSERT(!"unknown ring message kind"); /* only shards of this process write rings */
     }
 }
 
@@ -431,7 +422,7 @@ static void shard_tick(struct shard *s)
 static void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
 {
     uint64_t ud = io_uring_cqe_get_data64(cqe);
-    if (ud < 16) {
+    if (!ud_is_conn(ud)) {
         switch (ud) {
         case UD_ACCEPT:
             shard_accept_done(s, cqe);
@@ -441,25 +432,27 @@ static void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
             break;
         case UD_HOOK_TIMER:
             s->hook_timer_ns = 0;
-            if (broker_hooks && broker_hooks->timer && !s->stopping)
-                broker_hooks->timer(s, shard_now_ns());
+            if (core_hooks && core_hooks->timer && !s->stopping)
+                core_hooks->timer(s, shard_now_ns());
             break;
         default:
             break; /* wake-ups and ignored results */
         }
         return;
     }
-    struct conn *c = (struct conn *)(uintptr_t)(ud & ~UD_OP_MASK);
-    switch (ud & UD_OP_MASK) {
-    case 1:
+    struct conn *c = ud_conn(ud);
+    switch (ud_conn_op(ud)) {
+    case UD_CONN_RECV:
         conn_recv_done(c, cqe);
         break;
-    case 2:
+    case UD_CONN_SEND:
         conn_send_done(c, cqe->res);
         break;
-    default:
+    case UD_CONN_CANCEL:
         conn_op_done(c);
         break;
+    default:
+        NX_ASSERT(!"unknown connection operation in user_data");
     }
 }
 
@@ -507,8 +500,6 @@ static int shard_setup_ring(struct shard *s)
     return 0;
 }
 
-/* Gives a receive buffer back to the kernel. */
-void shard_buf_return(struct shard *s, uint16_t bid);
 void shard_buf_return(struct shard *s, uint16_t bid)
 {
     io_uring_buf_ring_add(s->buf_ring, s->bufs + (size_t)bid * s->cfg->recv_buffer_bytes,
@@ -516,13 +507,11 @@ void shard_buf_return(struct shard *s, uint16_t bid)
     io_uring_buf_ring_advance(s->buf_ring, 1);
 }
 
-const uint8_t *shard_buf(struct shard *s, uint16_t bid);
 const uint8_t *shard_buf(struct shard *s, uint16_t bid)
 {
     return s->bufs + (size_t)bid * s->cfg->recv_buffer_bytes;
 }
 
-int shard_init(struct shard *s);
 int shard_init(struct shard *s)
 {
     uint64_t seed[4];
@@ -605,7 +594,6 @@ static void shard_wait(struct shard *s, bool busy)
     atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);
 }
 
-void shard_loop(struct shard *s);
 void shard_loop(struct shard *s)
 {
     shard_accept_arm(s);
@@ -647,8 +635,8 @@ static void shard_msg_free(const struct ring_msg *m)
         break;
     case MSG_HOOK_REQ:
     case MSG_HOOK_DEL:
-        if (broker_hooks && broker_hooks->msg_free)
-            broker_hooks->msg_free(m);
+        if (core_hooks && core_hooks->msg_free)
+            core_hooks->msg_free(m->aux, m->ptr, m->arg);
         break;
     case MSG_INTEREST:
     case MSG_INTEREST_ACK: {
@@ -664,7 +652,6 @@ static void shard_msg_free(const struct ring_msg *m)
 }
 
 /* After every shard has left its loop: free what is still in flight towards this shard. */
-void shard_drain_and_free(struct shard *s);
 void shard_drain_and_free(struct shard *s)
 {
     struct ring_msg batch[SHARD_RING_BATCH];
@@ -683,7 +670,6 @@ void shard_drain_and_free(struct shard *s)
     }
 }
 
-void shard_free_outboxes(struct shard *s);
 void shard_free_outboxes(struct shard *s)
 {
     for (int cls = 0; cls < 2; cls++) {
@@ -697,8 +683,8 @@ void shard_free_outboxes(struct shard *s)
             memset(ob, 0, sizeof(*ob));
         }
     }
-    if (broker_hooks && broker_hooks->shard_free)
-        broker_hooks->shard_free(s);
+    if (core_hooks && core_hooks->shard_free)
+        core_hooks->shard_free(s);
     pubsub_free_shard(s);
     map_free(&s->conns);
     io_uring_queue_exit(&s->ring);

@@ -70,7 +70,7 @@ int codec_envelope_decode(const uint8_t *frame, size_t len, struct codec_envelop
             /* Every body kind, known or not, is a message. */
             env->kind = f.number;
             env->body = slice_of(&f);
-        } else if (codec_kind_name(f.number)[0] != 'u') {
+        } else if (codec_kind_known(f.number)) {
             return failf_field(err, "wrong wire type", "Frame", f.number);
         }
         /* An unknown scalar field is skipped, as proto3 requires: a field added to Frame
@@ -958,6 +958,28 @@ const char *codec_kind_name(uint32_t kind)
         return "register_ack";
     default:
         return "unknown";
+    }
+}
+
+bool codec_kind_known(uint32_t kind)
+{
+    return kind != CODEC_KIND_NONE && strcmp(codec_kind_name(kind), "unknown") != 0;
+}
+
+bool codec_kind_from_broker(uint32_t kind)
+{
+    switch (kind) {
+    case CODEC_KIND_WELCOME:
+    case CODEC_KIND_EMIT_ACK:
+    case CODEC_KIND_SUBSCRIBE_ACK:
+    case CODEC_KIND_EVENT:
+    case CODEC_KIND_ERROR:
+    case CODEC_KIND_GAP:
+    case CODEC_KIND_STATS_REPLY:
+    case CODEC_KIND_REGISTER_ACK:
+        return true;
+    default:
+        return false;
     }
 }
 

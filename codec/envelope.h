@@ -41,6 +41,10 @@ enum codec_kind {
     CODEC_KIND_REGISTER_ACK = 19,
 };
 
+/* The first kind the broker core leaves to the handlers layer (external handler registration
+ * and whatever comes after it): the core dispatches every kind from here up to its hook. */
+#define CODEC_KIND_EXTENSION_MIN CODEC_KIND_REGISTER
+
 /* A byte slice inside a decoded frame. */
 struct codec_slice {
     const uint8_t *ptr;
@@ -267,5 +271,9 @@ int codec_register_ack_encode(uint8_t *out, size_t cap, uint64_t correlation, ui
 
 /* Name of a frame kind, "unknown" for others. */
 const char *codec_kind_name(uint32_t kind);
+/* True if kind is one of enum codec_kind (other than CODEC_KIND_NONE). */
+bool codec_kind_known(uint32_t kind);
+/* True if kind is one the broker sends and clients must not (welcome, emit_ack, event, ...). */
+bool codec_kind_from_broker(uint32_t kind);
 
 #endif

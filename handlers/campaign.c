@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker/shard.h"
 #include "codec/structpb.h"
 #include "codec/wire.h"
 #include "handlers/campaign_int.h"
@@ -31,7 +30,9 @@ struct cs_shard *cs_shard(struct shard *s)
 struct cstate *cs_get(struct campaign *cp, bool create)
 {
     /* Without create, a campaign nobody gave slots to is not given any. */
-    void **slot = create || cp->state ? provider_campaign_slot(cp, PROVIDER_SLOT_CAMPAIGN) : NULL;
+    void **slot = create || *core_campaign_slot(cp)
+                      ? provider_campaign_slot(cp, PROVIDER_SLOT_CAMPAIGN)
+                      : NULL;
     if (!slot)
         return NULL;
     if (!*slot && create) {
@@ -155,7 +156,7 @@ static void apply(struct pv_request *r, struct cstate *cs, struct hs_map *m, str
         sh->state_bytes = (size_t)((long)sh->state_bytes + delta);
     cs->version++;
     cs->changes++;
-    cs->updated_ns = shard_now_ns();
+    cs->updated_ns = core_now_ns();
     cs_state_changed(cs);
     struct hs_writer w;
     hs_init(&w, CS_PAYLOAD_BYTES_MAX);
@@ -395,13 +396,13 @@ static void *switch_each(struct shard *s, const void *arg)
     const struct switch_ctx *x = arg;
     struct cs_shard *sh = cs_shard(s);
     struct cstate *cs = sh ? map_get(&sh->active, x->conn) : NULL;
-    if (!cs || cs->cp->id == x->target)
+    if (!cs || core_campaign_id(cs->cp) == x->target)
         return NULL;
     map_del(&sh->active, x->conn);
     cs->active_sessions--;
     int64_t *prev = malloc(sizeof(*prev));
     if (prev)
-        *prev = cs->cp->id;
+        *prev = core_campaign_id(cs->cp);
     return prev;
 }
 
@@ -518,22 +519,22 @@ static int id_cmp(const void *a, const void *b)
 static uint32_t smallest_ids(struct shard *s, const struct list_ctx *x, int64_t *h, uint32_t k)
 {
     uint32_t n = 0;
-    for (uint32_t i = 0; s->campaigns.slots && i <= s->campaigns.mask; i++) {
-        struct campaign *cp = s->campaigns.slots[i].val;
-        if (!cp || (x->has_after && cp->id <= x->after))
+    for (uint32_t i = 0; i < core_campaign_slots(s); i++) {
+        struct campaign *cp = core_campaign_at(s, i);
+        if (!cp || (x->has_after && core_campaign_id(cp) <= x->after))
             continue;
         if (n < k) {
             /* push: sift the new id up */
             uint32_t j = n++;
-            h[j] = cp->id;
+            h[j] = core_campaign_id(cp);
             while (j > 0 && h[(j - 1) / 2] < h[j]) {
                 int64_t t = h[j];
                 h[j] = h[(j - 1) / 2];
                 h[(j - 1) / 2] = t;
                 j = (j - 1) / 2;
             }
-        } else if (k && cp->id < h[0]) {
-            h[0] = cp->id;
+        } else if (k && core_campaign_id(cp) < h[0]) {
+            h[0] = core_campaign_id(cp);
             heap_sift(h, n, 0);
         }
     }
@@ -552,18 +553,18 @@ static void *list_each(struct shard *s, const void *arg)
         free(part);
         return NULL;
     }
-    part->total = s->campaigns.count;
+    part->total = core_campaign_count(s);
     part->n = smallest_ids(s, x, h, k);
     for (uint32_t i = 0; i < part->n; i++) {
-        struct campaign *cp = map_get(&s->campaigns, (uint64_t)h[i]);
+        struct campaign *cp = core_campaign(s, h[i], false);
         const struct cstate *cs = cs_get(cp, false);
         part->v[i] = (struct list_item){
-            .id = cp->id,
-            .sequence = cp->sequence,
+            .id = core_campaign_id(cp),
+            .sequence = core_campaign_sequence(cp),
             .version = cs ? cs->version : 0,
             .keys = cs ? cs->state.count : 0,
             .features = cs ? cs->features.count : 0,
-            .shard = s->index,
+            .shard = core_shard_index(s),
             .updated_ns = cs ? cs->updated_ns : 0,
         };
     }
@@ -714,8 +715,8 @@ static int cs_shard_init(struct shard *s)
 static void cs_shard_free(struct shard *s)
 {
     struct cs_shard *sh = cs_shard(s);
-    for (uint32_t i = 0; s->campaigns.slots && i <= s->campaigns.mask; i++) {
-        struct campaign *cp = s->campaigns.slots[i].val;
+    for (uint32_t i = 0; i < core_campaign_slots(s); i++) {
+        struct campaign *cp = core_campaign_at(s, i);
         struct cstate *cs = cp ? cs_get(cp, false) : NULL;
         if (!cs)
             continue;

@@ -10,7 +10,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "broker/map.h"
 #include "handlers/hstruct.h"
 #include "handlers/provider.h"
 

@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker/log.h"
-#include "broker/shard.h"
 #include "codec/envelope.h"
 #include "codec/frame.h"
 #include "codec/wire.h"
@@ -25,14 +23,8 @@
 
 int cs_watchers_add(struct cs_watchers *w, struct pv_request *r)
 {
-    if (w->count == w->cap) {
-        uint32_t ncap = w->cap ? w->cap * 2 : 4;
-        struct pv_request **nv = realloc(w->v, sizeof(*nv) * ncap);
-        if (!nv)
-            return -ENOMEM;
-        w->v = nv;
-        w->cap = ncap;
-    }
+    if (GROW(w->v, w->cap, w->count + 1, 4) < 0)
+        return -ENOMEM;
     w->v[w->count++] = r;
     return 0;
 }
@@ -152,11 +144,10 @@ static int hist_record(struct shard *s, struct cs_shard *sh, struct cstate *cs, 
     while (cs->h_count > 1 && cs->h_bytes > CS_HISTORY_BYTES_MAX)
         hist_drop_oldest(sh, cs);
     /* Bounded: each step drops an event or passes a campaign; two laps at most. */
-    for (uint32_t steps = 0;
-         sh->hist_bytes > CS_SHARD_HISTORY_BYTES_MAX && steps <= 2 * (s->campaigns.mask + 1);
+    uint32_t slots = core_campaign_slots(s);
+    for (uint32_t steps = 0; sh->hist_bytes > CS_SHARD_HISTORY_BYTES_MAX && steps <= 2 * slots;
          steps++) {
-        uint32_t i = sh->hist_hand++ & s->campaigns.mask;
-        struct campaign *cp = s->campaigns.slots[i].val;
+        struct campaign *cp = core_campaign_at(s, sh->hist_hand++ & (slots - 1));
         struct cstate *other = cp ? cs_get(cp, false) : NULL;
         if (other && other->h_count > (other == cs ? 1u : 0u))
             hist_drop_oldest(sh, other);
@@ -237,7 +228,7 @@ void cs_published(struct shard *s, struct campaign *cp, struct oframe *f)
         /* Counted as evicted, so that a replay from here reports the gap. */
         if (cs)
             cs->h_evicted = f->sequence;
-        log_warn((int)s->index, "out of memory recording campaign history");
+        log_warn((int)core_shard_index(s), "out of memory recording campaign history");
         return;
     }
     if (cs->events_w.count)
@@ -323,7 +314,7 @@ static void push_state(struct pv_request *r, struct state_stream *ss, int64_t no
 
 void cs_state_changed(struct cstate *cs)
 {
-    int64_t now = shard_now_ns();
+    int64_t now = core_now_ns();
     for (uint32_t i = 0; i < cs->state_w.count; i++) {
         struct pv_request *r = cs->state_w.v[i];
         struct state_stream *ss = *provider_state(r);
@@ -360,7 +351,7 @@ void cs_stream_state_start(struct pv_request *r)
     ss->cs = cs;
     ss->min_ms = ms;
     *provider_state(r) = ss;
-    push_state(r, ss, shard_now_ns());
+    push_state(r, ss, core_now_ns());
 }
 
 void cs_stream_state_tick(struct pv_request *r, int64_t now_ns)
@@ -389,29 +380,17 @@ struct analytics_stream {
     int64_t last_ns;
 };
 
-/* Subscriptions on the campaign: those of other shards (the owner's interest counts) and this
- * shard's own (its subscriber-side list). Firehose subscriptions are not counted. */
-static uint64_t subscribers(struct shard *s, struct campaign *cp)
-{
-    uint64_t n = 0;
-    for (uint32_t i = 0; i < s->broker->shard_count; i++)
-        if (i != s->index)
-            n += cp->interest[i];
-    struct sub_list *l = map_get(&s->sub_lists, (uint64_t)cp->id);
-    return n + (l ? l->count : 0);
-}
-
 static void analytics_sample(struct pv_request *r, struct analytics_stream *a, int64_t now)
 {
     struct campaign *cp = provider_campaign(r);
     const struct cstate *cs = cs_get(cp, false);
     double secs = a->last_ns ? (double)(now - a->last_ns) / 1e9 : 0;
-    double eps = secs > 0 ? (double)(cp->sequence - a->last_seq) / secs : 0;
+    double eps = secs > 0 ? (double)(core_campaign_sequence(cp) - a->last_seq) / secs : 0;
     struct hs_writer w;
     hs_init(&w, CS_PAYLOAD_BYTES_MAX);
     hs_payload_begin(&w);
-    cs_put_id(&w, "campaign_id", cp->id);
-    hs_put_number(&w, "subscribers", (double)subscribers(provider_shard(r), cp));
+    cs_put_id(&w, "campaign_id", core_campaign_id(cp));
+    hs_put_number(&w, "subscribers", (double)core_campaign_subscribers(provider_shard(r), cp));
     hs_put_number(&w, "state_keys", cs ? cs->state.count : 0);
     hs_put_list_open(&w, "features");
     if (cs)
@@ -420,7 +399,7 @@ static void analytics_sample(struct pv_request *r, struct analytics_stream *a, i
     hs_put_number(&w, "last_updated_ms", cs ? (double)(cs->updated_ns / 1000000) : 0);
     hs_put_number(&w, "events_per_second", eps);
     hs_put_number(&w, "open_streams", provider_campaign_streams(cp));
-    hs_put_number(&w, "sequence", (double)cp->sequence);
+    hs_put_number(&w, "sequence", (double)core_campaign_sequence(cp));
     hs_put_number(&w, "version", cs ? (double)cs->version : 0);
     hs_put_number(&w, "active_sessions", cs ? cs->active_sessions : 0);
     hs_put_number(&w, "history_events", cs ? cs->h_count : 0);
@@ -430,7 +409,7 @@ static void analytics_sample(struct pv_request *r, struct analytics_stream *a, i
     if (hs_result(&w) == 0)
         provider_stream(r, w.buf, (uint32_t)w.len);
     hs_free(&w);
-    a->last_seq = cp->sequence;
+    a->last_seq = core_campaign_sequence(cp);
     a->last_ns = now;
 }
 
@@ -449,7 +428,7 @@ void cs_stream_analytics_start(struct pv_request *r)
     }
     *provider_state(r) = a;
     /* The first sample at once, so a dashboard has numbers before the first interval. */
-    analytics_sample(r, a, shard_now_ns());
+    analytics_sample(r, a, core_now_ns());
     provider_set_tick(r, ms);
 }
 

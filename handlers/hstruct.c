@@ -411,13 +411,14 @@ int hs_bytes_cmp(const void *a, uint32_t al, const void *b, uint32_t bl)
     return al < bl ? -1 : al > bl ? 1 : 0;
 }
 
-/* Index of key, or of where it would go (*found says which). */
-static uint32_t map_find(const struct hs_map *m, const void *key, uint32_t klen, bool *found)
+uint32_t hs_bytes_search(void *const *v, uint32_t n, struct hs_key (*key_of)(const void *elem),
+                         const void *key, uint32_t klen, bool *found)
 {
-    uint32_t lo = 0, hi = m->count;
+    uint32_t lo = 0, hi = n;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        int c = hs_bytes_cmp(m->v[mid]->data, m->v[mid]->klen, key, klen);
+        struct hs_key k = key_of(v[mid]);
+        int c = hs_bytes_cmp(k.ptr, k.len, key, klen);
         if (c == 0) {
             *found = true;
             return mid;
@@ -429,6 +430,18 @@ static uint32_t map_find(const struct hs_map *m, const void *key, uint32_t klen,
     }
     *found = false;
     return lo;
+}
+
+static struct hs_key kv_key(const void *elem)
+{
+    const struct hs_kv *kv = elem;
+    return (struct hs_key){kv->data, kv->klen};
+}
+
+/* Index of key, or of where it would go (*found says which). */
+static uint32_t map_find(const struct hs_map *m, const void *key, uint32_t klen, bool *found)
+{
+    return hs_bytes_search((void *const *)m->v, m->count, kv_key, key, klen, found);
 }
 
 void hs_map_free(struct hs_map *m)

@@ -106,6 +106,18 @@ struct hs_kv {
  * hs_map keys, and of anything else kept sorted by a byte-string key). */
 int hs_bytes_cmp(const void *a, uint32_t al, const void *b, uint32_t bl);
 
+/* A byte-string key, as hs_bytes_search reads it out of an element. */
+struct hs_key {
+    const void *ptr;
+    uint32_t len;
+};
+
+/* Binary search of key in the n pointers v, sorted by hs_bytes_cmp of key_of(v[i]). Returns
+ * the index of the element with that key (*found = true), or the index where it would be
+ * inserted to keep the order (*found = false). */
+uint32_t hs_bytes_search(void *const *v, uint32_t n, struct hs_key (*key_of)(const void *elem),
+                         const void *key, uint32_t klen, bool *found);
+
 struct hs_map {
     struct hs_kv **v; /* sorted by key (bytewise, shorter first on a tie) */
     uint32_t count, cap;

@@ -13,13 +13,12 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker/log.h"
-#include "broker/shard.h"
 #include "codec/stats.h"
 #include "codec/wire.h"
 #include "handlers/hstruct.h"
@@ -102,6 +101,28 @@ struct mshard {
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
+/* The module's gauges (registered at install: /metrics and the stats frame show them). */
+static const struct stats_def media_rooms_def = {
+    .name = "nexus_media_rooms",
+    .help = "Media rooms open.",
+    .gauge = 1,
+    .stats_frame_off = offsetof(struct codec_shard_stats, media_rooms),
+};
+static const struct stats_def media_peers_def = {
+    .name = "nexus_media_peers",
+    .help = "Peers in media rooms.",
+    .gauge = 1,
+    .stats_frame_off = offsetof(struct codec_shard_stats, media_peers),
+};
+static int media_rooms_stat, media_peers_stat;
+
+static void media_install(void)
+{
+    media_rooms_stat = stats_register(&media_rooms_def);
+    media_peers_stat = stats_register(&media_peers_def);
+    NX_ASSERT(media_rooms_stat >= 0 && media_peers_stat >= 0); /* STATS_EXT_MAX is ample */
+}
+
 static struct mshard *mshard(struct shard *s)
 {
     return *provider_shard_slot(s, PROVIDER_SLOT_MEDIA);
@@ -109,7 +130,8 @@ static struct mshard *mshard(struct shard *s)
 
 static struct mcampaign *mc_get(struct campaign *cp, bool create)
 {
-    void **slot = create || cp->state ? provider_campaign_slot(cp, PROVIDER_SLOT_MEDIA) : NULL;
+    void **slot =
+        create || *core_campaign_slot(cp) ? provider_campaign_slot(cp, PROVIDER_SLOT_MEDIA) : NULL;
     if (!slot)
         return NULL;
     if (!*slot && create) {
@@ -171,24 +193,16 @@ static int64_t ms_of(int64_t ns)
 
 /* ---- rooms -------------------------------------------------------------------------------- */
 
+static struct hs_key room_key(const void *elem)
+{
+    const struct mroom *room = elem;
+    return (struct hs_key){room->ctx, room->ctx_len};
+}
+
 /* Index of the room with this context id, or where it would go. */
 static uint32_t room_find(const struct mcampaign *mc, const void *ctx, uint32_t len, bool *found)
 {
-    uint32_t lo = 0, hi = mc->n_rooms;
-    *found = false;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        int c = hs_bytes_cmp(mc->rooms[mid]->ctx, mc->rooms[mid]->ctx_len, ctx, len);
-        if (c == 0) {
-            *found = true;
-            return mid;
-        }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    return hs_bytes_search((void *const *)mc->rooms, mc->n_rooms, room_key, ctx, len, found);
 }
 
 static struct mroom *room_get(const struct mcampaign *mc, const void *ctx, uint32_t len)
@@ -226,7 +240,7 @@ static void send_member(struct shard *s, struct campaign *cp, struct mpeer *p, c
     if (evtype_parse(&pb.type, type, sizeof(type) - 1, NULL, 0) < 0)
         return;
     char uuid[36];
-    shard_uuid4(s, uuid);
+    core_uuid4(s, uuid);
     pb.ev.event_id.ptr = (const uint8_t *)uuid;
     pb.ev.event_id.len = 36;
     pb.ev.event_type.ptr = (const uint8_t *)type;
@@ -240,9 +254,9 @@ static void send_member(struct shard *s, struct campaign *cp, struct mpeer *p, c
     pb.ev.correlation_id.len = p->corr_len;
     pb.ev.stream_seq = ++p->stream_seq;
     pb.direct_conn = p->conn;
-    pb.unsequenced = true; /* to this connection only, outside the campaign sequence */
-    if (pubsub_publish(s, cp, &pb) < 0)
-        log_warn((int)s->index, "out of memory telling a room member");
+    pb.flags = PUBLISH_UNSEQUENCED; /* to this connection only, outside the campaign sequence */
+    if (core_publish(s, cp, &pb) < 0)
+        log_warn((int)core_shard_index(s), "out of memory telling a room member");
 }
 
 /* Tells every member of the room but `except` (may be NULL). */
@@ -314,21 +328,15 @@ static void tell_peer_event(struct shard *s, struct mroom *room, const struct mp
 
 static struct mroom *room_create(struct mcampaign *mc, const void *ctx, uint32_t len, uint32_t at)
 {
-    if (mc->n_rooms == mc->cap) {
-        uint32_t ncap = mc->cap ? mc->cap * 2 : 4;
-        struct mroom **nv = realloc(mc->rooms, sizeof(*nv) * ncap);
-        if (!nv)
-            return NULL;
-        mc->rooms = nv;
-        mc->cap = ncap;
-    }
+    if (GROW(mc->rooms, mc->cap, mc->n_rooms + 1, 4) < 0)
+        return NULL;
     struct mroom *room = calloc(1, sizeof(*room));
     if (!room)
         return NULL;
     room->mc = mc;
     memcpy(room->ctx, ctx, len);
     room->ctx_len = len;
-    room->created_ns = room->active_ns = shard_now_ns();
+    room->created_ns = room->active_ns = core_now_ns();
     memmove(mc->rooms + at + 1, mc->rooms + at, sizeof(*mc->rooms) * (mc->n_rooms - at));
     mc->rooms[at] = room;
     mc->n_rooms++;
@@ -348,11 +356,11 @@ static void room_free(struct shard *s, struct mroom *room, bool tell)
         tell_room_event(mc, room, "room_closed");
     hs_map_free(&room->state);
     free(room);
-    stat_sub(&s->stats.media_rooms, 1);
+    core_counter_sub(s, media_rooms_stat, 1);
 }
 
 /* Unlinks p from its connection's list of peers on this shard. */
-static void conn_unlink(struct mshard *ms, struct mpeer *p)
+static void peer_unlink_conn(struct mshard *ms, struct mpeer *p)
 {
     struct mpeer *head = map_get(&ms->conn_peers, p->conn);
     if (head == p) {
@@ -382,11 +390,11 @@ static void peer_remove(struct shard *s, struct mpeer *p, const char *reason, bo
             break;
         }
     room->mc->peers--;
-    room->active_ns = shard_now_ns();
+    room->active_ns = core_now_ns();
     if (unlink)
-        conn_unlink(mshard(s), p);
+        peer_unlink_conn(mshard(s), p);
     tell_peer_event(s, room, p, "peer_left", reason);
-    stat_sub(&s->stats.media_peers, 1);
+    core_counter_sub(s, media_peers_stat, 1);
     free(p);
     if (room->n_peers == 0)
         room_free(s, room, true);
@@ -427,7 +435,7 @@ static struct mpeer *peer_new(struct pv_request *r, struct mroom *room, const vo
         return NULL;
     p->room = room;
     p->conn = provider_requester(r);
-    p->joined_ns = shard_now_ns();
+    p->joined_ns = core_now_ns();
     memcpy(p->id, id, id_len);
     p->id_len = id_len;
     const char *rid;
@@ -443,7 +451,7 @@ static struct mpeer *peer_new(struct pv_request *r, struct mroom *room, const vo
     room->peers[room->n_peers++] = p;
     room->mc->peers++;
     room->active_ns = p->joined_ns;
-    stat_add(&provider_shard(r)->stats.media_peers, 1);
+    core_counter_add(provider_shard(r), media_peers_stat, 1);
     return p;
 }
 
@@ -483,7 +491,7 @@ static void join_start(struct pv_request *r)
     if (g < 0)
         return;
     if (g == 0) { /* no peer_id: the broker names the peer (returned in the success) */
-        shard_uuid4(provider_shard(r), uuid);
+        core_uuid4(provider_shard(r), uuid);
         pid.ptr = (const uint8_t *)uuid;
         pid.len = 36;
     }
@@ -513,7 +521,7 @@ static void join_start(struct pv_request *r)
         return;
     }
     if (created)
-        stat_add(&provider_shard(r)->stats.media_rooms, 1);
+        core_counter_add(provider_shard(r), media_rooms_stat, 1);
     if (!(p = peer_new(r, room, pid.ptr, pid.len))) {
         if (created)
             room_free(provider_shard(r), room, false);
@@ -635,7 +643,7 @@ static void room_state_start(struct pv_request *r)
         return;
     }
     room->version++;
-    room->active_ns = shard_now_ns();
+    room->active_ns = core_now_ns();
     struct hs_writer w;
     hs_init(&w, MEDIA_PAYLOAD_BYTES_MAX);
     peer_event_open(&w, "state_changed", room, p);
@@ -730,7 +738,7 @@ static void signal_start(struct pv_request *r)
     }
     send_member(s, room->mc->cp, to, w.buf, (uint32_t)w.len); /* that peer only */
     room->signals++;
-    room->active_ns = shard_now_ns();
+    room->active_ns = core_now_ns();
     /* Watchers of peer activity learn that a signal went, never what it said. */
     struct structpb_value t;
     signal_type(val, vl, &t);
@@ -824,17 +832,10 @@ static struct mwatch *watch_start(struct pv_request *r, enum mwatch_kind kind, b
         return NULL;
     struct mcampaign *mc = mc_get(provider_campaign(r), true);
     struct mwatch *mw = calloc(1, sizeof(*mw));
-    bool grow = registered && mc && mc->n_watch == mc->watch_cap;
-    struct pv_request **nv =
-        grow ? realloc(mc->watch, sizeof(*nv) * (mc->watch_cap ? mc->watch_cap * 2 : 4)) : NULL;
-    if (!mc || !mw || (grow && !nv)) {
+    if (!mc || !mw || (registered && GROW(mc->watch, mc->watch_cap, mc->n_watch + 1, 4) < 0)) {
         free(mw);
         fail(r, "internal", "out of memory");
         return NULL;
-    }
-    if (grow) {
-        mc->watch = nv;
-        mc->watch_cap = mc->watch_cap ? mc->watch_cap * 2 : 4;
     }
     mw->mc = mc;
     mw->kind = kind;
@@ -921,8 +922,8 @@ static int media_shard_init(struct shard *s)
 
 static void media_shard_free(struct shard *s)
 {
-    for (uint32_t i = 0; s->campaigns.slots && i <= s->campaigns.mask; i++) {
-        struct campaign *cp = s->campaigns.slots[i].val;
+    for (uint32_t i = 0; i < core_campaign_slots(s); i++) {
+        struct campaign *cp = core_campaign_at(s, i);
         struct mcampaign *mc = cp ? mc_get(cp, false) : NULL;
         if (!mc)
             continue;
@@ -959,6 +960,7 @@ static void media_conn_gone(struct shard *s, uint64_t conn)
 }
 
 static const struct provider_module media_module = {
+    .install = media_install,
     .shard_init = media_shard_init,
     .shard_free = media_shard_free,
     .conn_gone = media_conn_gone,

@@ -13,10 +13,10 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "broker/log.h"
-#include "broker/shard.h"
 #include "codec/envelope.h"
+#include "codec/stats.h"
 #include "codec/structpb.h"
+#include "handlers/deadline.h"
 #include "handlers/provider_gather.h"
 
 /* Hook message kinds (ring_msg.aux). */
@@ -49,7 +49,9 @@ struct pv_request {
     uint32_t tick_ms;
     int64_t next_tick_ns; /* 0: no ticks */
     int64_t deadline_ns;
-    uint32_t heap_idx;
+    /* In the shard's deadline heap (handlers/deadline.h), due at due_of(r): deadline_update
+     * stores it whenever one of the three times above changes. */
+    struct deadline_node dl;
     uint8_t *metadata; /* copies: lifecycle events carry the request's metadata and entity */
     uint32_t md_len;
     bool has_md;
@@ -89,13 +91,14 @@ struct pv_reg_msg {
 struct pv_reg_wait {
     uint64_t conn_id, correlation;
     uint32_t remaining, registered;
+    bool failed; /* some shard could not be sent the registration */
 };
 
 struct pv_shard {
     struct map requests; /* key -> pv_request */
     struct pv_request *all;
-    struct pv_request **heap;
-    uint32_t heap_len, heap_cap;
+    /* The open requests (their dl nodes), the one due first at the root. */
+    struct deadline_heap deadlines;
     struct map actions;  /* xxh3(action name) -> ext_action */
     struct map per_conn; /* requester conn id -> open request count (uintptr_t) */
     struct map reg_waits;
@@ -103,6 +106,92 @@ struct pv_shard {
     uint32_t open_streams;
     void *slot[PROVIDER_SLOTS]; /* the modules' per-shard state */
 };
+
+/* ---- settings and counters of the Provider's own (registered with the core) --------------- */
+
+/* Defaults: 1 s heartbeats and 30 min streams (docs/DESIGN.md §3.2). Plain requests get 30 s: an
+ * external handler that has not answered by then is not going to. 100,000 streams per shard at
+ * ~1 KiB each (metadata copy, timers) is ~100 MiB. */
+static struct pv_settings {
+    uint32_t heartbeat_ms;            /* default stream heartbeat interval */
+    uint32_t request_timeout_ms;      /* plain requests served by external handlers */
+    uint32_t stream_timeout_ms;       /* streams */
+    uint32_t streams_per_shard_max;   /* open streams per shard */
+    uint32_t requests_per_conn_max;   /* open requests of one connection, per owning shard */
+    uint32_t pending_per_handler_max; /* open requests one external handler holds, per shard */
+    bool test_handlers;               /* register the test:* built-in handlers */
+} pv_cfg = {
+    .heartbeat_ms = 1000,
+    .request_timeout_ms = 30000,
+    .stream_timeout_ms = 30 * 60 * 1000,
+    .streams_per_shard_max = 100000,
+    .requests_per_conn_max = 1024,
+    .pending_per_handler_max = 10000,
+};
+
+static const struct config_setting pv_settings_rows[] = {
+    {"heartbeat-ms", CONFIG_SETTING_U32, &pv_cfg.heartbeat_ms, 100, 60000,
+     "default stream heartbeat interval"},
+    {"request-timeout-ms", CONFIG_SETTING_U32, &pv_cfg.request_timeout_ms, 100, 86400000,
+     "timeout of plain requests served by external handlers"},
+    {"stream-timeout-ms", CONFIG_SETTING_U32, &pv_cfg.stream_timeout_ms, 100, 86400000,
+     "longest a stream may stay open"},
+    {"max-streams", CONFIG_SETTING_U32, &pv_cfg.streams_per_shard_max, 1, 100000000,
+     "open streams per shard"},
+    {"max-requests-per-conn", CONFIG_SETTING_U32, &pv_cfg.requests_per_conn_max, 1, 10000000,
+     "open requests of one connection (per owning shard)"},
+    {"max-pending-per-handler", CONFIG_SETTING_U32, &pv_cfg.pending_per_handler_max, 1, 10000000,
+     "open requests one external handler holds (per shard)"},
+    {"test-handlers", CONFIG_SETTING_BOOL, &pv_cfg.test_handlers, 0, 0,
+     "register the test:* built-in handlers (echo, fail, stream_ticks)"},
+};
+
+void provider_register_settings(void)
+{
+    int r =
+        config_register(pv_settings_rows, sizeof(pv_settings_rows) / sizeof(pv_settings_rows[0]));
+    NX_ASSERT(r == 0); /* CONFIG_SETTINGS_MAX is ample for the built-in layers */
+}
+
+bool provider_test_handlers_enabled(void)
+{
+    return pv_cfg.test_handlers;
+}
+
+enum {
+    PV_STAT_SUCCESS,
+    PV_STAT_FAILED,
+    PV_STAT_CANCELLED,
+    PV_STAT_TIMEOUT,
+    PV_STAT_NO_HANDLER,
+    PV_STAT_OPEN_STREAMS,
+    PV_STAT_HEARTBEATS,
+    PV_STAT_HANDLER_LOSSES,
+    PV_STATS
+};
+
+#define PV_REQUESTS_HELP "Requests ended, by outcome."
+#define PV_STATS_OFF(f)  offsetof(struct codec_shard_stats, f)
+static const struct stats_def pv_stat_defs[PV_STATS] = {
+    [PV_STAT_SUCCESS] = {"nexus_requests_total", "outcome=\"success\"", PV_REQUESTS_HELP, 0,
+                         PV_STATS_OFF(req_success)},
+    [PV_STAT_FAILED] = {"nexus_requests_total", "outcome=\"failed\"", PV_REQUESTS_HELP, 0,
+                        PV_STATS_OFF(req_failed)},
+    [PV_STAT_CANCELLED] = {"nexus_requests_total", "outcome=\"cancelled\"", PV_REQUESTS_HELP, 0,
+                           PV_STATS_OFF(req_cancelled)},
+    [PV_STAT_TIMEOUT] = {"nexus_requests_total", "outcome=\"timeout\"", PV_REQUESTS_HELP, 0,
+                         PV_STATS_OFF(req_timeout)},
+    [PV_STAT_NO_HANDLER] = {"nexus_requests_total", "outcome=\"no_handler\"", PV_REQUESTS_HELP, 0,
+                            PV_STATS_OFF(req_no_handler)},
+    [PV_STAT_OPEN_STREAMS] = {"nexus_open_streams", NULL, "Open streams.", 1,
+                              PV_STATS_OFF(open_streams)},
+    [PV_STAT_HEARTBEATS] = {"nexus_heartbeats_total", NULL, "Stream heartbeats sent.", 0,
+                            PV_STATS_OFF(heartbeats)},
+    [PV_STAT_HANDLER_LOSSES] = {"nexus_handler_losses_total", NULL,
+                                "Requests failed because their handler disconnected.", 0,
+                                PV_STATS_OFF(handler_losses)},
+};
+static int pv_stat[PV_STATS];
 
 /* Rows of the handler table: built-in handlers are few (main.c installs about a dozen). */
 #define PV_ROWS_MAX 64
@@ -140,7 +229,7 @@ static bool pv_private(const struct pv_request *r)
 
 static inline struct pv_shard *pvs(struct shard *s)
 {
-    return s->hooks_state;
+    return *core_shard_slot(s);
 }
 
 /* ---- accessors ---------------------------------------------------------------------------- */
@@ -188,81 +277,18 @@ static int64_t due_of(const struct pv_request *r)
     return d;
 }
 
-static void heap_swap(struct pv_shard *p, uint32_t a, uint32_t b)
+static struct pv_request *request_of(struct deadline_node *n)
 {
-    struct pv_request *t = p->heap[a];
-    p->heap[a] = p->heap[b];
-    p->heap[b] = t;
-    p->heap[a]->heap_idx = a;
-    p->heap[b]->heap_idx = b;
+    return deadline_entry(n, struct pv_request, dl);
 }
 
-static void heap_up(struct pv_shard *p, uint32_t i)
+/* Stores r's due time in its heap node after its deadlines changed (re-sorting it), and, if r
+ * is in the heap, arms the shard timer for the earliest. */
+static void pv_reschedule(struct pv_shard *p, struct shard *s, struct pv_request *r)
 {
-    while (i > 0) {
-        uint32_t parent = (i - 1) / 2;
-        if (due_of(p->heap[parent]) <= due_of(p->heap[i]))
-            break;
-        heap_swap(p, i, parent);
-        i = parent;
-    }
-}
-
-static void heap_down(struct pv_shard *p, uint32_t i)
-{
-    for (;;) {
-        uint32_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < p->heap_len && due_of(p->heap[l]) < due_of(p->heap[m]))
-            m = l;
-        if (r < p->heap_len && due_of(p->heap[r]) < due_of(p->heap[m]))
-            m = r;
-        if (m == i)
-            return;
-        heap_swap(p, i, m);
-        i = m;
-    }
-}
-
-static int heap_push(struct pv_shard *p, struct pv_request *r)
-{
-    if (p->heap_len == p->heap_cap) {
-        uint32_t ncap = p->heap_cap ? p->heap_cap * 2 : 64;
-        struct pv_request **nh = realloc(p->heap, sizeof(*nh) * ncap);
-        if (!nh)
-            return -ENOMEM;
-        p->heap = nh;
-        p->heap_cap = ncap;
-    }
-    r->heap_idx = p->heap_len;
-    p->heap[p->heap_len++] = r;
-    heap_up(p, r->heap_idx);
-    return 0;
-}
-
-static void heap_remove(struct pv_shard *p, struct pv_request *r)
-{
-    uint32_t i = r->heap_idx;
-    if (i >= p->heap_len || p->heap[i] != r)
-        return;
-    p->heap_len--;
-    if (i != p->heap_len) {
-        p->heap[i] = p->heap[p->heap_len];
-        p->heap[i]->heap_idx = i;
-        heap_down(p, i);
-        heap_up(p, i);
-    }
-    r->heap_idx = UINT32_MAX;
-}
-
-/* Re-sorts r after its deadlines changed, and arms the shard timer for the earliest. */
-static void heap_fix(struct pv_shard *p, struct shard *s, struct pv_request *r)
-{
-    if (r->heap_idx < p->heap_len && p->heap[r->heap_idx] == r) {
-        heap_down(p, r->heap_idx);
-        heap_up(p, r->heap_idx);
-    }
-    if (p->heap_len)
-        shard_timer_at(s, due_of(p->heap[0]));
+    deadline_update(&p->deadlines, &r->dl, due_of(r));
+    if (r->dl.idx != DEADLINE_NONE)
+        core_timer_at(s, deadline_min(&p->deadlines)->due_ns);
 }
 
 /* ---- publishing lifecycle events ---------------------------------------------------------- */
@@ -282,7 +308,7 @@ static int pv_fill(struct publish *p, struct pv_request *r, const char *type, si
     memset(p, 0, sizeof(*p));
     if (evtype_parse(&p->type, type, tl, NULL, 0) < 0)
         return -EINVAL;
-    shard_uuid4(r->shard, uuid);
+    core_uuid4(r->shard, uuid);
     p->ev.event_id.ptr = (const uint8_t *)uuid;
     p->ev.event_id.len = 36;
     p->ev.event_type.ptr = (const uint8_t *)type;
@@ -304,12 +330,20 @@ static int pv_fill(struct publish *p, struct pv_request *r, const char *type, si
     return 0;
 }
 
-/* Publishes S:A:vN:<state> for r. to_requester: deliver to it directly; to_handler: also to
- * the external handler. unsequenced: to the requester only, outside the campaign sequence. */
+/* How pv_publish delivers a lifecycle event; or'ed together, 0 for none. */
+enum pv_flags {
+    PV_TERMINAL = 1,   /* the request's last event */
+    PV_TO_HANDLER = 2, /* also delivered directly to the external handler */
+    PV_PRIVATE = 4,    /* to the requester only, outside the campaign sequence (unsequenced) */
+};
+
+/* Publishes S:A:vN:<state> for r, delivered directly to the requester too (unless it is
+ * gone); flags (enum pv_flags) add the external handler, mark the event terminal, or keep it
+ * private to the requester. */
 static int pv_publish(struct pv_request *r, enum evtype_state state, const uint8_t *payload,
-                      uint32_t len, const char *code, uint64_t stream_seq, bool terminal,
-                      bool to_handler, bool unsequenced)
+                      uint32_t len, const char *code, uint64_t stream_seq, unsigned flags)
 {
+    bool unsequenced = flags & PV_PRIVATE;
     struct shard *s = r->shard;
     char type[EVTYPE_BYTES_MAX + 1];
     int tl = evtype_with_state(&r->t, r->type, state, type, sizeof(type));
@@ -325,12 +359,12 @@ static int pv_publish(struct pv_request *r, enum evtype_state state, const uint8
         p.ev.code.len = (uint32_t)strlen(code);
     }
     p.direct_conn = r->requester_gone ? 0 : r->requester;
-    p.direct_conn2 = to_handler ? r->handler_conn : 0;
-    p.terminal = terminal;
-    p.unsequenced = unsequenced;
+    p.direct_conn2 = flags & PV_TO_HANDLER ? r->handler_conn : 0;
+    p.flags =
+        (flags & PV_TERMINAL ? PUBLISH_TERMINAL : 0) | (unsequenced ? PUBLISH_UNSEQUENCED : 0);
     if (unsequenced && !p.direct_conn)
         return 0;
-    return pubsub_publish(s, r->cp, &p);
+    return core_publish(s, r->cp, &p);
 }
 
 static void per_conn_add(struct pv_shard *p, uint64_t conn, int delta)
@@ -368,7 +402,7 @@ static void pv_free(struct pv_request *r)
 {
     struct pv_shard *p = pvs(r->shard);
     map_del(&p->requests, r->key);
-    heap_remove(p, r);
+    deadline_remove(&p->deadlines, &r->dl);
     if (r->prev)
         r->prev->next = r->next;
     else
@@ -385,7 +419,7 @@ static void pv_free(struct pv_request *r)
         p->open_streams--;
         if (r->counted)
             r->counted->open_streams--;
-        stat_sub(&r->shard->stats.open_streams, 1);
+        core_counter_sub(r->shard, pv_stat[PV_STAT_OPEN_STREAMS], 1);
     }
     free(r->metadata);
     free(r->payload);
@@ -414,20 +448,22 @@ void provider_finish(struct pv_request *r, enum evtype_state state, const uint8_
             payload = NULL;
     }
     bool to_handler = r->handler_conn && state != EVTYPE_SUCCESS && state != EVTYPE_FAILED;
-    if (pv_publish(r, state, payload, len, code, 0, true, to_handler, pv_private(r)) < 0)
-        log_error((int)s->index, "out of memory publishing a terminal event");
+    unsigned flags =
+        PV_TERMINAL | (to_handler ? PV_TO_HANDLER : 0) | (pv_private(r) ? PV_PRIVATE : 0);
+    if (pv_publish(r, state, payload, len, code, 0, flags) < 0)
+        log_error((int)core_shard_index(s), "out of memory publishing a terminal event");
     switch (state) {
     case EVTYPE_SUCCESS:
-        stat_add(&s->stats.req_success, 1);
+        core_counter_add(s, pv_stat[PV_STAT_SUCCESS], 1);
         break;
     case EVTYPE_CANCELLED:
-        stat_add(&s->stats.req_cancelled, 1);
+        core_counter_add(s, pv_stat[PV_STAT_CANCELLED], 1);
         break;
     case EVTYPE_TIMEOUT:
-        stat_add(&s->stats.req_timeout, 1);
+        core_counter_add(s, pv_stat[PV_STAT_TIMEOUT], 1);
         break;
     default:
-        stat_add(&s->stats.req_failed, 1);
+        core_counter_add(s, pv_stat[PV_STAT_FAILED], 1);
         break;
     }
     if (r->row && r->row->stop)
@@ -440,15 +476,14 @@ int provider_stream(struct pv_request *r, const uint8_t *payload, uint32_t len)
     if (r->finishing)
         return 0;
     r->stream_count++;
-    return pv_publish(r, EVTYPE_STREAM, payload, len, NULL, r->stream_count, false, false, false);
+    return pv_publish(r, EVTYPE_STREAM, payload, len, NULL, r->stream_count, 0);
 }
 
 void provider_set_tick(struct pv_request *r, uint32_t interval_ms)
 {
     r->tick_ms = interval_ms;
-    r->next_tick_ns = interval_ms ? shard_now_ns() + (int64_t)interval_ms * 1000000 : 0;
-    if (r->heap_idx != UINT32_MAX)
-        heap_fix(pvs(r->shard), r->shard, r);
+    r->next_tick_ns = interval_ms ? core_now_ns() + (int64_t)interval_ms * 1000000 : 0;
+    pv_reschedule(pvs(r->shard), r->shard, r);
 }
 
 /* ---- requests ----------------------------------------------------------------------------- */
@@ -515,14 +550,14 @@ static int publish_emit(struct shard *s, struct campaign *cp, const struct emit_
                         const uint8_t *body, struct codec_slice id, int64_t now, uint64_t direct)
 {
     struct publish p;
-    pubsub_publish_of_emit(&p, m, body, id, now);
+    core_publish_of_emit(&p, m, body, id, now);
     p.direct_conn = direct;
-    if (pubsub_publish(s, cp, &p) < 0) {
-        pubsub_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
+    if (core_publish(s, cp, &p) < 0) {
+        core_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
         return -ENOMEM;
     }
     if (m->correlation)
-        pubsub_ack(s, m, body, id, p.ev.sequence, now, false);
+        core_ack(s, m, body, id, p.ev.sequence, now, false);
     return 0;
 }
 
@@ -538,15 +573,16 @@ static void fail_request(struct shard *s, struct campaign *cp, const struct emit
     const struct handler_row *row = row_find((const char *)body + m->type_off, &m->type);
     bool priv = row && row->unpublished;
     if (priv && m->correlation)
-        pubsub_ack(s, m, body, id, 0, now, false);
+        core_ack(s, m, body, id, 0, now, false);
     if (!priv && publish_emit(s, cp, m, body, id, now, 0) < 0)
         return;
     struct pv_request r;
     memset(&r, 0, sizeof(r));
+    deadline_node_init(&r.dl); /* never in the heap */
     r.row = row;
     r.shard = s;
     r.cp = cp;
-    r.campaign_id = cp->id;
+    r.campaign_id = core_campaign_id(cp);
     memcpy(r.id, id.ptr, id.len);
     r.id_len = id.len;
     memcpy(r.type, body + m->type_off, m->type_len);
@@ -566,12 +602,12 @@ static void fail_request(struct shard *s, struct campaign *cp, const struct emit
     structpb_add_string(&w, "code", code, strlen(code));
     structpb_add_string(&w, "message", message, strlen(message));
     int n = structpb_finish(&w, &pl);
-    pv_publish(&r, EVTYPE_FAILED, n > 0 ? pl : NULL, n > 0 ? (uint32_t)n : 0, code, 0, true, false,
-               priv);
+    pv_publish(&r, EVTYPE_FAILED, n > 0 ? pl : NULL, n > 0 ? (uint32_t)n : 0, code, 0,
+               PV_TERMINAL | (priv ? PV_PRIVATE : 0));
     if (strcmp(code, "no_handler") == 0)
-        stat_add(&s->stats.req_no_handler, 1);
+        core_counter_add(s, pv_stat[PV_STAT_NO_HANDLER], 1);
     else
-        stat_add(&s->stats.req_failed, 1);
+        core_counter_add(s, pv_stat[PV_STAT_FAILED], 1);
 }
 
 static struct pv_request *request_new(struct shard *s, struct campaign *cp,
@@ -584,7 +620,7 @@ static struct pv_request *request_new(struct shard *s, struct campaign *cp,
     r->key = key;
     r->shard = s;
     r->cp = cp;
-    r->campaign_id = cp->id;
+    r->campaign_id = core_campaign_id(cp);
     memcpy(r->id, id.ptr, id.len);
     r->id_len = id.len;
     memcpy(r->type, body + m->type_off, m->type_len);
@@ -592,7 +628,7 @@ static struct pv_request *request_new(struct shard *s, struct campaign *cp,
     r->t = m->type;
     r->requester = m->conn_id;
     r->started_ns = now;
-    r->heap_idx = UINT32_MAX;
+    deadline_node_init(&r->dl);
     r->has_md = m->has_md;
     r->metadata = dup_bytes(body + m->md_off, m->md_len);
     r->md_len = m->md_len;
@@ -612,56 +648,74 @@ static struct pv_request *request_new(struct shard *s, struct campaign *cp,
     return r;
 }
 
-static void handle_request(struct shard *s, struct campaign *cp, const struct emit_msg *m,
-                           const uint8_t *body, struct codec_slice id, int64_t now)
+/* Finds who serves a request: a built-in row, else an external handler (*ext). When neither
+ * can, answers it (handler_busy; or a plain event if anyone listens, for services that answer
+ * on their own; else no_handler) and returns false. */
+static bool request_route(struct shard *s, struct campaign *cp, const struct emit_msg *m,
+                          const uint8_t *body, struct codec_slice id, int64_t now,
+                          const struct handler_row **row, struct ext_entry **ext)
 {
     struct pv_shard *p = pvs(s);
-    const struct config *cfg = s->cfg;
+    const struct pv_settings *cfg = &pv_cfg;
     const char *type = (const char *)body + m->type_off;
-    const struct handler_row *row = row_find(type, &m->type);
-    struct ext_entry *ext = NULL;
     bool busy = false;
-    if (!row)
-        ext = ext_pick(p, type, &m->type, cp->id, cfg->pending_per_handler_max, &busy);
-    if (!row && !ext) {
-        if (busy) {
-            fail_request(s, cp, m, body, id, now, "handler_busy",
-                         "every handler of this action is at --max-pending-per-handler");
-            return;
-        }
-        /* No handler: a plain event if anyone listens (services that answer on their own),
-         * else "no responders". */
-        if (pubsub_any_match(s, cp, &m->type, type, m->user_len ? body + m->user_off : NULL,
-                             m->user_len))
-            publish_emit(s, cp, m, body, id, now, 0);
-        else
-            fail_request(s, cp, m, body, id, now, "no_handler",
-                         "no handler is registered for this action and no subscription matches");
-        return;
-    }
-    bool streaming =
-        row ? row->streaming : (ext->streaming || evtype_is_streaming_request(&m->type, type));
+    *row = row_find(type, &m->type);
+    *ext = NULL;
+    if (!*row)
+        *ext =
+            ext_pick(p, type, &m->type, core_campaign_id(cp), cfg->pending_per_handler_max, &busy);
+    if (*row || *ext)
+        return true;
+    if (busy)
+        fail_request(s, cp, m, body, id, now, "handler_busy",
+                     "every handler of this action is at --max-pending-per-handler");
+    else if (core_any_match(s, cp, &m->type, type, m->user_len ? body + m->user_off : NULL,
+                            m->user_len))
+        publish_emit(s, cp, m, body, id, now, 0);
+    else
+        fail_request(s, cp, m, body, id, now, "no_handler",
+                     "no handler is registered for this action and no subscription matches");
+    return false;
+}
+
+/* Applies the bounds on open requests (per connection, streams per shard) and refuses an id
+ * still open (key); answers a refused request and returns false. */
+static bool request_admit(struct shard *s, struct campaign *cp, const struct emit_msg *m,
+                          const uint8_t *body, struct codec_slice id, int64_t now, bool streaming,
+                          uint64_t key)
+{
+    struct pv_shard *p = pvs(s);
+    const struct pv_settings *cfg = &pv_cfg;
     uintptr_t open = (uintptr_t)map_get(&p->per_conn, m->conn_id); /* count + 1 */
     if (open > cfg->requests_per_conn_max) {
         fail_request(s, cp, m, body, id, now, "limit_exceeded",
                      "this connection has --max-requests-per-conn requests open here");
-        return;
+        return false;
     }
     if (streaming && p->open_streams >= cfg->streams_per_shard_max) {
         fail_request(s, cp, m, body, id, now, "limit_exceeded",
                      "this shard has --max-streams streams open");
-        return;
+        return false;
     }
-    uint64_t key = request_key(cp->id, id.ptr, id.len);
     if (map_get(&p->requests, key)) {
         /* Rejected as a frame, not with a lifecycle event: a `failed` carrying this id as
          * correlation would read as the end of the request that is still open. */
-        pubsub_error_to_conn(s, m->conn_id, m->correlation, "duplicate_request",
-                             "a request with this event id is still open in this campaign");
-        return;
+        core_error_to_conn(s, m->conn_id, m->correlation, "duplicate_request",
+                           "a request with this event id is still open in this campaign");
+        return false;
     }
+    return true;
+}
+
+/* Creates the request's record and enters it in the shard's map and deadline heap. Returns
+ * it, or NULL (the requester told) if out of memory. */
+static struct pv_request *request_open(struct shard *s, struct campaign *cp,
+                                       const struct emit_msg *m, const uint8_t *body,
+                                       struct codec_slice id, uint64_t key, int64_t now)
+{
+    struct pv_shard *p = pvs(s);
     struct pv_request *r = request_new(s, cp, m, body, id, key, now);
-    if (!r || map_put(&p->requests, key, r) < 0 || heap_push(p, r) < 0) {
+    if (!r || map_put(&p->requests, key, r) < 0 || deadline_push(&p->deadlines, &r->dl) < 0) {
         if (r) {
             map_del(&p->requests, key);
             free(r->metadata);
@@ -669,9 +723,18 @@ static void handle_request(struct shard *s, struct campaign *cp, const struct em
             free(r->entity);
             free(r);
         }
-        pubsub_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
-        return;
+        core_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
+        return NULL;
     }
+    return r;
+}
+
+/* Enters an opened request in the shard's accounting: the list of all requests, the count of
+ * its requester, the pending count of its external handler, the open streams. */
+static void request_attach(struct shard *s, struct campaign *cp, struct pv_request *r,
+                           const struct handler_row *row, struct ext_entry *ext, bool streaming)
+{
+    struct pv_shard *p = pvs(s);
     r->row = row;
     r->handler_conn = ext ? ext->conn_id : 0;
     r->streaming = streaming;
@@ -685,25 +748,54 @@ static void handle_request(struct shard *s, struct campaign *cp, const struct em
     if (streaming) {
         p->open_streams++;
         if (provider_campaign_slot(cp, PROVIDER_SLOT_CAMPAIGN)) {
-            r->counted = cp->state;
+            r->counted = *core_campaign_slot(cp);
             r->counted->open_streams++;
         }
-        stat_add(&s->stats.open_streams, 1);
+        core_counter_add(s, pv_stat[PV_STAT_OPEN_STREAMS], 1);
+    }
+}
+
+/* Sets a new request's heartbeats (streams) and timeout, from its payload within the
+ * configured bounds, and schedules it. */
+static void request_schedule(struct shard *s, struct pv_request *r, int64_t now)
+{
+    const struct pv_settings *cfg = &pv_cfg;
+    if (r->streaming) {
         r->heartbeat_ms =
             payload_ms(r->payload, r->pl_len, "heartbeat_ms", cfg->heartbeat_ms, 100, 60000);
         r->next_heartbeat_ns = now + (int64_t)r->heartbeat_ms * 1000000;
     }
-    uint32_t limit = streaming ? cfg->stream_timeout_ms : cfg->request_timeout_ms;
+    uint32_t limit = r->streaming ? cfg->stream_timeout_ms : cfg->request_timeout_ms;
     uint32_t timeout_ms = payload_ms(r->payload, r->pl_len, "timeout_ms", limit, 100, limit);
     r->deadline_ns = now + (int64_t)timeout_ms * 1000000;
-    heap_fix(p, s, r);
+    pv_reschedule(pvs(s), s, r);
+}
+
+static void handle_request(struct shard *s, struct campaign *cp, const struct emit_msg *m,
+                           const uint8_t *body, struct codec_slice id, int64_t now)
+{
+    const struct handler_row *row;
+    struct ext_entry *ext;
+    if (!request_route(s, cp, m, body, id, now, &row, &ext))
+        return;
+    const char *type = (const char *)body + m->type_off;
+    bool streaming =
+        row ? row->streaming : (ext->streaming || evtype_is_streaming_request(&m->type, type));
+    uint64_t key = request_key(core_campaign_id(cp), id.ptr, id.len);
+    if (!request_admit(s, cp, m, body, id, now, streaming, key))
+        return;
+    struct pv_request *r = request_open(s, cp, m, body, id, key, now);
+    if (!r)
+        return;
+    request_attach(s, cp, r, row, ext, streaming);
+    request_schedule(s, r, now);
 
     /* requested (to the external handler too), then started, then the handler runs. */
     bool priv = pv_private(r);
     if (priv && m->correlation)
-        pubsub_ack(s, m, body, id, 0, now, false);
+        core_ack(s, m, body, id, 0, now, false);
     if ((!priv && publish_emit(s, cp, m, body, id, now, r->handler_conn) < 0) ||
-        pv_publish(r, EVTYPE_STARTED, NULL, 0, NULL, 0, false, false, priv) < 0) {
+        pv_publish(r, EVTYPE_STARTED, NULL, 0, NULL, 0, priv ? PV_PRIVATE : 0) < 0) {
         provider_finish(r, EVTYPE_FAILED, NULL, 0, "internal", "out of memory");
         return;
     }
@@ -720,7 +812,8 @@ static struct pv_request *find_request(struct pv_shard *p, int64_t campaign, con
                : NULL;
 }
 
-static bool conn_serves(struct pv_shard *p, uint64_t conn, const char *type, const struct evtype *t)
+static bool ext_conn_serves(struct pv_shard *p, uint64_t conn, const char *type,
+                            const struct evtype *t)
 {
     struct ext_action *a = ext_find(p, type, evtype_prefix_len(t, EVTYPE_SEG_ACTION));
     for (uint32_t i = 0; a && i < a->count; i++)
@@ -733,7 +826,7 @@ static void handler_reply(struct shard *s, struct pv_request *r, const struct em
                           const uint8_t *body, struct codec_slice id, int64_t now)
 {
     if (m->correlation)
-        pubsub_ack(s, m, body, id, 0, now, false);
+        core_ack(s, m, body, id, 0, now, false);
     const uint8_t *pl = m->has_pl ? body + m->pl_off : NULL;
     switch (m->type.state) {
     case EVTYPE_STREAM:
@@ -770,16 +863,16 @@ static bool pv_emit(struct shard *s, struct campaign *cp, const struct emit_msg 
         return true;
     }
     struct pv_request *r =
-        m->corr_len ? find_request(p, cp->id, body + m->corr_off, m->corr_len) : NULL;
+        m->corr_len ? find_request(p, core_campaign_id(cp), body + m->corr_off, m->corr_len) : NULL;
     if (r && strncmp(r->type, type, evtype_prefix_len(&r->t, EVTYPE_SEG_VERSION)) != 0)
         r = NULL; /* the correlation id names a request of another action */
     if (st == EVTYPE_CANCEL) {
         if (!m->corr_len)
             return false; /* a plain event whose state is cancel */
         if (!r || r->requester != m->conn_id) {
-            pubsub_error_to_conn(s, m->conn_id, m->correlation, "unknown_request",
-                                 "cancel names no open request of this connection "
-                                 "(metadata.global_context.correlation_id)");
+            core_error_to_conn(s, m->conn_id, m->correlation, "unknown_request",
+                               "cancel names no open request of this connection "
+                               "(metadata.global_context.correlation_id)");
             return true;
         }
         if (publish_emit(s, cp, m, body, id, now, r->handler_conn) == 0)
@@ -787,11 +880,11 @@ static bool pv_emit(struct shard *s, struct campaign *cp, const struct emit_msg 
         return true;
     }
     bool reply = st == EVTYPE_STREAM || st == EVTYPE_SUCCESS || st == EVTYPE_FAILED;
-    if (reply && m->corr_len && (r || conn_serves(p, m->conn_id, type, &m->type))) {
+    if (reply && m->corr_len && (r || ext_conn_serves(p, m->conn_id, type, &m->type))) {
         if (!r || r->handler_conn != m->conn_id) {
-            pubsub_error_to_conn(s, m->conn_id, m->correlation, "unknown_request",
-                                 "this connection holds no open request with that "
-                                 "correlation_id");
+            core_error_to_conn(s, m->conn_id, m->correlation, "unknown_request",
+                               "this connection holds no open request with that "
+                               "correlation_id");
             return true;
         }
         handler_reply(s, r, m, body, id, now);
@@ -804,7 +897,7 @@ static bool pv_emit(struct shard *s, struct campaign *cp, const struct emit_msg 
         snprintf(msg, sizeof(msg),
                  "state %s of %.*s is emitted by the broker: that action has a handler",
                  evtype_state_name(st), (int)al, type);
-        pubsub_error_to_conn(s, m->conn_id, m->correlation, "invalid_event_type", msg);
+        core_error_to_conn(s, m->conn_id, m->correlation, "invalid_event_type", msg);
         return true;
     }
     return false;
@@ -821,9 +914,9 @@ static void heartbeat(struct pv_request *r, int64_t now)
     structpb_add_number(&w, "stream_count", (double)r->stream_count);
     structpb_add_number(&w, "age_ms", (double)((now - r->started_ns) / 1000000));
     int n = structpb_finish(&w, &pl);
-    if (n > 0 && pv_publish(r, EVTYPE_HEARTBEAT, pl, (uint32_t)n, NULL, r->stream_count, false,
-                            false, true) == 0)
-        stat_add(&r->shard->stats.heartbeats, 1);
+    if (n > 0 &&
+        pv_publish(r, EVTYPE_HEARTBEAT, pl, (uint32_t)n, NULL, r->stream_count, PV_PRIVATE) == 0)
+        core_counter_add(r->shard, pv_stat[PV_STAT_HEARTBEATS], 1);
 }
 
 static int64_t next_after(int64_t due, uint32_t ms, int64_t now)
@@ -836,9 +929,9 @@ static void pv_timer(struct shard *s, int64_t now)
 {
     struct pv_shard *p = pvs(s);
     /* Bounded per call, so that a burst of due timers cannot starve the sockets. */
-    for (int budget = 4096; budget > 0 && p->heap_len; budget--) {
-        struct pv_request *r = p->heap[0];
-        if (due_of(r) > now)
+    for (int budget = 4096; budget > 0 && deadline_count(&p->deadlines); budget--) {
+        struct pv_request *r = request_of(deadline_min(&p->deadlines));
+        if (r->dl.due_ns > now)
             break;
         if (now >= r->deadline_ns) {
             provider_finish(r, EVTYPE_TIMEOUT, NULL, 0, "timeout",
@@ -853,12 +946,13 @@ static void pv_timer(struct shard *s, int64_t now)
         bool tick = r->next_tick_ns && now >= r->next_tick_ns;
         if (tick)
             r->next_tick_ns = next_after(r->next_tick_ns, r->tick_ms, now);
-        heap_down(p, 0);
+        deadline_update(&p->deadlines, &r->dl, due_of(r));
         if (tick && r->row && r->row->tick)
             r->row->tick(r, now); /* may finish (and free) r */
     }
-    if (p->heap_len)
-        shard_timer_at(s, due_of(p->heap[0]));
+    struct deadline_node *first = deadline_min(&p->deadlines);
+    if (first)
+        core_timer_at(s, first->due_ns);
 }
 
 /* ---- connections that went away ----------------------------------------------------------- */
@@ -900,7 +994,7 @@ static void pv_conn_gone(struct shard *s, uint64_t conn)
             r->requester_gone = true;
             provider_finish(r, EVTYPE_CANCELLED, NULL, 0, NULL, "requester disconnected");
         } else if (r->handler_conn == conn) {
-            stat_add(&s->stats.handler_losses, 1);
+            core_counter_add(s, pv_stat[PV_STAT_HANDLER_LOSSES], 1);
             r->handler_conn = 0;
             provider_finish(r, EVTYPE_FAILED, NULL, 0, "handler_lost",
                             "the handler serving this request disconnected");
@@ -962,7 +1056,7 @@ static void reg_apply(struct shard *s, const struct pv_reg_msg *rm)
 {
     for (uint32_t i = 0; i < rm->reg.count; i++)
         if (ext_add(pvs(s), rm->conn_id, &rm->reg.specs[i]) < 0)
-            log_error((int)s->index, "out of memory registering a handler");
+            log_error((int)core_shard_index(s), "out of memory registering a handler");
 }
 
 static void reg_done(struct shard *s, uint64_t reg_id)
@@ -972,43 +1066,40 @@ static void reg_done(struct shard *s, uint64_t reg_id)
     if (!w || --w->remaining)
         return;
     map_del(&p->reg_waits, reg_id);
-    struct conn *c = conn_lookup(s, w->conn_id);
-    if (c) {
+    if (w->failed) {
+        /* Some shard never got it: say so rather than acknowledge a partial registration
+         * (registering again is idempotent). */
+        core_error_to_conn(s, w->conn_id, w->correlation, "internal",
+                           "out of memory: the registration did not reach every shard");
+    } else {
         uint8_t buf[CODEC_CONTROL_BYTES_MAX];
         int n = codec_register_ack_encode(buf, sizeof(buf), w->correlation, w->registered);
         if (n > 0)
-            conn_enqueue_bytes(c, buf, (size_t)n);
+            core_bytes_to_conn(s, w->conn_id, buf, (size_t)n);
     }
     free(w);
 }
 
-static void pv_frame(struct conn *c, uint32_t kind, uint64_t corr, const uint8_t *body,
-                     uint32_t len)
+/* Decodes a register frame into a message that owns a copy of the body (the slices point
+ * into it) and checks that every action is `service:action`, as the type S:A:v1:requested
+ * would be. Returns it, or NULL after telling the connection what was wrong. */
+static struct pv_reg_msg *reg_decode(struct conn *c, uint64_t corr, const uint8_t *body,
+                                     uint32_t len)
 {
-    struct shard *s = c->shard;
-    if (kind != CODEC_KIND_REGISTER) {
-        conn_error(c, corr, "unknown_frame",
-                   kind == CODEC_KIND_REGISTER_ACK
-                       ? "frame kind register_ack (19) is sent by the broker, not by clients"
-                       : "unknown frame kind %u",
-                   kind);
-        return;
-    }
     struct pv_reg_msg *rm = malloc(sizeof(*rm) + len);
     if (!rm) {
-        conn_error(c, corr, "internal", "out of memory");
-        return;
+        core_conn_error(c, corr, "internal", "out of memory");
+        return NULL;
     }
     char err[CODEC_ERR_BYTES];
     memcpy(rm->names, body, len);
     int r = codec_register_decode(rm->names, len, &rm->reg, err);
     if (r < 0) {
         free(rm);
-        conn_error(c, corr, r == -E2BIG ? "limit_exceeded" : "bad_protobuf", "%s", err);
-        return;
+        core_conn_error(c, corr, r == -E2BIG ? "limit_exceeded" : "bad_protobuf", "%s", err);
+        return NULL;
     }
     for (uint32_t i = 0; i < rm->reg.count; i++) {
-        /* An action is `service:action`: check it as the type S:A:v1:requested would be. */
         const struct codec_handler_spec *sp = &rm->reg.specs[i];
         char probe[EVTYPE_BYTES_MAX + 32];
         char terr[EVTYPE_ERR_BYTES] = "expected service:action";
@@ -1019,72 +1110,106 @@ static void pv_frame(struct conn *c, uint32_t kind, uint64_t corr, const uint8_t
             memchr(sp->action.ptr, ':', sp->action.len) == NULL ||
             evtype_parse(&t, probe, (size_t)pl, terr, sizeof(terr)) < 0 ||
             evtype_prefix_len(&t, EVTYPE_SEG_ACTION) != sp->action.len) {
-            conn_error(c, corr, "invalid_event_type",
-                       "handler action %u must be service:action (%s)", i + 1,
-                       sp->action.len ? terr : "empty");
+            core_conn_error(c, corr, "invalid_event_type",
+                            "handler action %u must be service:action (%s)", i + 1,
+                            sp->action.len ? terr : "empty");
             free(rm);
-            return;
+            return NULL;
         }
     }
-    uint32_t n = s->broker->shard_count;
+    return rm;
+}
+
+/* Sends every other shard its own copy of the registration rm (whose body is len bytes), the
+ * slices rebased onto the copy. Returns how many shards could not be sent one (out of
+ * memory); each of those counts as answered, and the wait w is marked failed. */
+static void reg_broadcast(struct shard *s, const struct pv_reg_msg *rm, uint32_t len,
+                          struct pv_reg_wait *w)
+{
+    uint32_t n = core_shard_count(s);
+    for (uint32_t d = 0; d < n; d++) {
+        if (d == core_shard_index(s))
+            continue;
+        struct pv_reg_msg *cp = malloc(sizeof(*cp) + len);
+        if (cp) {
+            memcpy(cp, rm, sizeof(*cp) + len);
+            for (uint32_t i = 0; i < cp->reg.count; i++)
+                cp->reg.specs[i].action.ptr = cp->names + (rm->reg.specs[i].action.ptr - rm->names);
+        }
+        if (!cp || core_send(s, d, CORE_REQUEST, PV_REG, cp, 0) < 0) {
+            log_error((int)core_shard_index(s), "out of memory broadcasting a registration");
+            free(cp);
+            w->failed = true;
+            w->remaining--;
+        }
+    }
+}
+
+/* A register frame: every shard applies the registration, and the last to do so acknowledges
+ * it (reg_done). Other frame kinds are refused. */
+static void pv_frame(struct conn *c, uint32_t kind, uint64_t corr, const uint8_t *body,
+                     uint32_t len)
+{
+    struct shard *s = core_conn_shard(c);
+    if (kind != CODEC_KIND_REGISTER) {
+        if (codec_kind_from_broker(kind))
+            core_conn_error(c, corr, "unknown_frame",
+                            "frame kind %s (%u) is sent by the broker, not by clients",
+                            codec_kind_name(kind), kind);
+        else
+            core_conn_error(c, corr, "unknown_frame", "unknown frame kind %u", kind);
+        return;
+    }
+    struct pv_reg_msg *rm = reg_decode(c, corr, body, len);
+    if (!rm)
+        return;
+    uint32_t n = core_shard_count(s);
     struct pv_shard *p = pvs(s);
     struct pv_reg_wait *w = calloc(1, sizeof(*w));
     uint64_t reg_id = ++p->next_reg;
     if (!w || map_put(&p->reg_waits, reg_id, w) < 0) {
         free(w);
         free(rm);
-        conn_error(c, corr, "internal", "out of memory");
+        core_conn_error(c, corr, "internal", "out of memory");
         return;
     }
-    w->conn_id = c->id;
+    w->conn_id = core_conn_id(c);
     w->correlation = corr;
     w->remaining = n;
     w->registered = rm->reg.count;
-    rm->conn_id = c->id;
+    rm->conn_id = core_conn_id(c);
     rm->reg_id = reg_id;
-    rm->from_shard = s->index;
-    c->notify_mask = n == 64 ? ~0ull : (1ull << n) - 1; /* every shard holds its registration */
-    /* Every other shard gets its own copy (slices rebased onto the copy). */
-    for (uint32_t d = 0; d < n; d++) {
-        if (d == s->index)
-            continue;
-        struct pv_reg_msg *cp = malloc(sizeof(*cp) + len);
-        if (!cp) {
-            log_error((int)s->index, "out of memory broadcasting a registration");
-            abort();
-        }
-        memcpy(cp, rm, sizeof(*cp) + len);
-        for (uint32_t i = 0; i < cp->reg.count; i++)
-            cp->reg.specs[i].action.ptr = cp->names + (rm->reg.specs[i].action.ptr - rm->names);
-        struct ring_msg msg = {.kind = MSG_HOOK_REQ, .aux = PV_REG, .ptr = cp};
-        shard_send(s, d, 0, &msg);
-    }
+    rm->from_shard = core_shard_index(s);
+    core_conn_notify(c, core_all_shards(s)); /* every shard holds its registration */
+    reg_broadcast(s, rm, len, w);
     reg_apply(s, rm);
     free(rm);
     reg_done(s, reg_id);
 }
 
-static void pv_msg(struct shard *s, const struct ring_msg *m)
+static void pv_msg(struct shard *s, uint32_t aux, void *ptr, uint64_t arg)
 {
-    if (m->aux == PV_REG) {
-        struct pv_reg_msg *rm = m->ptr;
+    if (aux == PV_REG) {
+        struct pv_reg_msg *rm = ptr;
         reg_apply(s, rm);
-        struct ring_msg ack = {.kind = MSG_HOOK_DEL, .aux = PV_REG_ACK, .arg = rm->reg_id};
-        shard_send(s, rm->from_shard, 1, &ack);
+        if (core_send(s, rm->from_shard, CORE_DELIVERY, PV_REG_ACK, NULL, rm->reg_id) < 0)
+            log_error((int)core_shard_index(s),
+                      "out of memory acknowledging a registration: its frame gets no answer");
         free(rm);
-    } else if (m->aux == PV_REG_ACK) {
-        reg_done(s, m->arg);
-    } else if (pv_gather_owns(m->aux)) {
-        pv_gather_msg(s, m);
+    } else if (aux == PV_REG_ACK) {
+        reg_done(s, arg);
+    } else if (pv_gather_owns(aux)) {
+        pv_gather_msg(s, aux, ptr);
     }
 }
 
-static void pv_msg_free(const struct ring_msg *m)
+static void pv_msg_free(uint32_t aux, void *ptr, uint64_t arg)
 {
-    if (m->aux == PV_REG)
-        free(m->ptr);
-    else if (pv_gather_owns(m->aux))
-        pv_gather_msg_free(m);
+    (void)arg;
+    if (aux == PV_REG)
+        free(ptr);
+    else if (pv_gather_owns(aux))
+        pv_gather_msg_free(aux, ptr);
 }
 
 /* ---- set-up ------------------------------------------------------------------------------- */
@@ -1098,7 +1223,8 @@ static int pv_shard_init(struct shard *s)
     map_init(&p->actions);
     map_init(&p->per_conn);
     map_init(&p->reg_waits);
-    s->hooks_state = p;
+    deadline_heap_init(&p->deadlines);
+    *core_shard_slot(s) = p;
     for (size_t i = 0; i < module_count; i++) {
         int r = modules[i]->shard_init ? modules[i]->shard_init(s) : 0;
         if (r < 0)
@@ -1122,11 +1248,11 @@ static void pv_shard_free(struct shard *s)
         if (modules[i]->shard_free)
             modules[i]->shard_free(s);
     pv_gather_shard_free(s);
-    for (uint32_t i = 0; s->campaigns.slots && i <= s->campaigns.mask; i++) {
-        struct campaign *cp = s->campaigns.slots[i].val;
+    for (uint32_t i = 0; i < core_campaign_slots(s); i++) {
+        struct campaign *cp = core_campaign_at(s, i);
         if (cp) {
-            free(cp->state);
-            cp->state = NULL;
+            free(*core_campaign_slot(cp));
+            *core_campaign_slot(cp) = NULL;
         }
     }
     for (uint32_t i = 0; p->actions.slots && i <= p->actions.mask; i++) {
@@ -1144,12 +1270,12 @@ static void pv_shard_free(struct shard *s)
     map_free(&p->actions);
     map_free(&p->per_conn);
     map_free(&p->reg_waits);
-    free(p->heap);
+    deadline_heap_free(&p->deadlines);
     free(p);
-    s->hooks_state = NULL;
+    *core_shard_slot(s) = NULL;
 }
 
-static const struct broker_hooks pv_hooks = {
+static const struct core_hooks pv_hooks = {
     .shard_init = pv_shard_init,
     .shard_free = pv_shard_free,
     .emit = pv_emit,
@@ -1203,7 +1329,11 @@ void provider_install(const struct handler_row *rows, size_t count)
         if (mod->install)
             mod->install();
     }
-    broker_set_hooks(&pv_hooks);
+    for (int i = 0; i < PV_STATS; i++) {
+        pv_stat[i] = stats_register(&pv_stat_defs[i]);
+        NX_ASSERT(pv_stat[i] >= 0); /* STATS_EXT_MAX is ample for the built-in layers */
+    }
+    core_set_hooks(&pv_hooks);
 }
 
 /* ---- for the built-in modules (provider.h) ------------------------------------------------ */
@@ -1215,14 +1345,16 @@ void **provider_shard_slot(struct shard *s, enum provider_slot slot)
 
 void **provider_campaign_slot(struct campaign *cp, enum provider_slot slot)
 {
-    if (!cp->state && !(cp->state = calloc(1, sizeof(struct pv_campaign))))
+    void **cs = core_campaign_slot(cp);
+    if (!*cs && !(*cs = calloc(1, sizeof(struct pv_campaign))))
         return NULL;
-    return &((struct pv_campaign *)cp->state)->slot[slot];
+    return &((struct pv_campaign *)*cs)->slot[slot];
 }
 
 uint32_t provider_campaign_streams(struct campaign *cp)
 {
-    return cp->state ? ((struct pv_campaign *)cp->state)->open_streams : 0;
+    const struct pv_campaign *pc = *core_campaign_slot(cp);
+    return pc ? pc->open_streams : 0;
 }
 
 void provider_request_id(struct pv_request *r, const char **id, uint32_t *len)
@@ -1242,7 +1374,7 @@ int provider_stream_private(struct pv_request *r, const uint8_t *payload, uint32
     if (r->finishing)
         return 0;
     r->stream_count++;
-    return pv_publish(r, EVTYPE_STREAM, payload, len, NULL, r->stream_count, false, false, true);
+    return pv_publish(r, EVTYPE_STREAM, payload, len, NULL, r->stream_count, PV_PRIVATE);
 }
 
 /* Publishes an event of any type, correlated with r and carrying its metadata and entity, to
@@ -1254,7 +1386,7 @@ static int pv_publish_typed(struct pv_request *r, const char *type, const uint8_
     char uuid[36];
     if (pv_fill(&p, r, type, strlen(type), uuid, payload, len) < 0)
         return -EINVAL;
-    return pubsub_publish(r->shard, r->cp, &p);
+    return core_publish(r->shard, r->cp, &p);
 }
 
 void provider_finish_and_publish(struct pv_request *r, const uint8_t *payload, uint32_t len,
@@ -1268,7 +1400,7 @@ void provider_finish_and_publish(struct pv_request *r, const uint8_t *payload, u
     copy.entity = dup_bytes((const uint8_t *)r->entity, r->entity_len);
     provider_finish(r, EVTYPE_SUCCESS, payload, len, NULL, NULL);
     if (!copy.metadata || !copy.entity || pv_publish_typed(&copy, event_type, fpl, flen) < 0)
-        log_error((int)copy.shard->index, "out of memory publishing %s", event_type);
+        log_error((int)core_shard_index(copy.shard), "out of memory publishing %s", event_type);
     free(copy.metadata);
     free(copy.entity);
 }

@@ -16,13 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "broker/core.h"
 #include "codec/evtype.h"
 
-struct shard;
-struct campaign;
 struct pv_request;
-struct oframe;
-struct publish;
 struct provider_module;
 
 /* A built-in handler: one row of the table. */
@@ -50,6 +47,13 @@ struct handler_row {
  * must be a valid `service:action`, unique; an invalid table aborts at start-up). The table
  * must outlive the broker. */
 void provider_install(const struct handler_row *rows, size_t count);
+
+/* Adds the Provider's flags (--heartbeat-ms, --request-timeout-ms, --stream-timeout-ms,
+ * --max-streams, --max-requests-per-conn, --max-pending-per-handler, --test-handlers) to the
+ * ones nexusd parses. Call before config_parse. */
+void provider_register_settings(void);
+/* --test-handlers: whether to install provider_test_rows. */
+bool provider_test_handlers_enabled(void);
 
 /* ---- what a handler may do with its request (owner shard only) ---- */
 struct shard *provider_shard(struct pv_request *r);
@@ -104,8 +108,8 @@ enum provider_slot {
 /* The module's per-shard slot (owner: the module; freed by its shard_free). */
 void **provider_shard_slot(struct shard *s, enum provider_slot slot);
 /* The module's slot in a campaign this shard owns, or NULL if out of memory. The Provider
- * keeps the slots in campaign->state; campaigns live as long as their shard, and the module's
- * shard_free releases what its slots hold. */
+ * keeps the slots in the campaign's core slot (core_campaign_slot); the module's shard_free
+ * releases what its slots hold. */
 void **provider_campaign_slot(struct campaign *cp, enum provider_slot slot);
 /* Streams open on the campaign (built-in and external). */
 uint32_t provider_campaign_streams(struct campaign *cp);

@@ -9,8 +9,6 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "broker/log.h"
-#include "broker/shard.h"
 #include "handlers/provider.h"
 #include "handlers/provider_gather.h"
 
@@ -27,6 +25,7 @@ struct gather {
     const struct provider_gather_ops *ops;
     void *ctx;
     uint32_t remaining, n;
+    bool incomplete; /* a part could not be sent (out of memory) */
     void *results[];
 };
 
@@ -51,20 +50,20 @@ static struct gather_shard *gather_shard(struct shard *s, bool create)
 static void gather_finish(struct shard *s, struct gather_shard *g, uint64_t id, struct gather *ga)
 {
     map_del(&g->pending, id);
-    ga->ops->done(s, ga->ctx, ga->results, ga->n, true);
+    ga->ops->done(s, ga->ctx, ga->results, ga->n, !ga->incomplete);
     free(ga);
 }
 
 int provider_gather(struct shard *s, const struct provider_gather_ops *ops, void *ctx)
 {
     struct gather_shard *g = gather_shard(s, true);
-    uint32_t n = s->broker->shard_count;
+    uint32_t n = core_shard_count(s);
     struct gather *ga = g ? calloc(1, sizeof(*ga) + sizeof(void *) * n) : NULL;
     struct gather_msg **msgs = calloc(n, sizeof(*msgs));
     bool oom = !ga || !msgs;
     /* Every message is allocated before any leaves, so a failure leaves nothing running. */
     for (uint32_t d = 0; d < n && !oom; d++)
-        if (d != s->index && !(msgs[d] = malloc(sizeof(struct gather_msg))))
+        if (d != core_shard_index(s) && !(msgs[d] = malloc(sizeof(struct gather_msg))))
             oom = true;
     uint64_t id = g ? ++g->next_id : 0;
     if (oom || map_put(&g->pending, id, ga) < 0) {
@@ -79,35 +78,43 @@ int provider_gather(struct shard *s, const struct provider_gather_ops *ops, void
     ga->n = n;
     ga->remaining = n;
     for (uint32_t d = 0; d < n; d++) {
-        if (d == s->index)
+        if (d == core_shard_index(s))
             continue;
-        *msgs[d] = (struct gather_msg){.ops = ops, .ctx = ctx, .id = id, .from = s->index};
-        struct ring_msg m = {.kind = MSG_HOOK_REQ, .aux = PV_GATHER, .ptr = msgs[d]};
-        shard_send(s, d, 0, &m);
+        *msgs[d] =
+            (struct gather_msg){.ops = ops, .ctx = ctx, .id = id, .from = core_shard_index(s)};
+        if (core_send(s, d, CORE_REQUEST, PV_GATHER, msgs[d], 0) < 0) {
+            /* That shard's part is missing: done learns it through complete = false. */
+            free(msgs[d]);
+            ga->incomplete = true;
+            ga->remaining--;
+        }
     }
     free(msgs);
-    ga->results[s->index] = ops->each(s, ctx);
+    ga->results[core_shard_index(s)] = ops->each(s, ctx);
     if (--ga->remaining == 0)
         gather_finish(s, g, id, ga);
     return 0;
 }
 
-void pv_gather_msg(struct shard *s, const struct ring_msg *m)
+void pv_gather_msg(struct shard *s, uint32_t aux, void *ptr)
 {
-    struct gather_msg *gm = m->ptr;
-    if (m->aux == PV_GATHER) {
+    struct gather_msg *gm = ptr;
+    if (aux == PV_GATHER) {
         gm->result = gm->ops->each(s, gm->ctx);
-        gm->at = s->index;
+        gm->at = core_shard_index(s);
         /* Back on the request class: its done may publish, which only requests may do. */
-        struct ring_msg back = {.kind = MSG_HOOK_REQ, .aux = PV_GATHER_BACK, .ptr = gm};
-        shard_send(s, gm->from, 0, &back);
+        if (core_send(s, gm->from, CORE_REQUEST, PV_GATHER_BACK, gm, 0) < 0) {
+            log_error((int)core_shard_index(s),
+                      "out of memory answering a scatter-gather: it completes at shutdown");
+            pv_gather_msg_free(aux, gm);
+        }
         return;
     }
     struct gather_shard *g = gather_shard(s, false);
     uint64_t id = gm->id;
     struct gather *ga = g ? map_get(&g->pending, id) : NULL;
     if (!ga || gm->at >= ga->n) {
-        log_error((int)s->index, "scatter-gather reply for an unknown gather");
+        log_error((int)core_shard_index(s), "scatter-gather reply for an unknown gather");
         if (gm->result && gm->ops->free_result)
             gm->ops->free_result(gm->result);
         free(gm);
@@ -119,9 +126,10 @@ void pv_gather_msg(struct shard *s, const struct ring_msg *m)
         gather_finish(s, g, id, ga);
 }
 
-void pv_gather_msg_free(const struct ring_msg *m)
+void pv_gather_msg_free(uint32_t aux, void *ptr)
 {
-    struct gather_msg *gm = m->ptr;
+    (void)aux;
+    struct gather_msg *gm = ptr;
     if (gm->result && gm->ops->free_result)
         gm->ops->free_result(gm->result);
     free(gm);

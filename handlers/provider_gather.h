@@ -6,11 +6,11 @@
 #define NEXUS_HANDLERS_PROVIDER_GATHER_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct shard;
-struct ring_msg;
 
-/* Hook message kinds (ring_msg.aux) of the scatter-gather; provider.c's own are below 16. */
+/* Hook message kinds (core_send's aux) of the scatter-gather; provider.c's own are below 16. */
 enum { PV_GATHER = 16, PV_GATHER_BACK = 17 };
 
 static inline bool pv_gather_owns(unsigned aux)
@@ -18,9 +18,9 @@ static inline bool pv_gather_owns(unsigned aux)
     return aux == PV_GATHER || aux == PV_GATHER_BACK;
 }
 
-void pv_gather_msg(struct shard *s, const struct ring_msg *m);
+void pv_gather_msg(struct shard *s, uint32_t aux, void *ptr);
 /* A gather message left in a ring at shutdown. */
-void pv_gather_msg_free(const struct ring_msg *m);
+void pv_gather_msg_free(uint32_t aux, void *ptr);
 /* At shutdown: every gather still waiting ends with complete = false. */
 void pv_gather_shard_free(struct shard *s);
 

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Publish/subscribe on a shard (pubsub.c), both halves: the campaigns this shard owns (their
+// sequence, duplicate window, and which shards hold subscriptions to them) and the
+// subscriptions of this shard's connections (listed per campaign, plus the firehose list).
+// The publishing functions handlers may call are core_publish and its kin in core.h; this
+// header is private to broker/. Threading: everything here belongs to its shard's thread;
+// other shards reach it through ring messages (msg.h).
+#ifndef NEXUS_BROKER_PUBSUB_H
+#define NEXUS_BROKER_PUBSUB_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "broker/core.h"
+#include "broker/dedup.h"
+#include "broker/msg.h"
+
+struct conn;
+
+/* The owner's summary of a subscription held by another shard. */
+struct remote_sub {
+    uint32_t shard;
+    uint64_t sub_id;
+    struct evpattern *patterns;
+    uint32_t pattern_count;
+    uint32_t user_id_len;
+    char user_id[SUB_USER_ID_BYTES_MAX];
+};
+
+struct remote_subs {
+    struct remote_sub *v;
+    uint32_t count, cap;
+};
+
+/* A campaign, on its owning shard. */
+struct campaign {
+    int64_t id;
+    uint64_t sequence;
+    uint64_t interest_mask; /* bit per shard with interest > 0 */
+    struct dedup dedup;
+    struct remote_subs remote;
+    void *slot; /* the handlers layer's per-campaign state (core_campaign_slot), or NULL */
+    int64_t last_event_ns;
+    uint32_t interest[]; /* subscriptions per shard */
+};
+
+struct sub {
+    uint64_t id;
+    struct conn *conn;
+    int64_t campaign_id;    /* 0: all campaigns */
+    uint32_t pattern_count; /* 0: every type */
+    uint32_t user_id_len;   /* 0: no user filter */
+    char user_id[SUB_USER_ID_BYTES_MAX];
+    struct evpattern *patterns;
+    uint32_t list_pos;     /* index in its sub_list */
+    uint32_t acks_pending; /* shards yet to confirm (firehose: every other shard) */
+    uint64_t correlation;
+};
+
+struct sub_list {
+    struct sub **v;
+    uint32_t count, cap;
+};
+
+/* Processes an emit whose campaign this shard owns: duplicate check, the emit hook, publish,
+ * acknowledgement. Slices point into body, which may be a receive buffer (valid during the
+ * call only). */
+void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body);
+/* A subscribe frame of connection c (body: SubscribeRequest). Answers subscribe_ack or error. */
+void pubsub_subscribe(struct conn *c, uint64_t correlation, const uint8_t *body, uint32_t len);
+void pubsub_unsubscribe(struct conn *c, uint64_t correlation, uint64_t sub_id);
+/* Drops every subscription of a connection that is being released. */
+void pubsub_conn_gone(struct conn *c);
+/* Owner side of MSG_INTEREST, and subscriber side of MSG_INTEREST_ACK (both take im). */
+void pubsub_interest(struct shard *s, struct interest_msg *im);
+void pubsub_interest_ack(struct shard *s, struct interest_msg *im);
+/* Queues an event frame on every matching subscriber of this shard (the caller keeps its
+ * reference). */
+void pubsub_deliver(struct shard *s, struct oframe *f);
+/* Frees the campaigns and subscription lists (shutdown). */
+void pubsub_free_shard(struct shard *s);
+
+#endif
