@@ -1029,14 +1029,8 @@ static int ext_add(struct pv_shard *p, uint64_t conn, const struct codec_handler
     for (uint32_t i = 0; i < a->count; i++)
         if (a->v[i].conn_id == conn)
             return 0; /* already registered: idempotent */
-    if (a->count == a->cap) {
-        uint32_t ncap = a->cap ? a->cap * 2 : 4;
-        struct ext_entry *nv = realloc(a->v, sizeof(*nv) * ncap);
-        if (!nv)
-            return -ENOMEM;
-        a->v = nv;
-        a->cap = ncap;
-    }
+    if (GROW(a->v, a->cap, a->count + 1, 4) < 0)
+        return -ENOMEM;
     struct ext_entry *e = &a->v[a->count];
     memset(e, 0, sizeof(*e));
     e->conn_id = conn;
