@@ -8,12 +8,14 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "broker/check.h"
+
 #define DEDUP_CAP_MIN 64u
 
 void dedup_init(struct dedup *d, uint32_t entries_max)
 {
     memset(d, 0, sizeof(*d));
-    d->cap_max = entries_max < DEDUP_CAP_MIN ? DEDUP_CAP_MIN : entries_max;
+    d->cap_max = entries_max ? entries_max : 1; /* exactly the configured bound */
 }
 
 void dedup_free(struct dedup *d)
@@ -75,9 +77,15 @@ static int grow(struct dedup *d)
     uint32_t ncap = d->cap ? d->cap * 2 : DEDUP_CAP_MIN;
     if (ncap > d->cap_max)
         ncap = d->cap_max;
+    /* The index is a power of two of at least 2 * cap slots (load at most 50%), whatever
+     * cap_max is: linear probing masks with index_mask, which must be 2^k - 1 to reach every
+     * slot (with --dedup-entries 100 a mask of 199 reached 32 slots and probing never ended). */
+    uint32_t islots = 2;
+    while (islots < 2 * ncap)
+        islots *= 2;
     uint64_t *nh = malloc(sizeof(uint64_t) * ncap);
     int64_t *nn = malloc(sizeof(int64_t) * ncap);
-    uint64_t *ni = calloc((size_t)ncap * 2, sizeof(uint64_t));
+    uint64_t *ni = calloc(islots, sizeof(uint64_t));
     if (!nh || !nn || !ni) {
         free(nh);
         free(nn);
@@ -97,8 +105,8 @@ static int grow(struct dedup *d)
     d->index = ni;
     d->cap = ncap;
     d->head = 0;
-    /* 2 * cap slots: the load factor stays at or below 50%. ncap is a power of two. */
-    d->index_mask = ncap * 2 - 1;
+    d->index_mask = islots - 1;
+    NX_ASSERT((islots & d->index_mask) == 0 && islots >= 2 * ncap);
     for (uint32_t k = 0; k < d->count; k++) {
         uint32_t slot;
         if (!index_find(d, nh[k], &slot))

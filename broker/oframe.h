@@ -86,7 +86,7 @@ static inline void oframe_release_shared(struct oframe *f)
 static inline void oframe_ref(struct oframe *f, unsigned n)
 {
     if (f->owner == oframe_self && f->local) {
-        NX_ASSERT(f->local + n > f->local); /* no wrap */
+        NX_ASSERT(f->local + n >= f->local); /* no wrap */
         f->local += n;
     } else {
         /* Only a holder may take more: the frame must be alive when we add. */
