@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "broker/log.h"
 
@@ -54,6 +55,24 @@ static const struct opt opts[] = {
      "poll, not sleep, this long after the last work (0 = off)"},
     {"idle-timeout-ms", OPT_U32, OFF(idle_timeout_ms), 0, 86400000,
      "close connections silent this long (0 = never)"},
+    {"hello-timeout-ms", OPT_U32, OFF(hello_timeout_ms), 0, 3600000,
+     "a connection's first frame (with --token: its hello) must arrive within (0 = off)"},
+    {"frame-timeout-ms", OPT_U32, OFF(frame_timeout_ms), 0, 3600000,
+     "a frame that has started arriving must be complete within (0 = off)"},
+    {"ping-interval-ms", OPT_U32, OFF(ping_interval_ms), 0, 86400000,
+     "ping a connection that sent no frame for this long (0 = off)"},
+    {"ping-misses", OPT_U32, OFF(ping_misses_max), 1, 100,
+     "close a connection after this many unanswered pings"},
+    {"pre-hello-frame-bytes", OPT_SIZE, OFF(pre_hello_frame_bytes), 0, 64u << 20,
+     "largest frame accepted before hello (0 = --max-frame-bytes)"},
+    {"max-pattern-bytes", OPT_SIZE, OFF(pattern_bytes_per_conn_max), 1024, 64u << 20,
+     "subscription pattern and filter bytes one connection may hold"},
+    {"max-assembly-bytes", OPT_SIZE, OFF(assembly_bytes_max), 1u << 20, 1ull << 40,
+     "bytes of partly received frames one shard holds for all its connections"},
+    {"campaign-idle-ms", OPT_U32, OFF(campaign_idle_ms), 0, 604800000,
+     "free a campaign with no subscriber, request, state or event for this long (0 = never)"},
+    {"max-memory", OPT_SIZE, OFF(memory_bytes_max), 0, 1ull << 50,
+     "RSS past which new subscriptions, campaigns and large frames are refused (0 = off)"},
     {"token", OPT_STR, OFF(token), 0, sizeof(((struct config *)0)->token),
      "require Hello with this token"},
     {"log-level", OPT_LEVEL, OFF(log_level), 0, 0, "debug | info | warn | error"},
@@ -120,6 +139,32 @@ void config_defaults(struct config *c)
     c->recv_buffer_bytes = 16384;
     c->drain_ms = 5000;
     c->idle_timeout_ms = 0;
+    /* 5 s for the first frame: a client library connects and speaks at once; a socket that
+     * says nothing for 5 s is a port scan or a leak. With --token, 2 s for the hello (NATS's
+     * auth_timeout); UINT32_MAX marks "not given" until config_parse resolves it. */
+    c->hello_timeout_ms = UINT32_MAX;
+    /* 10 s for a frame to complete once started: a 1 MiB frame then needs 100 KiB/s, which any
+     * live client sustains, while a trickler holding a frame buffer is cut off. */
+    c->frame_timeout_ms = 10000;
+    /* Ping after 30 s without a frame, close after 2 unanswered pings (~90 s): finds dead
+     * subscribers (which send nothing) without traffic on busy connections. */
+    c->ping_interval_ms = 30000;
+    c->ping_misses_max = 2;
+    /* 4 KiB before hello: a hello is a few dozen bytes; a client that has not introduced
+     * itself cannot make the broker allocate a megabyte. */
+    c->pre_hello_frame_bytes = 4096;
+    /* 64 KiB of patterns and user filters per connection: 1024 subscriptions of ~64-byte
+     * patterns; past it, matching cost and memory per connection stop growing. */
+    c->pattern_bytes_per_conn_max = 64u << 10;
+    /* 256 MiB of partly received frames per shard: 256 clients sending 1 MiB frames at once;
+     * more large frames wait for their turn (refused with limit_exceeded, retryable). */
+    c->assembly_bytes_max = 256ull << 20;
+    /* 5 min: a campaign nobody listens to and nobody writes to for 5 min costs nothing
+     * afterwards (its sequence restarts at 1 when it comes back: docs/PROTOCOL.md). */
+    c->campaign_idle_ms = 300000;
+    /* 3/4 of physical memory (resolved in config_parse; UINT64_MAX marks "not given"): the
+     * broker refuses to grow before the kernel's OOM killer decides for it. */
+    c->memory_bytes_max = UINT64_MAX;
     c->log_level = LOG_INFO;
     c->log_json = false;
     c->metrics_port = 0;
@@ -258,8 +303,9 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
     case OPT_SIZE:
         if (parse_number(o->name, o->type == OPT_SIZE, o->min, o->max, val, where, &v) < 0)
             return -EINVAL;
-        if (o->off == OFF(outbound_bytes_max))
-            c->outbound_bytes_max = v;
+        if (o->off == OFF(outbound_bytes_max) || o->off == OFF(assembly_bytes_max) ||
+            o->off == OFF(memory_bytes_max))
+            *(uint64_t *)(base + o->off) = v;
         else
             *(uint32_t *)(base + o->off) = (uint32_t)v;
         return 0;
@@ -414,6 +460,14 @@ int config_parse(struct config *c, int argc, char **argv)
                           : set_ext(x, val, "command line");
         if (r < 0)
             return r;
+    }
+    if (c->hello_timeout_ms == UINT32_MAX)
+        c->hello_timeout_ms = c->token[0] ? 2000 : 5000;
+    if (c->memory_bytes_max == UINT64_MAX) {
+        c->memory_bytes_max = 0;
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && page > 0)
+            c->memory_bytes_max = (uint64_t)pages * (uint64_t)page / 4 * 3;
     }
     if (c->ring_capacity & (c->ring_capacity - 1)) {
         fprintf(stderr, "nexusd: --ring-capacity must be a power of two, got %u\n",

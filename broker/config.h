@@ -38,7 +38,18 @@ struct config {
     uint32_t drain_ms;        /* SIGTERM: how long queued data may take to flush */
     uint32_t busy_poll_us;    /* keep polling this long after the last work before sleeping */
     uint32_t idle_timeout_ms; /* close connections silent this long; 0 = never */
-    char token[128];          /* non-empty: Hello with this token required */
+    /* Deadlines and budgets against clients that hold resources without making progress
+     * (docs/OPERATIONS.md, "Limits, deadlines and budgets"). */
+    uint32_t hello_timeout_ms;           /* first frame (hello, with a token) within; 0 = off */
+    uint32_t frame_timeout_ms;           /* a frame that started must complete within; 0 = off */
+    uint32_t ping_interval_ms;           /* ping a connection silent this long; 0 = off */
+    uint32_t ping_misses_max;            /* close after this many unanswered pings */
+    uint32_t pre_hello_frame_bytes;      /* largest frame before hello; 0 = no separate bound */
+    uint32_t pattern_bytes_per_conn_max; /* subscription filter bytes of one connection */
+    uint64_t assembly_bytes_max;         /* partial frames being assembled, per shard */
+    uint32_t campaign_idle_ms;           /* free idle campaigns after this long; 0 = never */
+    uint64_t memory_bytes_max;           /* process RSS past which growth is refused; 0 = off */
+    char token[128];                     /* non-empty: Hello with this token required */
     int log_level;
     bool log_json;
     uint16_t metrics_port; /* 0 = metrics off */

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "broker/log.h"
 #include "broker/pubsub.h"
@@ -51,9 +52,15 @@ struct conn *conn_create(struct shard *s, int fd)
     c->fd = fd;
     c->shard = s;
     c->id = ((uint64_t)s->index << 56) | ++s->next_conn;
-    codec_framer_init(&c->framer, s->cfg->frame_bytes_max);
+    /* Before hello a frame may be small only: a client that has not introduced itself cannot
+     * make the broker hold a megabyte for it. */
+    uint32_t pre = s->cfg->pre_hello_frame_bytes;
+    codec_framer_init(&c->framer,
+                      pre && pre < s->cfg->frame_bytes_max ? pre : s->cfg->frame_bytes_max);
+    codec_framer_set_budget(&c->framer, &s->assembly_left);
+    c->dedup_scope = c->id;
     c->iov = c->iov_small;
-    c->last_active_ns = shard_now_ns();
+    c->accepted_ns = shard_now_ns();
     if (!s->cfg->token[0])
         c->flags |= CONN_AUTHED;
     if (map_put(&s->conns, c->id, c) < 0) {
@@ -511,6 +518,36 @@ static void conn_pause(struct conn *c)
  * caller stashes it and pauses), -1 if the connection was closed. */
 static int conn_frame(struct conn *c, const uint8_t *frame, uint32_t len);
 
+/* Answers a framing error (the stream is out of sync after it: the caller closes). */
+static void conn_frame_error(struct conn *c, int r)
+{
+    const struct config *cfg = c->shard->cfg;
+    if (r == -EMSGSIZE && !(c->flags & CONN_HELLO_SEEN) &&
+        c->framer.frame_bytes_max < cfg->frame_bytes_max)
+        conn_error(c, 0, "frame_too_large",
+                   "frame length %u exceeds %u, the largest frame before hello "
+                   "(--pre-hello-frame-bytes); send a hello first",
+                   codec_framer_bad_len(&c->framer), c->framer.frame_bytes_max);
+    else if (r == -EMSGSIZE)
+        conn_error(c, 0, "frame_too_large", "frame length %u exceeds max_frame_bytes %u",
+                   codec_framer_bad_len(&c->framer), cfg->frame_bytes_max);
+    else if (r == -ENODATA)
+        conn_error(c, 0, "frame_empty", "frame length 0 is not allowed");
+    else if (r == -ENOBUFS)
+        conn_error(c, 0, "limit_exceeded",
+                   "the broker is receiving too many large frames at once "
+                   "(--max-assembly-bytes); retry later");
+    else
+        conn_error(c, 0, "internal", "out of memory assembling a frame");
+}
+
+/* A whole frame arrived: the connection made progress (deadlines, liveness). */
+static void conn_progress(struct conn *c)
+{
+    c->last_frame_ns = shard_clock_ns(c->shard);
+    c->pings_unanswered = 0;
+}
+
 /* Feeds raw input through the framer. Returns bytes consumed; less than len means the
  * connection paused (or closed) and the rest is the caller's to stash. */
 static size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
@@ -527,16 +564,11 @@ static size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
         }
         if (r < 0) {
             pos += used;
-            if (r == -EMSGSIZE)
-                conn_error(c, 0, "frame_too_large", "frame length %u exceeds max_frame_bytes %u",
-                           codec_framer_bad_len(&c->framer), c->shard->cfg->frame_bytes_max);
-            else if (r == -ENODATA)
-                conn_error(c, 0, "frame_empty", "frame length 0 is not allowed");
-            else
-                conn_error(c, 0, "internal", "out of memory assembling a frame");
+            conn_frame_error(c, r);
             conn_close_after_flush(c);
             return len;
         }
+        conn_progress(c);
         int fr = conn_frame(c, frame, flen);
         if (fr > 0) {
             /* Hold the frame back whole: header, body, then the unprocessed rest. */
@@ -557,6 +589,15 @@ static size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
     return pos;
 }
 
+/* Notes when a frame started arriving, for --frame-timeout-ms. */
+static void conn_note_partial(struct conn *c)
+{
+    if (!codec_framer_partial(&c->framer))
+        c->frame_started_ns = 0;
+    else if (!c->frame_started_ns)
+        c->frame_started_ns = shard_clock_ns(c->shard);
+}
+
 static void conn_input(struct conn *c, const uint8_t *data, size_t len)
 {
     if ((c->flags & CONN_PAUSED) || c->stash_len) {
@@ -565,6 +606,7 @@ static void conn_input(struct conn *c, const uint8_t *data, size_t len)
         return;
     }
     size_t used = conn_process(c, data, len);
+    conn_note_partial(c);
     if (used < len && !(c->flags & CONN_DEAD) && !stash_append(c, data + used, len - used))
         conn_close(c, "input stash overflow");
 }
@@ -580,6 +622,7 @@ void conn_resume(struct conn *c)
     c->stash_len = c->stash_cap = 0;
     c->flags &= ~CONN_PAUSED;
     size_t used = len ? conn_process(c, buf, len) : 0;
+    conn_note_partial(c);
     if (used < len && !(c->flags & CONN_DEAD)) {
         if (!stash_append(c, buf + used, len - used))
             conn_close(c, "input stash overflow");
@@ -602,7 +645,6 @@ void conn_recv_done(struct conn *c, struct io_uring_cqe *cqe)
         uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
         if (!(c->flags & (CONN_DEAD | CONN_CLOSING))) {
             stat_add(&s->stats.bytes_in, (uint64_t)res);
-            c->last_active_ns = shard_now_ns();
             conn_input(c, shard_buf(s, bid), (size_t)res);
         }
         shard_buf_return(s, bid);
@@ -633,6 +675,82 @@ void conn_recv_done(struct conn *c, struct io_uring_cqe *cqe)
     /* -ENOBUFS: buffers ran out (they are returned as each completion is handled, so there
      * are some again now); or the kernel ended the multishot: arm it again. */
     conn_recv_arm(c);
+}
+
+/* ---- deadlines ---------------------------------------------------------------------------- */
+
+/* Closes c for a missed deadline, telling it why (an error frame with code `timeout`, then the
+ * connection closes once that is sent). */
+static void conn_deadline(struct conn *c, const char *what, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void conn_deadline(struct conn *c, const char *what, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    stat_add(&c->shard->stats.deadline_closes, 1);
+    conn_error(c, 0, "timeout", "%s", msg);
+    log_info((int)c->shard->index, "connection %llu closed: %s", (unsigned long long)c->id, what);
+    conn_close_after_flush(c);
+    /* A peer that stopped reading must not hold the close back: the error frame has until
+     * the next sweep (one shard tick) to leave, then the connection is closed hard. */
+    c->flags |= CONN_DEADLINE_HIT;
+}
+
+void conn_check_deadlines(struct conn *c, int64_t now)
+{
+    const struct config *cfg = c->shard->cfg;
+    if (c->flags & CONN_DEAD)
+        return;
+    if (c->flags & CONN_DEADLINE_HIT) {
+        conn_close(c, "deadline: error frame not taken");
+        return;
+    }
+    if (c->flags & CONN_CLOSING)
+        return;
+    const int64_t ms = 1000000;
+    bool token = cfg->token[0] != 0;
+    if (cfg->hello_timeout_ms && now - c->accepted_ns > (int64_t)cfg->hello_timeout_ms * ms &&
+        (token ? !(c->flags & CONN_HELLO_SEEN) : c->last_frame_ns == 0)) {
+        if (token)
+            conn_deadline(c, "hello timeout", "no hello within %u ms (--hello-timeout-ms)",
+                          cfg->hello_timeout_ms);
+        else
+            conn_deadline(c, "hello timeout",
+                          "no frame within %u ms of connecting (--hello-timeout-ms)",
+                          cfg->hello_timeout_ms);
+        return;
+    }
+    if (cfg->frame_timeout_ms && c->frame_started_ns &&
+        now - c->frame_started_ns > (int64_t)cfg->frame_timeout_ms * ms) {
+        conn_deadline(c, "frame timeout",
+                      "a frame stayed incomplete for %u ms (--frame-timeout-ms)",
+                      cfg->frame_timeout_ms);
+        return;
+    }
+    int64_t last = c->last_frame_ns ? c->last_frame_ns : c->accepted_ns;
+    if (cfg->idle_timeout_ms && c->sub_count == 0 &&
+        now - last > (int64_t)cfg->idle_timeout_ms * ms) {
+        conn_deadline(c, "idle timeout", "no frame for %u ms (--idle-timeout-ms)",
+                      cfg->idle_timeout_ms);
+        return;
+    }
+    /* Liveness: ping after each interval of silence; close after ping_misses_max of them. */
+    if (cfg->ping_interval_ms &&
+        now - last > (int64_t)cfg->ping_interval_ms * ms * (c->pings_unanswered + 1)) {
+        if (c->pings_unanswered >= cfg->ping_misses_max) {
+            conn_deadline(c, "no pong", "%u pings unanswered (--ping-interval-ms, --ping-misses)",
+                          c->pings_unanswered);
+            return;
+        }
+        uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+        int n = codec_ping_encode(buf, sizeof(buf), 0, (uint64_t)now);
+        if (n > 0)
+            conn_enqueue_bytes(c, buf, (size_t)n);
+        c->pings_unanswered++;
+    }
 }
 
 /* ---- frames ------------------------------------------------------------------------------- */
@@ -667,6 +785,9 @@ static int conn_hello(struct conn *c, uint64_t corr, struct codec_slice body)
         c->flags |= CONN_AUTHED;
     }
     c->flags |= CONN_HELLO_SEEN;
+    codec_framer_set_max(&c->framer, s->cfg->frame_bytes_max);
+    if (h.client_name.len)
+        c->dedup_scope = XXH3_64bits(h.client_name.ptr, h.client_name.len) | 1ull << 63;
     uint8_t buf[CODEC_CONTROL_BYTES_MAX];
     int n = codec_welcome_encode(buf, sizeof(buf), corr, s->broker->shard_count,
                                  s->cfg->frame_bytes_max, c->id, s->index);
@@ -751,6 +872,7 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
     }
     emit_msg_fill(m, &e, body.ptr);
     m->conn_id = c->id;
+    m->dedup_scope = c->dedup_scope;
     m->correlation = corr;
     m->type = t;
     m->body_len = body.len;

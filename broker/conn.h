@@ -63,8 +63,9 @@ enum conn_flag {
     CONN_AUTHED = 1u << 7,    /* hello accepted, or no token required */
     CONN_HELLO_SEEN = 1u << 8,
     CONN_RECV_CANCELLED = 1u << 9,
-    CONN_REAPED = 1u << 10,   /* released: freed when its last operation completes */
-    CONN_PEER_EOF = 1u << 11, /* the peer closed its side while input was held back */
+    CONN_REAPED = 1u << 10,       /* released: freed when its last operation completes */
+    CONN_PEER_EOF = 1u << 11,     /* the peer closed its side while input was held back */
+    CONN_DEADLINE_HIT = 1u << 12, /* closing after a missed deadline: no second chance */
 };
 
 struct conn {
@@ -100,7 +101,16 @@ struct conn {
     struct evtype last_type;
     uint16_t last_type_len;
     char last_type_str[EVTYPE_BYTES_MAX];
-    int64_t last_active_ns;
+    /* Progress, for the deadlines (docs/OPERATIONS.md): only whole frames count, so a client
+     * trickling bytes makes none. */
+    int64_t accepted_ns;
+    int64_t last_frame_ns;     /* last complete frame received, 0: none yet */
+    int64_t frame_started_ns;  /* a frame is partly received since then, 0: none */
+    uint32_t pings_unanswered; /* liveness pings sent since the last frame */
+    uint32_t pattern_bytes;    /* subscription filter bytes held (--max-pattern-bytes) */
+    /* Duplicate-window scope of its emits: the connection, or its hello's client_name, so
+     * that a named client retrying after a reconnect is still recognised. */
+    uint64_t dedup_scope;
     uint64_t notify_mask;     /* shards to tell when this connection closes (requests, handlers) */
     struct conn *flush_next;  /* shard flush list */
     struct conn *resume_next; /* shard resume list */
@@ -142,5 +152,8 @@ void conn_close_after_flush(struct conn *c);
 void conn_reap(struct shard *s);
 /* Replays input held back by backpressure and re-arms the receive. */
 void conn_resume(struct conn *c);
+/* Applies the per-connection deadlines (hello, frame, liveness ping, idle) at now_ns: closes
+ * the connections past one, pings the silent ones. Runs from the shard's tick. */
+void conn_check_deadlines(struct conn *c, int64_t now_ns);
 
 #endif

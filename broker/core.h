@@ -43,6 +43,7 @@ struct conn;     /* a client connection, on the shard that accepted it */
  * correlation_id, both inside the metadata bytes. */
 struct emit_msg {
     uint64_t conn_id;
+    uint64_t dedup_scope; /* whose duplicate window the id is checked in (docs/PROTOCOL.md) */
     uint64_t correlation;
     int64_t campaign_id;
     struct evtype type;
@@ -106,6 +107,11 @@ struct core_hooks {
     /* An event was sequenced on campaign cp (f: its shared frame; take a reference to keep
      * it). Runs for every sequenced event, so it must be cheap. */
     void (*published)(struct shard *s, struct campaign *cp, struct oframe *f);
+    /* The core would free campaign cp: no subscription and no event for --campaign-idle-ms.
+     * Return false to keep it (open requests, state, room members); or release what the
+     * campaign slot holds, leave it NULL, and return true. Without this hook a campaign whose
+     * slot is set is kept. */
+    bool (*campaign_idle)(struct shard *s, struct campaign *cp);
 };
 
 void core_set_hooks(const struct core_hooks *h);

@@ -26,9 +26,11 @@ static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, b
     struct campaign *cp = map_get(&s->campaigns, (uint64_t)id);
     if (cp || !create)
         return cp;
-    if (s->campaigns.count >= s->cfg->campaigns_per_shard_max) {
+    if (s->campaigns.count >= s->cfg->campaigns_per_shard_max || shard_over_memory(s)) {
         if (over_limit)
             *over_limit = true;
+        if (shard_over_memory(s))
+            stat_add(&s->stats.memory_refusals, 1);
         return NULL;
     }
     uint32_t n = s->broker->shard_count;
@@ -36,6 +38,7 @@ static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, b
     if (!cp)
         return NULL;
     cp->id = id;
+    cp->last_event_ns = shard_clock_ns(s); /* idle from its creation on */
     dedup_init(&cp->dedup, s->cfg->dedup_entries_max);
     if (map_put(&s->campaigns, (uint64_t)id, cp) < 0) {
         free(cp);
@@ -122,8 +125,9 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
     if (!cp) {
         char msg[160];
         snprintf(msg, sizeof(msg),
-                 over ? "campaign limit reached (%u per shard)"
-                      : "out of memory creating campaign (limit %u)",
+                 shard_over_memory(s) ? "the broker is at --max-memory: no new campaign"
+                 : over               ? "campaign limit reached (%u per shard)"
+                                      : "out of memory creating campaign (limit %u)",
                  s->cfg->campaigns_per_shard_max);
         core_error_to_conn(s, m->conn_id, m->correlation, "limit_exceeded", msg);
         return;
@@ -138,7 +142,11 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
     }
     /* A fresh UUID cannot repeat: only client-chosen ids are checked for duplicates. */
     if (s->cfg->dedup_window_ms && m->id_len) {
-        uint64_t key = dedup_key(id.ptr, id.len, body + m->type_off, m->type_len);
+        /* Scoped to the publisher (its connection, or its hello's client_name): another
+         * client re-using the id is not a duplicate of this one's event (docs/PROTOCOL.md). */
+        uint64_t key = dedup_key(id.ptr, id.len, body + m->type_off, m->type_len) ^
+                       (m->dedup_scope * 0x9e3779b97f4a7c15ull);
+        key = key ? key : 1;
         if (dedup_check_insert(&cp->dedup, key, now, (int64_t)s->cfg->dedup_window_ms * 1000000)) {
             stat_add(&s->stats.duplicates, 1);
             if (m->correlation)
@@ -474,6 +482,9 @@ static struct sub *sub_parse(struct conn *c, uint64_t corr, const uint8_t *body,
         }
     }
     sb->pattern_count = all ? 0 : req.pattern_count;
+    sb->filter_bytes = req.user_id.len;
+    for (uint32_t i = 0; !all && i < req.pattern_count; i++)
+        sb->filter_bytes += req.patterns[i].len;
     if (req.user_id.len)
         memcpy(sb->user_id, req.user_id.ptr, req.user_id.len);
     sb->user_id_len = req.user_id.len;
@@ -515,6 +526,7 @@ static int sub_link(struct shard *s, struct conn *c, struct sub *sb)
     }
     sb->id = ++s->next_sub;
     c->subs[c->sub_count++] = sb;
+    c->pattern_bytes += sb->filter_bytes;
     stat_add(&s->stats.subscriptions, 1);
     return 0;
 }
@@ -526,6 +538,8 @@ static void sub_drop(struct conn *c, uint32_t i)
     NX_ASSERT(i < c->sub_count);
     struct sub *sb = c->subs[i];
     c->subs[i] = c->subs[--c->sub_count];
+    NX_ASSERT(c->pattern_bytes >= sb->filter_bytes);
+    c->pattern_bytes -= sb->filter_bytes;
     struct sub_list *l = sub_list_of(s, sb->campaign_id, false);
     NX_ASSERT(l != NULL);
     list_remove(l, sb);
@@ -551,9 +565,22 @@ void pubsub_subscribe(struct conn *c, uint64_t corr, const uint8_t *body, uint32
                    c->sub_count, s->cfg->subscriptions_per_conn_max);
         return;
     }
+    if (shard_over_memory(s)) {
+        stat_add(&s->stats.memory_refusals, 1);
+        conn_error(c, corr, "limit_exceeded", "the broker is at --max-memory: no new subscription");
+        return;
+    }
     struct sub *sb = sub_parse(c, corr, body, len);
     if (!sb)
         return;
+    if (c->pattern_bytes + sb->filter_bytes > s->cfg->pattern_bytes_per_conn_max) {
+        conn_error(c, corr, "limit_exceeded",
+                   "subscription filters of this connection would take %u bytes "
+                   "(--max-pattern-bytes %u)",
+                   c->pattern_bytes + sb->filter_bytes, s->cfg->pattern_bytes_per_conn_max);
+        sub_free(sb);
+        return;
+    }
     if (sub_link(s, c, sb) < 0) {
         sub_free(sb);
         conn_error(c, corr, "internal", "out of memory");
@@ -701,15 +728,56 @@ void pubsub_interest_ack(struct shard *s, struct interest_msg *im)
     interest_msg_free(im);
 }
 
+/* Campaign table slots looked at per tick: 4096 × 10 ticks/s walks a million-campaign table in
+ * ~25 s, at a few µs per tick. */
+#define PUBSUB_SWEEP_SLOTS 4096
+
+static void campaign_free(struct campaign *cp)
+{
+    dedup_free(&cp->dedup);
+    remote_free(&cp->remote);
+    free(cp);
+}
+
+/* True if campaign cp may go: nobody subscribes to it anywhere, it has been quiet for the
+ * limit, and the handlers layer holds nothing in it (or lets go of what it holds). */
+static bool campaign_idle(struct shard *s, struct campaign *cp, int64_t now)
+{
+    if (cp->interest_mask || cp->remote.count || map_get(&s->sub_lists, (uint64_t)cp->id))
+        return false;
+    if (now - cp->last_event_ns < (int64_t)s->cfg->campaign_idle_ms * 1000000)
+        return false;
+    if (!cp->slot)
+        return true;
+    return core_hooks && core_hooks->campaign_idle && core_hooks->campaign_idle(s, cp) && !cp->slot;
+}
+
+void pubsub_sweep_campaigns(struct shard *s, int64_t now)
+{
+    if (!s->cfg->campaign_idle_ms || !s->campaigns.slots)
+        return;
+    for (uint32_t n = 0; n < PUBSUB_SWEEP_SLOTS && s->campaigns.count; n++) {
+        uint32_t i = s->campaign_hand & s->campaigns.mask;
+        struct campaign *cp = s->campaigns.slots[i].val;
+        if (cp && campaign_idle(s, cp, now)) {
+            /* Backward-shift deletion may move another campaign into slot i: look at the
+             * same slot again rather than advance. */
+            map_del(&s->campaigns, (uint64_t)cp->id);
+            campaign_free(cp);
+            stat_sub(&s->stats.campaigns, 1);
+            stat_add(&s->stats.campaigns_freed, 1);
+            continue;
+        }
+        s->campaign_hand++;
+    }
+}
+
 void pubsub_free_shard(struct shard *s)
 {
     for (uint32_t i = 0; s->campaigns.slots && i <= s->campaigns.mask; i++) {
         struct campaign *cp = s->campaigns.slots[i].val;
-        if (cp) {
-            dedup_free(&cp->dedup);
-            remote_free(&cp->remote);
-            free(cp);
-        }
+        if (cp)
+            campaign_free(cp);
     }
     map_free(&s->campaigns);
     for (uint32_t i = 0; s->sub_lists.slots && i <= s->sub_lists.mask; i++) {

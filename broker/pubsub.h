@@ -55,6 +55,7 @@ struct sub {
     struct evpattern *patterns;
     uint32_t list_pos;     /* index in its sub_list */
     uint32_t acks_pending; /* shards yet to confirm (firehose: every other shard) */
+    uint32_t filter_bytes; /* pattern and user filter bytes (the connection's bound) */
     uint64_t correlation;
 };
 
@@ -78,6 +79,9 @@ void pubsub_interest_ack(struct shard *s, struct interest_msg *im);
 /* Queues an event frame on every matching subscriber of this shard (the caller keeps its
  * reference). */
 void pubsub_deliver(struct shard *s, struct oframe *f);
+/* Frees up to a bounded number of idle campaigns (--campaign-idle-ms): no subscription on any
+ * shard, no event since the limit, and the handlers layer agrees. From the shard's tick. */
+void pubsub_sweep_campaigns(struct shard *s, int64_t now_ns);
 /* Frees the campaigns and subscription lists (shutdown). */
 void pubsub_free_shard(struct shard *s);
 

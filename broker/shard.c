@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -341,15 +342,61 @@ void shard_timer_at(struct shard *s, int64_t deadline_ns)
     s->hook_timer_ns = deadline_ns;
 }
 
+/* Back-off after an accept failed for want of descriptors or memory: from 10 ms, doubling to
+ * 1 s. Retrying at once would spin the shard (and its log) while nothing can change. */
+#define SHARD_ACCEPT_BACKOFF_MS_MIN 10
+#define SHARD_ACCEPT_BACKOFF_MS_MAX 1000
+
+/* An accept failed: count it, log at most once a second, and for the errors that only time
+ * can cure pause accepting (the tick re-arms it). Returns true if accepting is paused. */
+static bool shard_accept_failed(struct shard *s, struct io_uring_cqe *cqe)
+{
+    int e = -cqe->res;
+    if (e == ECANCELED || e == EBADF || e == EINVAL)
+        return false; /* shutting down */
+    stat_add(&s->stats.accept_errors, 1);
+    int64_t now = shard_now_ns();
+    s->accept_errors_unlogged++;
+    if (now - s->accept_log_ns >= 1000000000) {
+        log_warn((int)s->index, "accept failed: %s (%llu times in the last second or more)",
+                 strerror(e), (unsigned long long)s->accept_errors_unlogged);
+        s->accept_log_ns = now;
+        s->accept_errors_unlogged = 0;
+    }
+    if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
+        return false;
+    s->accept_backoff_ms =
+        s->accept_backoff_ms ? s->accept_backoff_ms * 2 : SHARD_ACCEPT_BACKOFF_MS_MIN;
+    if (s->accept_backoff_ms > SHARD_ACCEPT_BACKOFF_MS_MAX)
+        s->accept_backoff_ms = SHARD_ACCEPT_BACKOFF_MS_MAX;
+    s->accept_resume_ns = now + (int64_t)s->accept_backoff_ms * 1000000;
+    if (cqe->flags & IORING_CQE_F_MORE) {
+        struct io_uring_sqe *sqe = shard_sqe(s);
+        io_uring_prep_cancel64(sqe, UD_ACCEPT, 0);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    }
+    return true;
+}
+
+void shard_accept_check(struct shard *s, int64_t now)
+{
+    if (s->accept_resume_ns && now >= s->accept_resume_ns && !s->stopping) {
+        s->accept_resume_ns = 0;
+        shard_accept_arm(s);
+    }
+}
+
 static void shard_accept_done(struct shard *s, struct io_uring_cqe *cqe)
 {
-    if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stopping)
-        shard_accept_arm(s);
     if (cqe->res < 0) {
-        if (cqe->res != -ECANCELED && cqe->res != -EBADF && cqe->res != -EINVAL)
-            log_warn((int)s->index, "accept failed: %s", strerror(-cqe->res));
+        bool paused = shard_accept_failed(s, cqe);
+        if (!paused && !(cqe->flags & IORING_CQE_F_MORE) && !s->stopping && !s->accept_resume_ns)
+            shard_accept_arm(s);
         return;
     }
+    if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stopping && !s->accept_resume_ns)
+        shard_accept_arm(s);
+    s->accept_backoff_ms = 0;
     int fd = cqe->res;
     if (s->stopping) {
         close(fd);
@@ -382,6 +429,38 @@ static void shard_accept_done(struct shard *s, struct io_uring_cqe *cqe)
     conn_recv_arm(c);
 }
 
+uint64_t shard_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, rss = 0;
+    if (f) {
+        if (fscanf(f, "%lu %lu", &size, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    return (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+void shard_memory_check(struct shard *s)
+{
+    uint64_t max = s->cfg->memory_bytes_max;
+    if (s->index != 0 || max == 0)
+        return;
+    uint64_t rss = shard_rss_bytes();
+    int over = rss > max;
+    if (over != atomic_load_explicit(&s->broker->over_memory, memory_order_relaxed)) {
+        atomic_store_explicit(&s->broker->over_memory, over, memory_order_relaxed);
+        if (over)
+            log_warn(-1,
+                     "memory: RSS %llu bytes is past --max-memory %llu: refusing new "
+                     "subscriptions and campaigns",
+                     (unsigned long long)rss, (unsigned long long)max);
+        else
+            log_info(-1, "memory: RSS %llu bytes is back under --max-memory",
+                     (unsigned long long)rss);
+    }
+}
+
 static void shard_begin_stop(struct shard *s)
 {
     s->stopping = true;
@@ -407,13 +486,17 @@ static void shard_tick(struct shard *s)
             if (s->conns.slots[i].val)
                 conn_close(s->conns.slots[i].val, "drain deadline passed");
     }
-    if (s->cfg->idle_timeout_ms && !s->stopping) {
-        int64_t limit = now - (int64_t)s->cfg->idle_timeout_ms * 1000000;
+    if (!s->stopping) {
+        /* Closing only marks a connection (the table changes at conn_reap), so the walk is
+         * safe. */
         for (uint32_t i = 0; s->conns.slots && i <= s->conns.mask; i++) {
             struct conn *c = s->conns.slots[i].val;
-            if (c && c->last_active_ns < limit && c->sub_count == 0)
-                conn_close(c, "idle timeout");
+            if (c)
+                conn_check_deadlines(c, now);
         }
+        shard_accept_check(s, now);
+        pubsub_sweep_campaigns(s, now);
+        shard_memory_check(s);
     }
     shard_timer_arm(s);
     s->timer_armed = true;
@@ -524,6 +607,7 @@ int shard_init(struct shard *s)
     map_init(&s->conns);
     map_init(&s->campaigns);
     map_init(&s->sub_lists);
+    s->assembly_left = s->cfg->assembly_bytes_max;
     return shard_setup_ring(s);
 }
 

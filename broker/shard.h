@@ -82,6 +82,15 @@ struct shard {
     struct __kernel_timespec hook_ts[64];
     uint32_t hook_ts_next;
 
+    uint64_t assembly_left; /* --max-assembly-bytes not yet taken by partial frames */
+    /* Accepting paused after EMFILE/ENFILE/ENOMEM (no descriptor or memory for one more
+     * connection): re-armed at accept_resume_ns, with a back-off that doubles to 1 s. */
+    int64_t accept_resume_ns;
+    uint32_t accept_backoff_ms;
+    int64_t accept_log_ns; /* last "accept failed" log line: at most one per second */
+    uint64_t accept_errors_unlogged;
+    uint32_t campaign_hand; /* the idle-campaign sweep's position in the campaign table */
+
     struct shard_stats stats;
 };
 
@@ -125,6 +134,12 @@ void shard_free_outboxes(struct shard *s);
 /* The receive buffer bid, and giving it back to the kernel once its bytes are consumed. */
 const uint8_t *shard_buf(struct shard *s, uint16_t bid);
 void shard_buf_return(struct shard *s, uint16_t bid);
+/* From the tick: re-arms accepting once its back-off has passed (accept errors), and, on
+ * shard 0, measures the process's RSS against --max-memory. */
+void shard_accept_check(struct shard *s, int64_t now_ns);
+void shard_memory_check(struct shard *s);
+/* The process's resident set size in bytes (0 if unknown). Any thread. */
+uint64_t shard_rss_bytes(void);
 /* Answers a stats frame with every shard's counters (stats_reply.c). */
 void shard_stats_reply(struct conn *c, uint64_t correlation);
 
@@ -149,7 +164,14 @@ struct broker {
     atomic_int start_failed;
     struct metrics *metrics;
     int64_t start_ns;
+    atomic_int over_memory; /* RSS past --max-memory (shard 0 measures it every tick) */
 };
+
+/* True while the process is past --max-memory: growth (subscriptions, campaigns) is refused. */
+static inline bool shard_over_memory(const struct shard *s)
+{
+    return atomic_load_explicit(&s->broker->over_memory, memory_order_relaxed) != 0;
+}
 
 static inline struct ring *broker_ring(struct broker *b, int cls, uint32_t src, uint32_t dst)
 {

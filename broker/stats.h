@@ -30,6 +30,7 @@ struct shard_stats {
     atomic_uint_fast64_t bytes_in, bytes_out, bytes_queued;
     atomic_uint_fast64_t slow_disconnects, drops, duplicates, errors;
     atomic_uint_fast64_t campaigns, subscriptions, paused_reads;
+    atomic_uint_fast64_t accept_errors, deadline_closes, campaigns_freed, memory_refusals;
     /* Delivery latency (acceptance on the owner to queueing on the subscriber's connection),
      * sampled 1 in SHARD_LATENCY_SAMPLE deliveries: bucket i counts samples < 2^i µs. */
     atomic_uint_fast64_t latency_us_bucket[SHARD_LATENCY_BUCKETS];

@@ -11,18 +11,6 @@
 #include "broker/shard.h"
 #include "codec/stats.h"
 
-static uint64_t rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    unsigned long size = 0, rss = 0;
-    if (f) {
-        if (fscanf(f, "%lu %lu", &size, &rss) != 2)
-            rss = 0;
-        fclose(f);
-    }
-    return (uint64_t)rss * 4096;
-}
-
 void shard_stats_reply(struct conn *c, uint64_t corr)
 {
     struct broker *b = c->shard->broker;
@@ -60,7 +48,7 @@ void shard_stats_reply(struct conn *c, uint64_t corr)
                     ring_depth(broker_ring(b, 0, src, i)) + ring_depth(broker_ring(b, 1, src, i));
     }
     uint8_t *buf = NULL;
-    int n = codec_stats_reply_encode(&buf, corr, st, b->shard_count, rss_bytes());
+    int n = codec_stats_reply_encode(&buf, corr, st, b->shard_count, shard_rss_bytes());
     if (n > 0) {
         struct oframe *f = oframe_alloc((uint32_t)n);
         if (f) {

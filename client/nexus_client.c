@@ -289,7 +289,27 @@ static int decode_into(struct nexus_frame *f, const uint8_t *frame, uint32_t len
     return r < 0 ? -EBADMSG : 1;
 }
 
-/* Reads the next frame off the socket (not the held list). */
+static int nexus_send_pong(struct nexus_client *c, uint64_t corr, uint64_t nonce)
+{
+    SEND_SMALL(c, codec_pong_encode(out, cap, corr, nonce));
+}
+
+/* The broker's liveness ping (docs/PROTOCOL.md): answered here, at once, and not handed to
+ * the caller, so that a client busy only reading (a subscriber) stays connected. Returns true
+ * if frame was such a ping. */
+static bool answer_ping(struct nexus_client *c, const uint8_t *frame, uint32_t len)
+{
+    struct codec_envelope env;
+    uint64_t nonce;
+    if (codec_envelope_decode(frame, len, &env, NULL) < 0 || env.kind != CODEC_KIND_PING ||
+        codec_u64_msg_decode(env.body.ptr, env.body.len, &nonce, NULL) < 0)
+        return false;
+    if (nexus_send_pong(c, env.correlation, nonce) == 0)
+        nexus_flush(c);
+    return true;
+}
+
+/* Reads the next frame off the socket (not the held list); pings are answered, not returned. */
 static int recv_wire(struct nexus_client *c, const uint8_t **frame, uint32_t *len, int timeout_ms)
 {
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
@@ -303,6 +323,8 @@ static int recv_wire(struct nexus_client *c, const uint8_t **frame, uint32_t *le
                 *frame = c->rbuf + c->rpos + 4;
                 *len = l;
                 c->rpos += 4 + (size_t)l;
+                if (answer_ping(c, *frame, l))
+                    continue;
                 return 1;
             }
             if (c->rcap < 4 + (size_t)l) {

@@ -18,11 +18,23 @@ void codec_framer_init(struct codec_framer *f, uint32_t frame_bytes_max)
     f->frame_bytes_max = frame_bytes_max ? frame_bytes_max : 1;
 }
 
-void codec_framer_free(struct codec_framer *f)
+void codec_framer_set_budget(struct codec_framer *f, uint64_t *budget)
 {
+    f->budget = budget; /* before the first feed: nothing is allocated yet */
+}
+
+static void framer_release_buf(struct codec_framer *f)
+{
+    if (f->budget)
+        *f->budget += f->buf_cap;
     free(f->buf);
     f->buf = NULL;
     f->buf_cap = 0;
+}
+
+void codec_framer_free(struct codec_framer *f)
+{
+    framer_release_buf(f);
     f->hdr_have = 0;
     f->body_have = 0;
 }
@@ -36,11 +48,8 @@ static void framer_reset(struct codec_framer *f)
 {
     f->hdr_have = 0;
     f->body_have = 0;
-    if (f->buf_cap > FRAMER_KEEP_BYTES_MAX) {
-        free(f->buf);
-        f->buf = NULL;
-        f->buf_cap = 0;
-    }
+    if (f->buf_cap > FRAMER_KEEP_BYTES_MAX)
+        framer_release_buf(f);
 }
 
 int codec_framer_feed(struct codec_framer *f, const uint8_t *data, size_t len, size_t *consumed,
@@ -91,14 +100,20 @@ int codec_framer_feed(struct codec_framer *f, const uint8_t *data, size_t len, s
             return 1;
         }
         if (f->buf_cap < l) {
+            if (f->budget && *f->budget + f->buf_cap < l) {
+                *consumed = pos;
+                return -ENOBUFS;
+            }
             uint8_t *nb = malloc(l);
             if (!nb) {
                 *consumed = pos;
                 return -ENOMEM;
             }
-            free(f->buf);
+            framer_release_buf(f);
             f->buf = nb;
             f->buf_cap = l;
+            if (f->budget)
+                *f->budget -= l;
         }
     }
 

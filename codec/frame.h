@@ -29,10 +29,30 @@ struct codec_framer {
     uint32_t body_have;  /* bytes of it in buf */
     uint8_t *buf;        /* allocated only for frames split across feeds */
     uint32_t buf_cap;
+    uint64_t *budget; /* bytes assembly buffers may still take (shared), or NULL: no bound */
 };
 
 /* Initializes a framer. frame_bytes_max must be >= 1. Never fails. */
 void codec_framer_init(struct codec_framer *f, uint32_t frame_bytes_max);
+
+/* Charges the framer's assembly buffer to *budget (bytes left, shared by the framers of one
+ * thread): a buffer is taken from it when allocated and given back when freed, and a frame
+ * whose buffer the budget cannot cover is refused with -ENOBUFS. NULL: no bound. Call it
+ * right after codec_framer_init. */
+void codec_framer_set_budget(struct codec_framer *f, uint64_t *budget);
+
+/* Sets the largest frame accepted from now on (>= 1). */
+static inline void codec_framer_set_max(struct codec_framer *f, uint32_t frame_bytes_max)
+{
+    f->frame_bytes_max = frame_bytes_max ? frame_bytes_max : 1;
+}
+
+/* True while a frame has started (some of its header or body arrived) but is not complete. */
+static inline int codec_framer_partial(const struct codec_framer *f)
+{
+    return f->hdr_have > 0 && !(f->hdr_have == CODEC_FRAME_HEADER_BYTES &&
+                                f->body_have == f->body_bytes && f->body_bytes != 0);
+}
 
 /* Frees the assembly buffer. The framer may be re-initialized afterwards. */
 void codec_framer_free(struct codec_framer *f);
@@ -45,6 +65,7 @@ void codec_framer_free(struct codec_framer *f);
  *   -ENODATA   a length of 0 was announced (error code frame_empty)
  *   -EMSGSIZE  a length above frame_bytes_max was announced (error code frame_too_large)
  *   -ENOMEM    the assembly buffer could not be allocated
+ *   -ENOBUFS   the budget (codec_framer_set_budget) cannot cover the assembly buffer
  * After an error the stream is out of sync: the caller reports and closes the connection. */
 int codec_framer_feed(struct codec_framer *f, const uint8_t *data, size_t len, size_t *consumed,
                       const uint8_t **frame, uint32_t *frame_len);

@@ -118,6 +118,14 @@ class Client:
                     del self._rbuf[:4 + length]
                     frame = self.nexus_pb2.Frame()
                     frame.ParseFromString(body)
+                    if frame.WhichOneof("body") == "ping":
+                        # The broker's liveness ping: answered at once, not handed to the
+                        # caller, so that a connection that only reads stays open.
+                        pong = self.nexus_pb2.Frame()
+                        pong.correlation = frame.correlation
+                        pong.pong.nonce = frame.ping.nonce
+                        self._send(pong)
+                        continue
                     return frame
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
