@@ -460,7 +460,7 @@ void conn_send_done(struct conn *c, int res)
 
 void conn_recv_arm(struct conn *c)
 {
-    if (c->flags & (CONN_RECV_ARMED | CONN_DEAD | CONN_CLOSING | CONN_PAUSED))
+    if (c->flags & (CONN_RECV_ARMED | CONN_DEAD | CONN_CLOSING | CONN_PAUSED | CONN_DRAINING))
         return;
     struct io_uring_sqe *sqe = shard_sqe(c->shard);
     io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -611,9 +611,27 @@ static void conn_input(struct conn *c, const uint8_t *data, size_t len)
         conn_close(c, "input stash overflow");
 }
 
+void conn_stop_reading(struct conn *c)
+{
+    struct shard *s = c->shard;
+    if (c->flags & CONN_DEAD)
+        return;
+    c->flags |= CONN_DRAINING;
+    free(c->stash);
+    c->stash = NULL;
+    c->stash_len = c->stash_cap = 0;
+    if ((c->flags & CONN_RECV_ARMED) && !(c->flags & CONN_RECV_CANCELLED)) {
+        struct io_uring_sqe *sqe = shard_sqe(s);
+        io_uring_prep_cancel64(sqe, ud_of_conn(c, UD_CONN_RECV), 0);
+        io_uring_sqe_set_data64(sqe, ud_of_conn(c, UD_CONN_CANCEL));
+        c->ops_inflight++;
+        c->flags |= CONN_RECV_CANCELLED;
+    }
+}
+
 void conn_resume(struct conn *c)
 {
-    if (c->flags & CONN_DEAD)
+    if (c->flags & (CONN_DEAD | CONN_DRAINING))
         return;
     /* Take the stash out, replay it; whatever pauses again goes into a fresh stash. */
     uint8_t *buf = c->stash;
@@ -643,7 +661,7 @@ void conn_recv_done(struct conn *c, struct io_uring_cqe *cqe)
     bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
     if (res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
         uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-        if (!(c->flags & (CONN_DEAD | CONN_CLOSING))) {
+        if (!(c->flags & (CONN_DEAD | CONN_CLOSING | CONN_DRAINING))) {
             stat_add(&s->stats.bytes_in, (uint64_t)res);
             conn_input(c, shard_buf(s, bid), (size_t)res);
         }

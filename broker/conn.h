@@ -66,6 +66,7 @@ enum conn_flag {
     CONN_REAPED = 1u << 10,       /* released: freed when its last operation completes */
     CONN_PEER_EOF = 1u << 11,     /* the peer closed its side while input was held back */
     CONN_DEADLINE_HIT = 1u << 12, /* closing after a missed deadline: no second chance */
+    CONN_DRAINING = 1u << 13,     /* the broker drains: no more input; output still flows */
 };
 
 struct conn {
@@ -152,6 +153,9 @@ void conn_close_after_flush(struct conn *c);
 void conn_reap(struct shard *s);
 /* Replays input held back by backpressure and re-arms the receive. */
 void conn_resume(struct conn *c);
+/* The broker drains: stop reading (the receive is cancelled, held-back input dropped:
+ * nothing of it was acknowledged); queued output keeps flowing. */
+void conn_stop_reading(struct conn *c);
 /* Applies the per-connection deadlines (hello, frame, liveness ping, idle) at now_ns: closes
  * the connections past one, pings the silent ones. Runs from the shard's tick. */
 void conn_check_deadlines(struct conn *c, int64_t now_ns);

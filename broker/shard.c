@@ -461,18 +461,77 @@ void shard_memory_check(struct shard *s)
     }
 }
 
+/* Drain (SIGTERM), in stages that every shard passes in step (docs/OPERATIONS.md):
+ *  1 input stopped: no connection is read any more, so nothing new is sequenced;
+ *  2 requests done: every request this shard sent (emits to owners) has been taken by its
+ *    owner, which handles what it takes before it looks at the drain again;
+ *  3 deliveries done: once every shard is at 2, every delivery this shard sent (events, acks)
+ *    has been taken;
+ *  4 goaway: once every shard is at 3, everything sequenced is in the connections' queues:
+ *    each connection gets a goaway frame and closes once its queue is sent.
+ * --drain-ms bounds the whole: past it, what is left is closed. */
+enum { DRAIN_NONE, DRAIN_INPUT_STOPPED, DRAIN_REQUESTS_DONE, DRAIN_DELIVERIES_DONE, DRAIN_GOAWAY };
+
 static void shard_begin_stop(struct shard *s)
 {
     s->stopping = true;
+    s->drain_stage = DRAIN_INPUT_STOPPED;
     s->stop_deadline_ns = shard_now_ns() + (int64_t)s->cfg->drain_ms * 1000000;
-    struct io_uring_sqe *sqe = shard_sqe(s);
-    io_uring_prep_cancel64(sqe, UD_ACCEPT, 0);
-    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    if (!s->accept_resume_ns) {
+        struct io_uring_sqe *sqe = shard_sqe(s);
+        io_uring_prep_cancel64(sqe, UD_ACCEPT, 0);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    }
+    s->accept_resume_ns = 0;
     for (uint32_t i = 0; s->conns.slots && i <= s->conns.mask; i++)
         if (s->conns.slots[i].val)
-            conn_close_after_flush(s->conns.slots[i].val);
+            conn_stop_reading(s->conns.slots[i].val);
     log_info((int)s->index, "draining: %u connections, deadline %u ms", s->conns.count,
              s->cfg->drain_ms);
+}
+
+/* True when every message of class cls this shard sent has been taken by its consumer. */
+static bool shard_sent_taken(struct shard *s, int cls)
+{
+    for (uint32_t d = 0; d < s->broker->shard_count; d++) {
+        if (d == s->index)
+            continue;
+        struct ring *r = broker_ring(s->broker, cls, s->index, d);
+        if (s->outbox[cls][d].count || ring_free_slots(r) != ring_capacity(r))
+            return false;
+    }
+    return true;
+}
+
+/* Moves the drain on when it can (each loop pass while stopping). */
+static void shard_drain_step(struct shard *s)
+{
+    struct broker *b = s->broker;
+    if (s->drain_stage == DRAIN_INPUT_STOPPED && shard_sent_taken(s, CORE_REQUEST)) {
+        s->drain_stage = DRAIN_REQUESTS_DONE;
+        atomic_fetch_add_explicit(&b->drain_requests_done, 1, memory_order_acq_rel);
+    }
+    if (s->drain_stage == DRAIN_REQUESTS_DONE &&
+        atomic_load_explicit(&b->drain_requests_done, memory_order_acquire) == b->shard_count &&
+        shard_sent_taken(s, CORE_DELIVERY)) {
+        s->drain_stage = DRAIN_DELIVERIES_DONE;
+        atomic_fetch_add_explicit(&b->drain_deliveries_done, 1, memory_order_acq_rel);
+    }
+    if (s->drain_stage == DRAIN_DELIVERIES_DONE &&
+        atomic_load_explicit(&b->drain_deliveries_done, memory_order_acquire) == b->shard_count) {
+        s->drain_stage = DRAIN_GOAWAY;
+        uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+        int n = codec_goaway_encode(buf, sizeof(buf), "shutting down");
+        for (uint32_t i = 0; s->conns.slots && i <= s->conns.mask; i++) {
+            struct conn *c = s->conns.slots[i].val;
+            if (!c || (c->flags & CONN_DEAD))
+                continue;
+            if (n > 0)
+                conn_enqueue_bytes(c, buf, (size_t)n);
+            conn_close_after_flush(c);
+        }
+        log_info((int)s->index, "drained: goaway sent to %u connections", s->conns.count);
+    }
 }
 
 static void shard_tick(struct shard *s)
@@ -701,8 +760,14 @@ void shard_loop(struct shard *s)
         shard_flush_rings(s);
         if (s->cfg->busy_poll_us && (n > 0 || busy))
             s->last_work_ns = shard_now_ns();
-        if (s->stopping && s->conns.count == 0 && s->dead_count == 0)
-            break;
+        if (s->stopping) {
+            shard_drain_step(s);
+            /* A shard leaves only once the drain is through (or its deadline passed): until
+             * then other shards may still need it to take what they send. */
+            bool drained = s->drain_stage == DRAIN_GOAWAY || shard_now_ns() >= s->stop_deadline_ns;
+            if (drained && s->conns.count == 0 && s->dead_count == 0)
+                break;
+        }
         shard_wait(s, busy || n == SHARD_PASS_CQES);
     }
 }

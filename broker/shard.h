@@ -75,6 +75,7 @@ struct shard {
     uint32_t dead_count;
 
     bool stopping;
+    int drain_stage; /* shard.c: DRAIN_* */
     int64_t stop_deadline_ns;
     bool timer_armed;
     struct __kernel_timespec tick;
@@ -165,6 +166,8 @@ struct broker {
     struct metrics *metrics;
     int64_t start_ns;
     atomic_int over_memory; /* RSS past --max-memory (shard 0 measures it every tick) */
+    /* Drain: shards past each stage (shard.c, shard_drain_step). */
+    atomic_uint drain_requests_done, drain_deliveries_done;
 };
 
 /* True while the process is past --max-memory: growth (subscriptions, campaigns) is refused. */

@@ -652,6 +652,13 @@ int codec_pong_encode(uint8_t *out, size_t cap, uint64_t correlation, uint64_t n
     return mb_wrap(&m, out, cap, correlation, CODEC_KIND_PONG);
 }
 
+int codec_goaway_encode(uint8_t *out, size_t cap, const char *reason)
+{
+    struct msgbuf m = {.n = 0};
+    mb_str(&m, 1, reason);
+    return mb_wrap(&m, out, cap, 0, CODEC_KIND_GOAWAY);
+}
+
 int codec_gap_encode(uint8_t *out, size_t cap, int64_t campaign_id, uint64_t first_sequence,
                      uint64_t last_sequence, uint64_t dropped, const char *reason)
 {
@@ -956,6 +963,8 @@ const char *codec_kind_name(uint32_t kind)
         return "register";
     case CODEC_KIND_REGISTER_ACK:
         return "register_ack";
+    case CODEC_KIND_GOAWAY:
+        return "goaway";
     default:
         return "unknown";
     }
@@ -977,6 +986,7 @@ bool codec_kind_from_broker(uint32_t kind)
     case CODEC_KIND_GAP:
     case CODEC_KIND_STATS_REPLY:
     case CODEC_KIND_REGISTER_ACK:
+    case CODEC_KIND_GOAWAY:
         return true;
     default:
         return false;

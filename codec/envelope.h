@@ -39,6 +39,7 @@ enum codec_kind {
     CODEC_KIND_STATS_REPLY = 17,
     CODEC_KIND_REGISTER = 18,
     CODEC_KIND_REGISTER_ACK = 19,
+    CODEC_KIND_GOAWAY = 20,
 };
 
 /* The first kind the broker core leaves to the handlers layer (external handler registration
@@ -178,6 +179,7 @@ int codec_error_encode(uint8_t *out, size_t cap, uint64_t correlation, const cha
                        const char *message);
 int codec_ping_encode(uint8_t *out, size_t cap, uint64_t correlation, uint64_t nonce);
 int codec_pong_encode(uint8_t *out, size_t cap, uint64_t correlation, uint64_t nonce);
+int codec_goaway_encode(uint8_t *out, size_t cap, const char *reason);
 int codec_gap_encode(uint8_t *out, size_t cap, int64_t campaign_id, uint64_t first_sequence,
                      uint64_t last_sequence, uint64_t dropped, const char *reason);
 
