@@ -542,10 +542,16 @@ static uint32_t smallest_ids(struct shard *s, const struct list_ctx *x, int64_t 
     return n;
 }
 
+/* A shard's part of a page: its offset + limit + 1 smallest ids (after the cursor). The page
+ * is the offset + limit smallest of all parts; the one more is what tells list_reply whether
+ * any campaign follows the page. With only offset + limit, a shard that holds every campaign
+ * still to come returned exactly the page, the merge had nothing past it and said has_more:
+ * false. With one more from each shard, the merge holds the offset + limit + 1 smallest ids
+ * of all shards, so it has more than the page exactly when more exist. */
 static void *list_each(struct shard *s, const void *arg)
 {
     const struct list_ctx *x = arg;
-    uint32_t k = x->offset + x->limit;
+    uint32_t k = x->offset + x->limit + 1;
     int64_t *h = malloc(sizeof(*h) * (k ? k : 1));
     struct list_part *part = malloc(sizeof(*part) + sizeof(struct list_item) * (k ? k : 1));
     if (!h || !part) {
@@ -602,7 +608,7 @@ static void list_reply(struct pv_request *r, const struct list_ctx *x, struct li
     hs_put_number(&w, "limit", x->limit);
     hs_put_number(&w, "offset", x->offset);
     hs_put_number(&w, "returned", end > x->offset ? end - x->offset : 0);
-    hs_put_bool(&w, "has_more", n > end);
+    hs_put_bool(&w, "has_more", n > end); /* n: one more than the page if any (list_each) */
     if (end > x->offset)
         cs_put_id(&w, "next_after", all[end - 1].id);
     hs_payload_end(&w);

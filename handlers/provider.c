@@ -16,6 +16,7 @@
 #include "codec/envelope.h"
 #include "codec/stats.h"
 #include "codec/structpb.h"
+#include "codec/wire.h"
 #include "handlers/deadline.h"
 #include "handlers/provider_gather.h"
 
@@ -26,6 +27,23 @@ enum { PV_REG = 1, PV_REG_ACK = 2 };
 #define PV_ID_BYTES_MAX 256
 /* Actions one connection may register (codec bound). */
 #define PV_ACTIONS_PER_CONN_MAX CODEC_HANDLER_SPECS_MAX
+/* Metadata of a request served by a handler (docs/HANDLERS.md, "Request metadata"). Metadata
+ * is routing context (user, session, device, a few tags and small Structs), not data: 16 KiB
+ * holds that many times over. The open request keeps a copy, and `requested`, `started` and
+ * the terminal event (and campaign:update's state broadcast) each carry it to every
+ * subscriber of the campaign, heartbeats and stream events only the user id (PV_SLIM); so the
+ * bound caps both: at --max-streams 100,000 a shard's copies take at most ~1.6 GB (with only
+ * --max-frame-bytes, 1 MiB by default, it was ~100 GB), and a request costs each subscriber
+ * at most 4 × 16 KiB of metadata however long it runs. A request over it ends
+ * failed{limit_exceeded}, like the other bounds on open requests (request_admit), not with an
+ * error frame: the requester learns it the way it learns every outcome of a request. */
+#define PV_REQUEST_METADATA_BYTES_MAX (16 * 1024)
+/* The user id kept in the slim metadata of heartbeats and stream events (pv_slim_build): a
+ * subscription's user filter is at most 128 bytes (docs/PROTOCOL.md, subscribe), so a longer
+ * user id can match no filter and is left out. */
+#define PV_SLIM_USER_BYTES_MAX 128
+/* global_context (field 21, tag 2 bytes, length 2 bytes) { user_id (tag 1, length 2 bytes) }. */
+#define PV_SLIM_MD_BYTES_MAX (4 + 3 + PV_SLIM_USER_BYTES_MAX)
 
 struct pv_request {
     uint64_t key;
@@ -55,6 +73,10 @@ struct pv_request {
     uint8_t *metadata; /* copies: lifecycle events carry the request's metadata and entity */
     uint32_t md_len;
     bool has_md;
+    /* What heartbeats and stream events carry instead: only global_context.user_id (nothing
+     * when there is none), so that user filters match them (pv_slim_build). */
+    uint8_t slim[PV_SLIM_MD_BYTES_MAX];
+    uint32_t slim_len, slim_user_off;
     uint8_t *payload;
     uint32_t pl_len;
     uint32_t user_off, user_len; /* inside metadata */
@@ -111,7 +133,8 @@ struct pv_shard {
 
 /* Defaults: 1 s heartbeats and 30 min streams (docs/DESIGN.md §3.2). Plain requests get 30 s: an
  * external handler that has not answered by then is not going to. 100,000 streams per shard at
- * ~1 KiB each (metadata copy, timers) is ~100 MiB. */
+ * ~1 KiB each (timers, ids, a small metadata copy) is ~100 MiB; metadata is bounded by
+ * PV_REQUEST_METADATA_BYTES_MAX. */
 static struct pv_settings {
     uint32_t heartbeat_ms;            /* default stream heartbeat interval */
     uint32_t request_timeout_ms;      /* plain requests served by external handlers */
@@ -298,12 +321,28 @@ static uint64_t request_key(int64_t campaign, const void *id, uint32_t len)
     return XXH3_64bits_withSeed(id, len, (uint64_t)campaign);
 }
 
+/* Writes r's slim metadata: global_context {user_id} when the request has a user id of at
+ * most PV_SLIM_USER_BYTES_MAX bytes (user, ul), else nothing. */
+static void pv_slim_build(struct pv_request *r, const uint8_t *user, uint32_t ul)
+{
+    r->slim_len = r->slim_user_off = 0;
+    if (ul == 0 || ul > PV_SLIM_USER_BYTES_MAX)
+        return;
+    size_t inner = wire_len_field_len(1, ul);
+    uint8_t *p = wire_put_tag(r->slim, 21, WIRE_LEN);
+    p = wire_put_varint(p, inner);
+    p = wire_put_len_field(p, 1, user, ul);
+    r->slim_len = (uint32_t)(p - r->slim);
+    r->slim_user_off = r->slim_len - ul;
+}
+
 /* Fills p with what every event derived from request r carries: a fresh UUIDv4 (written to
  * uuid, which must outlive p), the type, the request's entity and metadata (and its user id,
- * for user filters), the payload, and the request's id as correlation id. Returns 0, or
- * -EINVAL if type is not a valid event type. */
+ * for user filters) — or, when slim, only the slim metadata (heartbeats, stream events) — the
+ * payload, and the request's id as correlation id. Returns 0, or -EINVAL if type is not a
+ * valid event type. */
 static int pv_fill(struct publish *p, struct pv_request *r, const char *type, size_t tl,
-                   char uuid[36], const uint8_t *payload, uint32_t len)
+                   char uuid[36], const uint8_t *payload, uint32_t len, bool slim)
 {
     memset(p, 0, sizeof(*p));
     if (evtype_parse(&p->type, type, tl, NULL, 0) < 0)
@@ -315,12 +354,22 @@ static int pv_fill(struct publish *p, struct pv_request *r, const char *type, si
     p->ev.event_type.len = (uint32_t)tl;
     p->ev.entity_id.ptr = (const uint8_t *)r->entity;
     p->ev.entity_id.len = r->entity_len;
-    p->ev.has_metadata = r->has_md;
-    p->ev.metadata.ptr = r->metadata;
-    p->ev.metadata.len = r->md_len;
-    if (r->user_len) {
-        p->user_id = r->metadata + r->user_off;
-        p->user_id_len = r->user_len;
+    if (slim) {
+        p->ev.has_metadata = r->slim_len > 0;
+        p->ev.metadata.ptr = r->slim;
+        p->ev.metadata.len = r->slim_len;
+        if (r->slim_len) {
+            p->user_id = r->slim + r->slim_user_off;
+            p->user_id_len = r->slim_len - r->slim_user_off;
+        }
+    } else {
+        p->ev.has_metadata = r->has_md;
+        p->ev.metadata.ptr = r->metadata;
+        p->ev.metadata.len = r->md_len;
+        if (r->user_len) {
+            p->user_id = r->metadata + r->user_off;
+            p->user_id_len = r->user_len;
+        }
     }
     p->ev.has_payload = payload != NULL;
     p->ev.payload.ptr = payload;
@@ -335,6 +384,10 @@ enum pv_flags {
     PV_TERMINAL = 1,   /* the request's last event */
     PV_TO_HANDLER = 2, /* also delivered directly to the external handler */
     PV_PRIVATE = 4,    /* to the requester only, outside the campaign sequence (unsequenced) */
+    /* Carries the slim metadata (only the user id), not the request's: heartbeats and stream
+     * events, which come many per request, must not repeat its metadata (docs/HANDLERS.md,
+     * "Request metadata"). */
+    PV_SLIM = 8,
 };
 
 /* Publishes S:A:vN:<state> for r, delivered directly to the requester too (unless it is
@@ -351,7 +404,7 @@ static int pv_publish(struct pv_request *r, enum evtype_state state, const uint8
         return tl;
     struct publish p;
     char uuid[36];
-    if (pv_fill(&p, r, type, (size_t)tl, uuid, payload, len) < 0)
+    if (pv_fill(&p, r, type, (size_t)tl, uuid, payload, len, flags & PV_SLIM) < 0)
         return -EINVAL;
     p.ev.stream_seq = stream_seq;
     if (code) {
@@ -476,7 +529,7 @@ int provider_stream(struct pv_request *r, const uint8_t *payload, uint32_t len)
     if (r->finishing)
         return 0;
     r->stream_count++;
-    return pv_publish(r, EVTYPE_STREAM, payload, len, NULL, r->stream_count, 0);
+    return pv_publish(r, EVTYPE_STREAM, payload, len, NULL, r->stream_count, PV_SLIM);
 }
 
 void provider_set_tick(struct pv_request *r, uint32_t interval_ms)
@@ -593,6 +646,7 @@ static void fail_request(struct shard *s, struct campaign *cp, const struct emit
     r.md_len = m->md_len;
     r.user_off = m->user_len ? m->user_off - m->md_off : 0;
     r.user_len = m->user_len;
+    pv_slim_build(&r, body + m->user_off, m->user_len);
     r.entity = (char *)(uintptr_t)(body + m->entity_off);
     r.entity_len = m->entity_len;
     uint8_t buf[CODEC_CONTROL_BYTES_MAX + 256];
@@ -602,8 +656,10 @@ static void fail_request(struct shard *s, struct campaign *cp, const struct emit
     structpb_add_string(&w, "code", code, strlen(code));
     structpb_add_string(&w, "message", message, strlen(message));
     int n = structpb_finish(&w, &pl);
+    /* Metadata over the bound is not repeated in the refusal: only the user id. */
+    bool slim = m->md_len > PV_REQUEST_METADATA_BYTES_MAX;
     pv_publish(&r, EVTYPE_FAILED, n > 0 ? pl : NULL, n > 0 ? (uint32_t)n : 0, code, 0,
-               PV_TERMINAL | (priv ? PV_PRIVATE : 0));
+               PV_TERMINAL | (priv ? PV_PRIVATE : 0) | (slim ? PV_SLIM : 0));
     if (strcmp(code, "no_handler") == 0)
         core_counter_add(s, pv_stat[PV_STAT_NO_HANDLER], 1);
     else
@@ -634,6 +690,7 @@ static struct pv_request *request_new(struct shard *s, struct campaign *cp,
     r->md_len = m->md_len;
     r->user_off = m->user_len ? m->user_off - m->md_off : 0;
     r->user_len = m->user_len;
+    pv_slim_build(r, body + m->user_off, m->user_len);
     r->payload = dup_bytes(body + m->pl_off, m->pl_len);
     r->pl_len = m->has_pl ? m->pl_len : 0;
     r->entity = dup_bytes(body + m->entity_off, m->entity_len);
@@ -678,14 +735,21 @@ static bool request_route(struct shard *s, struct campaign *cp, const struct emi
     return false;
 }
 
-/* Applies the bounds on open requests (per connection, streams per shard) and refuses an id
- * still open (key); answers a refused request and returns false. */
+/* Applies the bounds on open requests (request metadata, per connection, streams per shard)
+ * and refuses an id still open (key); answers a refused request and returns false. */
 static bool request_admit(struct shard *s, struct campaign *cp, const struct emit_msg *m,
                           const uint8_t *body, struct codec_slice id, int64_t now, bool streaming,
                           uint64_t key)
 {
     struct pv_shard *p = pvs(s);
     const struct pv_settings *cfg = &pv_cfg;
+    if (m->md_len > PV_REQUEST_METADATA_BYTES_MAX) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "request metadata of %u bytes is over the bound of %d bytes",
+                 m->md_len, PV_REQUEST_METADATA_BYTES_MAX);
+        fail_request(s, cp, m, body, id, now, "limit_exceeded", msg);
+        return false;
+    }
     uintptr_t open = (uintptr_t)map_get(&p->per_conn, m->conn_id); /* count + 1 */
     if (open > cfg->requests_per_conn_max) {
         fail_request(s, cp, m, body, id, now, "limit_exceeded",
@@ -914,8 +978,8 @@ static void heartbeat(struct pv_request *r, int64_t now)
     structpb_add_number(&w, "stream_count", (double)r->stream_count);
     structpb_add_number(&w, "age_ms", (double)((now - r->started_ns) / 1000000));
     int n = structpb_finish(&w, &pl);
-    if (n > 0 &&
-        pv_publish(r, EVTYPE_HEARTBEAT, pl, (uint32_t)n, NULL, r->stream_count, PV_PRIVATE) == 0)
+    if (n > 0 && pv_publish(r, EVTYPE_HEARTBEAT, pl, (uint32_t)n, NULL, r->stream_count,
+                            PV_PRIVATE | PV_SLIM) == 0)
         core_counter_add(r->shard, pv_stat[PV_STAT_HEARTBEATS], 1);
 }
 
@@ -1368,7 +1432,7 @@ int provider_stream_private(struct pv_request *r, const uint8_t *payload, uint32
     if (r->finishing)
         return 0;
     r->stream_count++;
-    return pv_publish(r, EVTYPE_STREAM, payload, len, NULL, r->stream_count, PV_PRIVATE);
+    return pv_publish(r, EVTYPE_STREAM, payload, len, NULL, r->stream_count, PV_PRIVATE | PV_SLIM);
 }
 
 /* Publishes an event of any type, correlated with r and carrying its metadata and entity, to
@@ -1378,7 +1442,7 @@ static int pv_publish_typed(struct pv_request *r, const char *type, const uint8_
 {
     struct publish p;
     char uuid[36];
-    if (pv_fill(&p, r, type, strlen(type), uuid, payload, len) < 0)
+    if (pv_fill(&p, r, type, strlen(type), uuid, payload, len, false) < 0)
         return -EINVAL;
     return core_publish(r->shard, r->cp, &p);
 }

@@ -349,6 +349,153 @@ static void test_list_across_shards(void **state)
     assert_int_equal(h_stop(&b), 0);
 }
 
+static int id_cmp64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* One page of campaign:list (offset, limit; after < 0: no cursor), its ids into ids[] (at most
+ * cap). Returns how many; *has_more and *next_after (0 when absent) from the reply. */
+static int list_page(struct nexus_client *c, const char *rid, int limit, int offset, int64_t after,
+                     int64_t *ids, int cap, bool *has_more, int64_t *next_after)
+{
+    struct hs_writer w;
+    hp_begin(&w);
+    hs_put_number(&w, "limit", limit);
+    hs_put_number(&w, "offset", offset);
+    if (after >= 0) {
+        char a[24];
+        int al = snprintf(a, sizeof(a), "%lld", (long long)after);
+        hs_put_string(&w, "after", a, (size_t)al);
+    }
+    hp_end(&w);
+    struct hev e = {0};
+    assert_int_equal(h_request(c, "campaign:list:v1:requested", 0, rid, w.buf, w.len, &e), 1);
+    hs_free(&w);
+    if (!hev_state(&e, "success"))
+        fail_msg("%s: %s (code %s)", rid, e.type, e.code);
+    struct structpb_value list, item, v;
+    assert_int_equal(hp_get(&e, "campaigns", &list), 1);
+    assert_int_equal(hp_get(&e, "has_more", &v), 1);
+    assert_int_equal(v.kind, STRUCTPB_BOOL);
+    *has_more = v.boolean;
+    char num[24];
+    *next_after = strtoll(hp_str(&e, "next_after", num, sizeof(num)), NULL, 10);
+    struct hs_iter it;
+    const uint8_t *val;
+    uint32_t vl;
+    int n = 0;
+    hs_iter_init(&it, list.ptr, list.len);
+    while (hs_list_next(&it, &val, &vl) == 1) {
+        assert_true(n < cap);
+        assert_int_equal(structpb_value_decode(val, vl, &item), 0);
+        assert_int_equal(structpb_struct_get(item.ptr, item.len, "campaign_id", &v), 1);
+        memset(num, 0, sizeof(num));
+        memcpy(num, v.ptr, v.len < 23 ? v.len : 23);
+        ids[n++] = strtoll(num, NULL, 10);
+    }
+    assert_int_equal(hp_num(&e, "returned"), n);
+    hev_clear(&e);
+    return n;
+}
+
+/* Pages through the whole list, by offset (cursor false) or by `after` (cursor true), limit
+ * per page: every page but the last says has_more, the last does not, and together they list
+ * want[] (the full list, n ids) in order, each once. */
+static void page_all(struct nexus_client *c, const char *tag, int limit, bool cursor,
+                     const int64_t *want, int n)
+{
+    int64_t got[64], after = -1;
+    int k = 0, pages = 0;
+    bool more = true;
+    while (more) {
+        char rid[48];
+        snprintf(rid, sizeof(rid), "%s-%d", tag, pages++);
+        assert_true(pages <= n / limit + 1); /* a page past the end would mean has_more lied */
+        int64_t next;
+        int m = list_page(c, rid, limit, cursor ? 0 : k, cursor ? after : -1, got + k, 64 - k,
+                          &more, &next);
+        if (m == 0)
+            fail_msg("%s: an empty page after has_more", rid);
+        if (more && m != limit)
+            fail_msg("%s: %d ids, has_more true", rid, m);
+        assert_int_equal(next, got[k + m - 1]);
+        k += m;
+        after = next;
+        if (!more && k < n)
+            fail_msg("%s: has_more false after %d of %d campaigns (the rest: %lld..)", rid, k, n,
+                     (long long)want[k]);
+    }
+    assert_int_equal(k, n);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(got[i], want[i]);
+    assert_int_equal(pages, (n + limit - 1) / limit);
+}
+
+/* campaign:list's has_more when the campaigns still to come all live on one shard (the owner
+ * of campaign 0, which the list requests themselves create): first every campaign lives there
+ * (paging by offset and by cursor); then campaigns with lower ids on the other shards come
+ * first and, past them, only that shard's remain (paging by cursor). */
+static void test_list_has_more_one_shard(void **state)
+{
+    (void)state;
+    struct broker_proc b = H_START(SHARDS, NULL);
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    uint32_t s0 = h_owner(0, SHARDS);
+    int64_t want[64];
+    int n = 0;
+    want[n++] = 0;
+    int64_t id = 7000;
+    struct hev e = {0};
+    for (int i = 0; i < 7; i++, id++) {
+        id = h_campaign_on(s0, SHARDS, id);
+        char rid[32];
+        snprintf(rid, sizeof(rid), "one-%d", i);
+        assert_int_equal(update(c, id, rid, "x", i, &e), 1);
+        assert_true(hev_state(&e, "success"));
+        want[n++] = id;
+    }
+    /* The list, all on one shard: 0 and the 7. */
+    int64_t full[64];
+    bool more;
+    int64_t next;
+    assert_int_equal(list_page(c, "one-full", 1000, 0, -1, full, 64, &more, &next), n);
+    assert_false(more);
+    assert_memory_equal(full, want, sizeof(int64_t) * (size_t)n);
+    page_all(c, "one-off3", 3, false, want, n);
+    page_all(c, "one-cur3", 3, true, want, n);
+    page_all(c, "one-off4", 4, false, want, n); /* the last page exactly full */
+    page_all(c, "one-cur4", 4, true, want, n);
+
+    /* Lower ids on the other shards: two each. */
+    int64_t low = 100;
+    for (uint32_t sh = 0; sh < SHARDS; sh++) {
+        if (sh == s0)
+            continue;
+        for (int i = 0; i < 2; i++, low++) {
+            low = h_campaign_on(sh, SHARDS, low);
+            char rid[32];
+            snprintf(rid, sizeof(rid), "low-%u-%d", sh, i);
+            assert_int_equal(update(c, low, rid, "x", i, &e), 1);
+            want[n++] = low;
+        }
+        low = 100;
+    }
+    qsort(want, (size_t)n, sizeof(int64_t), id_cmp64);
+    assert_int_equal(list_page(c, "two-full", 1000, 0, -1, full, 64, &more, &next), n);
+    assert_false(more);
+    assert_memory_equal(full, want, sizeof(int64_t) * (size_t)n);
+    page_all(c, "two-cur2", 2, true, want, n);
+    page_all(c, "two-cur3", 3, true, want, n);
+    page_all(c, "two-off2", 2, false, want, n);
+    page_all(c, "two-off5", 5, false, want, n);
+    hev_clear(&e);
+    nexus_close(c);
+    assert_int_equal(h_stop(&b), 0);
+}
+
 /* Sends a request with the payload and expects `failed` with the code. */
 static void expect_failed(struct nexus_client *c, const char *type, int64_t camp, const char *id,
                           struct hs_writer *w, const char *code)
@@ -628,6 +775,7 @@ int main(void)
         cmocka_unit_test_teardown(test_updates_converge, h_teardown),
         cmocka_unit_test_teardown(test_stream_events_resume, h_teardown),
         cmocka_unit_test_teardown(test_list_across_shards, h_teardown),
+        cmocka_unit_test_teardown(test_list_has_more_one_shard, h_teardown),
         cmocka_unit_test_teardown(test_bad_payloads, h_teardown),
         cmocka_unit_test_teardown(test_features_config, h_teardown),
         cmocka_unit_test_teardown(test_switch_analytics, h_teardown),
