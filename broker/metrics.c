@@ -1,8 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Implementation of metrics.h. The thread handles one scrape at a time: accept, read the
-// request (bounded in bytes and time), answer GET /metrics (404 for other paths), close. A
-// scraper that stalls is cut off after METRICS_IO_TIMEOUT_MS.
+// Implementation of metrics.h. The thread runs an event loop on its own io_uring: a multishot
+// accept, and for each client (at most METRICS_CLIENTS_MAX at once) a receive of its request,
+// then a send of the answer, one operation of it in the kernel at a time. Each phase has one
+// deadline, set when the phase begins (the request's at the accept) and never extended by the
+// bytes that arrive, so a client that trickles its request or stops reading its answer holds
+// its slot for a bounded time and never delays another scraper. One periodic timeout, armed
+// only while a client is connected, sweeps the deadlines.
+//
+// Routes: GET or HEAD /metrics (any query string) is the exposition, /healthz is a liveness
+// answer, any other path is 404, any other method 405, a malformed request line 400, a request
+// over METRICS_REQUEST_BYTES_MAX 431. Every answer closes the connection.
 #include "broker/metrics.h"
 
 #include <errno.h>
@@ -10,21 +18,83 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "broker/log.h"
 #include "broker/shard.h"
 
-/* A scrape's request must arrive, and its answer leave, within this time. */
+/* Clients served at once. Scrapers are a handful (a Prometheus pair, a health checker, an
+ * operator's curl); 64 leaves them ample room while bounding what a flood of connections can
+ * hold: 64 request buffers (512 KiB) and 64 answers (at most 16 MiB, for 2 s each). */
+#define METRICS_CLIENTS_MAX 64
+/* Client slots: a client closed while its operation is in the kernel keeps its slot and
+ * buffers until that completion (the next pass of the loop), so a burst of evictions can
+ * briefly hold one closing slot beside each of the METRICS_CLIENTS_MAX live ones. */
+#define METRICS_SLOTS (2 * METRICS_CLIENTS_MAX)
+/* The whole request must arrive within this time of the accept. A scraper sends it in one
+ * packet right after connecting, so 2 s (the old per-receive bound) is generous on any network
+ * a scrape crosses; no trickle of bytes extends it. */
+#define METRICS_REQUEST_TIMEOUT_MS 2000
+/* The answer must be sent within this time of the request's arrival: at most
+ * METRICS_BODY_BYTES_MAX, which a client that reads takes a few milliseconds for on a LAN and
+ * well under 2 s on a slow link; a client that stops reading loses its slot. */
 #define METRICS_IO_TIMEOUT_MS 2000
-/* Requests larger than this are refused: GET /metrics with headers fits in far less. */
+/* The deadline sweep's period while a client is connected: a deadline is enforced at most
+ * 100 ms late (5% of the shortest one), for 10 wake-ups a second only while scrapes run. */
+#define METRICS_SWEEP_MS 100
+/* Requests larger than this are refused (431): GET /metrics with headers fits in far less;
+ * Prometheus sends about 300 bytes. */
 #define METRICS_REQUEST_BYTES_MAX 8192
 /* The exposition text of 64 shards stays well under this. */
 #define METRICS_BODY_BYTES_MAX (256 * 1024)
+/* The status line and headers of an answer: the longest we write is under 160 bytes. */
+#define METRICS_HEAD_BYTES_MAX 256
+/* Submission queue entries: at most one operation per client slot, a cancel for each, the
+ * accept and the timer (258) in one pass; the completion queue is twice as deep, and the
+ * kernel keeps any overflow (a multishot accept then ends and is re-armed). */
+#define METRICS_RING_ENTRIES 512
+
+/* Why the server closed a client early; counted and exposed as nexus_metrics_closes_total. */
+enum mclose {
+    MCLOSE_LIMIT,           /* METRICS_CLIENTS_MAX reached: a new one refused or an old evicted */
+    MCLOSE_REQUEST_TIMEOUT, /* the request did not arrive within METRICS_REQUEST_TIMEOUT_MS */
+    MCLOSE_ANSWER_TIMEOUT,  /* the answer was not taken within METRICS_IO_TIMEOUT_MS */
+    MCLOSE_TOO_LARGE,       /* the request exceeded METRICS_REQUEST_BYTES_MAX (answered 431) */
+    MCLOSE_COUNT,
+    MCLOSE_NONE = MCLOSE_COUNT, /* a normal close: answered, or the peer left */
+};
+
+static const char *const mclose_names[MCLOSE_COUNT] = {"limit", "request_timeout", "answer_timeout",
+                                                       "too_large"};
+
+/* The operations on the metrics ring; user_data is the kind in the high 32 bits and the
+ * client slot in the low 32. */
+enum mop { MOP_ACCEPT = 1, MOP_TIMER, MOP_RECV, MOP_SEND, MOP_CANCEL };
+
+enum mphase {
+    MC_FREE,    /* slot unused */
+    MC_REQUEST, /* receiving the request */
+    MC_ANSWER,  /* sending the answer */
+    MC_CLOSING, /* closed by us, waiting for its operation to complete before the fd closes */
+};
+
+struct mclient {
+    int fd;
+    enum mphase phase;
+    enum mop op;         /* MOP_RECV or MOP_SEND while busy */
+    bool busy;           /* its operation is in the kernel: its buffer may not be freed */
+    int64_t deadline_ns; /* of the current phase, set once when the phase begins */
+    char *req;           /* METRICS_REQUEST_BYTES_MAX + 1 while in MC_REQUEST */
+    size_t have;
+    char *out; /* the whole answer while in MC_ANSWER */
+    size_t out_len, sent;
+};
 
 struct metrics {
     struct broker *b;
@@ -32,6 +102,15 @@ struct metrics {
     pthread_t thread;
     atomic_int stop;
     struct io_uring ring;
+    /* Below: the metrics thread's alone. */
+    bool stopping, accept_armed, accept_failing, timer_armed;
+    uint32_t inflight; /* operations whose last completion is still due */
+    uint32_t active;   /* clients in MC_REQUEST or MC_ANSWER */
+    uint32_t used;     /* slots not MC_FREE */
+    struct __kernel_timespec tick;
+    char *body; /* METRICS_BODY_BYTES_MAX: the exposition, rendered again for each request */
+    uint64_t closes[MCLOSE_COUNT];
+    struct mclient clients[METRICS_SLOTS];
 };
 
 static size_t appendf(char *buf, size_t cap, size_t n, const char *fmt, ...)
@@ -78,6 +157,17 @@ static const struct counter_def counters[] = {
     {"nexus_subscriptions", "Subscriptions held.", "gauge", SOFF(subscriptions)},
     {"nexus_paused_reads_total", "Times a publisher was paused by backpressure.", "counter",
      SOFF(paused_reads)},
+    {"nexus_accept_errors_total",
+     "Accepts that failed (out of descriptors or memory); accepting pauses with back-off.",
+     "counter", SOFF(accept_errors)},
+    {"nexus_deadline_closes_total",
+     "Connections closed by a deadline (hello, frame, liveness ping, idle).", "counter",
+     SOFF(deadline_closes)},
+    {"nexus_campaigns_freed_total", "Idle campaigns freed (--campaign-idle-ms).", "counter",
+     SOFF(campaigns_freed)},
+    {"nexus_memory_refusals_total",
+     "Subscriptions and campaigns refused because the process is at --max-memory.", "counter",
+     SOFF(memory_refusals)},
 };
 
 /* The counters other layers registered (stats.h): one family per name, rows with the same
@@ -150,98 +240,397 @@ size_t metrics_render(struct broker *b, char *buf, size_t cap)
     return n < cap ? n : cap;
 }
 
-/* A submission entry; the ring is only ever used for one operation (and its timeout) at a
- * time, so it cannot be full. */
-static struct io_uring_sqe *metrics_sqe(struct metrics *m)
+/* ---- the event loop ------------------------------------------------------------------------ */
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint64_t mud(enum mop kind, uint32_t slot)
+{
+    return (uint64_t)kind << 32 | slot;
+}
+
+/* A submission entry for an operation whose completion the loop then waits for. When the
+ * queue is full, what it holds is submitted first (a pass may queue more than it holds). */
+static struct io_uring_sqe *msqe(struct metrics *m, enum mop kind, uint32_t slot)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&m->ring);
+    if (!sqe) {
+        io_uring_submit(&m->ring);
+        sqe = io_uring_get_sqe(&m->ring);
+    }
     NX_ASSERT(sqe != NULL);
+    io_uring_sqe_set_data64(sqe, mud(kind, slot));
+    m->inflight++;
     return sqe;
 }
 
-/* Runs one operation on the metrics ring and waits for it, bounded by a linked timeout. */
-static int run_op(struct metrics *m, struct io_uring_sqe *sqe, bool timed)
+static void accept_arm(struct metrics *m)
 {
-    struct __kernel_timespec ts = {.tv_sec = METRICS_IO_TIMEOUT_MS / 1000,
-                                   .tv_nsec = (METRICS_IO_TIMEOUT_MS % 1000) * 1000000LL};
-    io_uring_sqe_set_data64(sqe, 1);
-    if (timed) {
-        sqe->flags |= IOSQE_IO_LINK;
-        struct io_uring_sqe *t = metrics_sqe(m);
-        io_uring_prep_link_timeout(t, &ts, 0);
-        io_uring_sqe_set_data64(t, 2);
-    }
-    io_uring_submit(&m->ring);
-    int res = -ECANCELED;
-    for (int pending = timed ? 2 : 1; pending > 0; pending--) {
-        struct io_uring_cqe *cqe;
-        int r = io_uring_wait_cqe(&m->ring, &cqe);
-        if (r < 0)
-            return r;
-        if (io_uring_cqe_get_data64(cqe) == 1)
-            res = cqe->res;
-        io_uring_cqe_seen(&m->ring, cqe);
-    }
-    return res;
+    io_uring_prep_multishot_accept(msqe(m, MOP_ACCEPT, 0), m->fd, NULL, NULL, SOCK_CLOEXEC);
+    m->accept_armed = true;
 }
 
-static void serve(struct metrics *m, int fd)
+static void timer_arm(struct metrics *m)
 {
-    char req[METRICS_REQUEST_BYTES_MAX];
-    size_t have = 0;
-    while (have < sizeof(req) - 1 && !memmem(req, have, "\r\n\r\n", 4)) {
-        struct io_uring_sqe *sqe = metrics_sqe(m);
-        io_uring_prep_recv(sqe, fd, req + have, sizeof(req) - 1 - have, 0);
-        int r = run_op(m, sqe, true);
-        if (r <= 0)
-            return;
-        have += (size_t)r;
-    }
-    req[have] = 0;
-    bool ok = strncmp(req, "GET /metrics ", 13) == 0 || strncmp(req, "GET / ", 6) == 0;
-    char *body = malloc(METRICS_BODY_BYTES_MAX);
-    char *out = malloc(METRICS_BODY_BYTES_MAX + 256);
-    if (!body || !out) {
-        free(body);
-        free(out);
+    m->tick.tv_sec = 0;
+    m->tick.tv_nsec = METRICS_SWEEP_MS * 1000000LL;
+    io_uring_prep_timeout(msqe(m, MOP_TIMER, 0), &m->tick, 0, 0);
+    m->timer_armed = true;
+}
+
+static uint32_t slot_of(struct metrics *m, struct mclient *c)
+{
+    return (uint32_t)(c - m->clients);
+}
+
+static void recv_arm(struct metrics *m, struct mclient *c)
+{
+    struct io_uring_sqe *sqe = msqe(m, MOP_RECV, slot_of(m, c));
+    io_uring_prep_recv(sqe, c->fd, c->req + c->have, METRICS_REQUEST_BYTES_MAX - c->have, 0);
+    c->op = MOP_RECV;
+    c->busy = true;
+}
+
+static void send_arm(struct metrics *m, struct mclient *c)
+{
+    struct io_uring_sqe *sqe = msqe(m, MOP_SEND, slot_of(m, c));
+    io_uring_prep_send(sqe, c->fd, c->out + c->sent, c->out_len - c->sent, MSG_NOSIGNAL);
+    c->op = MOP_SEND;
+    c->busy = true;
+}
+
+/* Counts an early close; logs the 1st, 2nd, 4th, 8th... of each reason, so that a flood
+ * shows in the log without filling it. */
+static void count_close(struct metrics *m, enum mclose why)
+{
+    uint64_t n = ++m->closes[why];
+    if ((n & (n - 1)) == 0)
+        log_warn(-1, "metrics: client closed early reason=%s count=%llu", mclose_names[why],
+                 (unsigned long long)n);
+}
+
+static void client_free(struct metrics *m, struct mclient *c)
+{
+    NX_ASSERT(!c->busy && c->phase != MC_FREE);
+    close(c->fd);
+    free(c->req);
+    free(c->out);
+    memset(c, 0, sizeof(*c));
+    c->fd = -1;
+    m->used--;
+}
+
+/* Closes a client. Its buffers stay until its operation in the kernel completes: shutdown
+ * makes a receive return at once and a send fail, and the cancel covers the rest. */
+static void client_close(struct metrics *m, struct mclient *c, enum mclose why)
+{
+    NX_ASSERT(c->phase == MC_REQUEST || c->phase == MC_ANSWER);
+    m->active--;
+    if (why != MCLOSE_NONE)
+        count_close(m, why);
+    if (!c->busy) {
+        client_free(m, c);
         return;
     }
-    size_t bl = ok ? metrics_render(m->b, body, METRICS_BODY_BYTES_MAX)
-                   : (size_t)snprintf(body, METRICS_BODY_BYTES_MAX, "not found: try /metrics\n");
-    int hl = snprintf(out, 256,
-                      "HTTP/1.1 %s\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                      ok ? "200 OK" : "404 Not Found", bl);
-    memcpy(out + hl, body, bl);
-    size_t total = (size_t)hl + bl, sent = 0;
-    while (sent < total) {
-        struct io_uring_sqe *sqe = metrics_sqe(m);
-        io_uring_prep_send(sqe, fd, out + sent, total - sent, MSG_NOSIGNAL);
-        int r = run_op(m, sqe, true);
-        if (r <= 0)
-            break;
-        sent += (size_t)r;
-    }
-    free(body);
-    free(out);
+    c->phase = MC_CLOSING;
+    shutdown(c->fd, SHUT_RDWR);
+    io_uring_prep_cancel64(msqe(m, MOP_CANCEL, 0), mud(c->op, slot_of(m, c)), 0);
 }
 
+/* At METRICS_CLIENTS_MAX, a new connection evicts the client that has waited longest for its
+ * request: a scraper sends its request at once, so the newcomer is far likelier a scraper
+ * than a client silent since before it, and idle connections cannot lock scrapers out. Only
+ * when every client is being answered is the newcomer refused. */
+static struct mclient *client_slot(struct metrics *m)
+{
+    struct mclient *oldest = NULL, *free_slot = NULL;
+    for (uint32_t i = 0; i < METRICS_SLOTS; i++) {
+        struct mclient *c = &m->clients[i];
+        if (c->phase == MC_FREE && !free_slot)
+            free_slot = c;
+        /* the earliest deadline of a phase of equal length is the oldest accept */
+        if (c->phase == MC_REQUEST && (!oldest || c->deadline_ns < oldest->deadline_ns))
+            oldest = c;
+    }
+    if (m->active < METRICS_CLIENTS_MAX)
+        return free_slot;
+    count_close(m, MCLOSE_LIMIT);
+    if (!oldest)
+        return NULL;
+    client_close(m, oldest, MCLOSE_NONE);
+    if (!free_slot && oldest->phase == MC_FREE)
+        free_slot = oldest;
+    return free_slot;
+}
+
+static void client_open(struct metrics *m, int fd)
+{
+    struct mclient *c = m->stopping ? NULL : client_slot(m);
+    char *req = c ? malloc(METRICS_REQUEST_BYTES_MAX + 1) : NULL;
+    if (!req) {
+        if (c)
+            log_error(-1, "metrics: out of memory accepting a client");
+        close(fd);
+        return;
+    }
+    *c = (struct mclient){.fd = fd,
+                          .phase = MC_REQUEST,
+                          .req = req,
+                          .deadline_ns = mono_ns() + METRICS_REQUEST_TIMEOUT_MS * 1000000LL};
+    m->active++;
+    m->used++;
+    recv_arm(m, c);
+}
+
+/* ---- requests and answers ------------------------------------------------------------------ */
+
+enum mroute { MR_METRICS, MR_HEALTH, MR_NOT_FOUND, MR_BAD_METHOD, MR_BAD_REQUEST, MR_TOO_LARGE };
+
+/* Routes the request line `METHOD SP TARGET SP HTTP/1.x`; *head is set for HEAD. The query
+ * string is ignored: scrapers add their own parameters (Prometheus' `params`). */
+static enum mroute route(const char *req, bool *head)
+{
+    size_t line = strcspn(req, "\r\n");
+    const char *sp1 = memchr(req, ' ', line);
+    const char *target = sp1 ? sp1 + 1 : NULL;
+    const char *sp2 = target ? memchr(target, ' ', line - (size_t)(target - req)) : NULL;
+    if (!sp2 || sp1 == req || sp2 == target || strncmp(sp2 + 1, "HTTP/1.", 7) != 0)
+        return MR_BAD_REQUEST;
+    size_t ml = (size_t)(sp1 - req);
+    *head = ml == 4 && memcmp(req, "HEAD", 4) == 0;
+    if (!*head && !(ml == 3 && memcmp(req, "GET", 3) == 0))
+        return MR_BAD_METHOD;
+    size_t tl = (size_t)(sp2 - target);
+    const char *q = memchr(target, '?', tl);
+    size_t pl = q ? (size_t)(q - target) : tl;
+    if (pl == 8 && memcmp(target, "/metrics", 8) == 0)
+        return MR_METRICS;
+    if (pl == 8 && memcmp(target, "/healthz", 8) == 0)
+        return MR_HEALTH;
+    return MR_NOT_FOUND;
+}
+
+/* The exposition, and the metrics server's own counters after it. */
+static size_t render_body(struct metrics *m)
+{
+    size_t n = metrics_render(m->b, m->body, METRICS_BODY_BYTES_MAX);
+    n = appendf(m->body, METRICS_BODY_BYTES_MAX, n,
+                "# HELP nexus_metrics_closes_total Metrics clients closed before their answer, "
+                "by reason.\n# TYPE nexus_metrics_closes_total counter\n");
+    for (int k = 0; k < MCLOSE_COUNT; k++)
+        n = appendf(m->body, METRICS_BODY_BYTES_MAX, n,
+                    "nexus_metrics_closes_total{reason=\"%s\"} %llu\n", mclose_names[k],
+                    (unsigned long long)m->closes[k]);
+    return n < METRICS_BODY_BYTES_MAX ? n : METRICS_BODY_BYTES_MAX;
+}
+
+/* Builds the answer to the client's request into c->out. Returns false without memory. */
+static bool answer_build(struct metrics *m, struct mclient *c, enum mroute r, bool head)
+{
+    static const struct {
+        const char *status, *type, *extra, *body;
+    } rows[] = {
+        [MR_METRICS] = {"200 OK", "text/plain; version=0.0.4; charset=utf-8", "", NULL},
+        [MR_HEALTH] = {"200 OK", "application/json", "", "{\"status\":\"ok\"}"},
+        [MR_NOT_FOUND] = {"404 Not Found", "text/plain; charset=utf-8", "",
+                          "not found: try /metrics or /healthz\n"},
+        [MR_BAD_METHOD] = {"405 Method Not Allowed", "text/plain; charset=utf-8",
+                           "Allow: GET, HEAD\r\n", "method not allowed: use GET or HEAD\n"},
+        [MR_BAD_REQUEST] = {"400 Bad Request", "text/plain; charset=utf-8", "",
+                            "bad request: expected METHOD /path HTTP/1.x\n"},
+        [MR_TOO_LARGE] = {"431 Request Header Fields Too Large", "text/plain; charset=utf-8", "",
+                          "request too large\n"},
+    };
+    const char *body = rows[r].body ? rows[r].body : m->body;
+    size_t bl = rows[r].body ? strlen(body) : render_body(m);
+    char hdr[METRICS_HEAD_BYTES_MAX];
+    int hl = snprintf(hdr, sizeof(hdr),
+                      "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
+                      "Connection: close\r\n\r\n",
+                      rows[r].status, rows[r].type, bl, rows[r].extra);
+    NX_ASSERT(hl > 0 && (size_t)hl < sizeof(hdr));
+    size_t total = (size_t)hl + (head ? 0 : bl);
+    c->out = malloc(total);
+    if (!c->out)
+        return false;
+    memcpy(c->out, hdr, (size_t)hl);
+    if (!head)
+        memcpy(c->out + hl, body, bl);
+    c->out_len = total;
+    c->sent = 0;
+    return true;
+}
+
+/* The request is in (or too large): its buffer goes, the answer phase begins. */
+static void answer(struct metrics *m, struct mclient *c, bool too_large)
+{
+    bool head = false;
+    c->req[c->have] = 0;
+    enum mroute r = too_large ? MR_TOO_LARGE : route(c->req, &head);
+    free(c->req);
+    c->req = NULL;
+    if (too_large)
+        count_close(m, MCLOSE_TOO_LARGE);
+    if (!answer_build(m, c, r, head)) {
+        log_error(-1, "metrics: out of memory answering a scrape");
+        client_close(m, c, MCLOSE_NONE);
+        return;
+    }
+    c->phase = MC_ANSWER;
+    c->deadline_ns = mono_ns() + METRICS_IO_TIMEOUT_MS * 1000000LL;
+    send_arm(m, c);
+}
+
+/* The end of the header block: an empty line (CRLF, or a bare LF from hand-typed requests). */
+static bool request_complete(const char *req, size_t from, size_t have)
+{
+    for (size_t i = from; i < have; i++)
+        if (req[i] == '\n' && ((i >= 1 && req[i - 1] == '\n') ||
+                               (i >= 2 && req[i - 1] == '\r' && req[i - 2] == '\n')))
+            return true;
+    return false;
+}
+
+static void on_recv(struct metrics *m, struct mclient *c, int res)
+{
+    if (res <= 0) {
+        client_close(m, c, MCLOSE_NONE); /* the peer left, or the socket failed */
+        return;
+    }
+    size_t from = c->have;
+    c->have += (size_t)res;
+    if (request_complete(c->req, from, c->have))
+        answer(m, c, false);
+    else if (mono_ns() >= c->deadline_ns)
+        client_close(m, c, MCLOSE_REQUEST_TIMEOUT);
+    else if (c->have == METRICS_REQUEST_BYTES_MAX)
+        answer(m, c, true);
+    else
+        recv_arm(m, c);
+}
+
+static void on_send(struct metrics *m, struct mclient *c, int res)
+{
+    if (res <= 0) {
+        client_close(m, c, MCLOSE_NONE);
+        return;
+    }
+    c->sent += (size_t)res;
+    if (c->sent == c->out_len)
+        client_close(m, c, MCLOSE_NONE);
+    else if (mono_ns() >= c->deadline_ns)
+        client_close(m, c, MCLOSE_ANSWER_TIMEOUT);
+    else
+        send_arm(m, c);
+}
+
+/* ---- the loop ------------------------------------------------------------------------------ */
+
+/* Closes the clients whose phase is past its deadline; re-arms an accept that ended on an
+ * error (here rather than at once, so that a lasting one such as EMFILE cannot spin). */
+static void on_timer(struct metrics *m)
+{
+    m->timer_armed = false;
+    int64_t now = mono_ns();
+    for (uint32_t i = 0; i < METRICS_SLOTS; i++) {
+        struct mclient *c = &m->clients[i];
+        if ((c->phase == MC_REQUEST || c->phase == MC_ANSWER) && now >= c->deadline_ns)
+            client_close(m, c,
+                         c->phase == MC_REQUEST ? MCLOSE_REQUEST_TIMEOUT : MCLOSE_ANSWER_TIMEOUT);
+    }
+    if (!m->accept_armed && !m->stopping)
+        accept_arm(m);
+}
+
+static void on_accept(struct metrics *m, const struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_MORE)) {
+        m->accept_armed = false;
+        m->inflight--;
+    }
+    if (cqe->res < 0) {
+        /* logged once per run of failures: a lasting one is retried every sweep */
+        if (cqe->res != -ECANCELED && !atomic_load(&m->stop) && !m->accept_failing)
+            log_warn(-1, "metrics: accept failed: %s", strerror(-cqe->res));
+        m->accept_failing = cqe->res != -ECANCELED;
+        return;
+    }
+    m->accept_failing = false;
+    if (!m->accept_armed && !m->stopping)
+        accept_arm(m); /* the multishot ended without an error (a full completion queue) */
+    client_open(m, cqe->res);
+}
+
+static void on_cqe(struct metrics *m, const struct io_uring_cqe *cqe)
+{
+    enum mop kind = (enum mop)(cqe->user_data >> 32);
+    uint32_t slot = (uint32_t)cqe->user_data;
+    if (kind == MOP_ACCEPT) {
+        on_accept(m, cqe);
+        return;
+    }
+    NX_ASSERT(m->inflight > 0);
+    m->inflight--;
+    if (kind == MOP_TIMER) {
+        on_timer(m);
+        return;
+    }
+    if (kind == MOP_CANCEL)
+        return;
+    NX_ASSERT((kind == MOP_RECV || kind == MOP_SEND) && slot < METRICS_SLOTS);
+    struct mclient *c = &m->clients[slot];
+    NX_ASSERT(c->busy && c->op == kind);
+    c->busy = false;
+    if (c->phase == MC_CLOSING)
+        client_free(m, c);
+    else if (kind == MOP_RECV)
+        on_recv(m, c, cqe->res);
+    else
+        on_send(m, c, cqe->res);
+}
+
+/* metrics_stop was called: close every client and cancel the accept and the timer; the loop
+ * ends when their last completions are in. */
+static void begin_stop(struct metrics *m)
+{
+    m->stopping = true;
+    for (uint32_t i = 0; i < METRICS_SLOTS; i++) {
+        struct mclient *c = &m->clients[i];
+        if (c->phase == MC_REQUEST || c->phase == MC_ANSWER)
+            client_close(m, c, MCLOSE_NONE);
+    }
+    if (m->accept_armed)
+        io_uring_prep_cancel64(msqe(m, MOP_CANCEL, 0), mud(MOP_ACCEPT, 0), 0);
+    if (m->timer_armed)
+        io_uring_prep_timeout_remove(msqe(m, MOP_CANCEL, 0), mud(MOP_TIMER, 0), 0);
+}
+
+/* Runs until metrics_stop and the completion of everything in the kernel: the accept or the
+ * timer is always in flight before that (the timer whenever the accept is not). */
 static void *metrics_thread(void *arg)
 {
     struct metrics *m = arg;
     pthread_setname_np(pthread_self(), "nexus-metrics");
-    while (!atomic_load(&m->stop)) {
-        struct io_uring_sqe *sqe = metrics_sqe(m);
-        io_uring_prep_accept(sqe, m->fd, NULL, NULL, SOCK_CLOEXEC);
-        int fd = run_op(m, sqe, false);
-        if (fd < 0) {
-            if (atomic_load(&m->stop))
-                break;
-            continue;
+    accept_arm(m);
+    while (m->inflight > 0) {
+        io_uring_submit_and_wait(&m->ring, 1);
+        struct io_uring_cqe *cqe;
+        while (io_uring_peek_cqe(&m->ring, &cqe) == 0) {
+            struct io_uring_cqe copy = *cqe;
+            io_uring_cqe_seen(&m->ring, cqe);
+            on_cqe(m, &copy);
         }
-        serve(m, fd);
-        close(fd);
+        if (!m->stopping && atomic_load(&m->stop))
+            begin_stop(m);
+        if (!m->stopping && !m->timer_armed && (m->used > 0 || !m->accept_armed))
+            timer_arm(m);
     }
+    NX_ASSERT(m->used == 0);
     return NULL;
 }
 
@@ -251,18 +640,26 @@ struct metrics *metrics_start(struct broker *b)
     if (!m)
         return NULL;
     m->b = b;
+    m->body = malloc(METRICS_BODY_BYTES_MAX);
     char err[256];
-    m->fd = broker_listen(b->cfg.metrics_host, b->cfg.metrics_port, false, 64, "metrics", err,
-                          sizeof(err));
+    m->fd = m->body ? broker_listen(b->cfg.metrics_host, b->cfg.metrics_port, false, 64, "metrics",
+                                    err, sizeof(err))
+                    : -ENOMEM;
     if (m->fd < 0) {
-        log_error(-1, "metrics: %s", err);
+        log_error(-1, "metrics: %s", m->body ? err : "out of memory");
+        free(m->body);
         free(m);
         return NULL;
     }
-    if (io_uring_queue_init(16, &m->ring, 0) < 0 ||
-        pthread_create(&m->thread, NULL, metrics_thread, m) != 0) {
+    for (uint32_t i = 0; i < METRICS_SLOTS; i++)
+        m->clients[i].fd = -1;
+    bool ring = io_uring_queue_init(METRICS_RING_ENTRIES, &m->ring, 0) == 0;
+    if (!ring || pthread_create(&m->thread, NULL, metrics_thread, m) != 0) {
         log_error(-1, "metrics: cannot start the metrics thread");
+        if (ring)
+            io_uring_queue_exit(&m->ring);
         close(m->fd);
+        free(m->body);
         free(m);
         return NULL;
     }
@@ -275,10 +672,12 @@ void metrics_stop(struct metrics *m)
     if (!m)
         return;
     atomic_store(&m->stop, 1);
-    /* Wakes the accept: it fails once the socket is shut down. */
+    /* Wakes the loop: the accept fails once the socket is shut down (and were the accept not
+     * armed, the sweep timer would be). */
     shutdown(m->fd, SHUT_RDWR);
     pthread_join(m->thread, NULL);
     close(m->fd);
     io_uring_queue_exit(&m->ring);
+    free(m->body);
     free(m);
 }

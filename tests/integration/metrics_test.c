@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // The Prometheus endpoint, scraped over HTTP while a load runs: counters move as they should,
-// the exposition parses line by line, and other paths get 404.
+// the exposition parses line by line, and other paths get 404. Scrapes are served beside a
+// client that trickles its request and beside more idle connections than the server holds;
+// routes, methods and oversized requests get their statuses.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,22 +13,32 @@
 
 #include "harness.h"
 
-/* GETs path from 127.0.0.1:port into buf; returns the HTTP status or -1. */
-static int http_get(uint16_t port, const char *path, char *buf, size_t cap)
+/* Connects to 127.0.0.1:port; reads on the socket give up after timeout_ms. Returns the socket
+ * or -1. */
+static int tcp_connect(uint16_t port, int timeout_ms)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    /* A scrape that does not complete in 10 s is a failure, not a hang. */
-    struct timeval tv = {.tv_sec = 10};
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
         close(fd);
         return -1;
     }
-    char req[256];
-    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
-    if (write(fd, req, (size_t)n) != n) {
+    return fd;
+}
+
+/* Sends a raw request to 127.0.0.1:port and reads the answer to end of file into buf (reads
+ * give up after timeout_ms); returns the HTTP status or -1. */
+static int http_raw(uint16_t port, const char *req, size_t len, char *buf, size_t cap,
+                    int timeout_ms)
+{
+    buf[0] = 0;
+    int fd = tcp_connect(port, timeout_ms);
+    if (fd < 0)
+        return -1;
+    if (send(fd, req, len, MSG_NOSIGNAL) != (ssize_t)len) {
         close(fd);
         return -1;
     }
@@ -40,6 +52,48 @@ static int http_get(uint16_t port, const char *path, char *buf, size_t cap)
     if (sscanf(buf, "HTTP/1.1 %d", &status) != 1)
         return -1;
     return status;
+}
+
+/* `METHOD path` with a Host header, as http_raw. */
+static int http_req(uint16_t port, const char *method, const char *path, char *buf, size_t cap,
+                    int timeout_ms)
+{
+    char req[256];
+    int n = snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: x\r\n\r\n", method, path);
+    return http_raw(port, req, (size_t)n, buf, cap, timeout_ms);
+}
+
+/* GETs path into buf; returns the HTTP status or -1. A scrape that does not complete in 10 s is
+ * a failure, not a hang. */
+static int http_get(uint16_t port, const char *path, char *buf, size_t cap)
+{
+    return http_req(port, "GET", path, buf, cap, 10000);
+}
+
+/* The answer's body (after the header block), or NULL if the header block is incomplete. */
+static const char *http_body(const char *answer)
+{
+    const char *p = strstr(answer, "\r\n\r\n");
+    return p ? p + 4 : NULL;
+}
+
+/* The answer's Content-Length, or -1. */
+static long http_content_length(const char *answer)
+{
+    const char *p = strstr(answer, "Content-Length: ");
+    return p ? strtol(p + 16, NULL, 10) : -1;
+}
+
+/* True when the broker has closed the socket: a read returns end of file or a reset within
+ * timeout_ms. Bytes read count as open (the broker answered instead). */
+static bool closed_by_peer(int fd, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, timeout_ms) <= 0)
+        return false;
+    char c;
+    ssize_t r = recv(fd, &c, 1, MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno == ECONNRESET);
 }
 
 /* Sums a metric's samples over shards (lines "name{...} value"). */
@@ -120,10 +174,168 @@ static void test_metrics_move(void **state)
     assert_int_equal(h_stop(&b), 0);
 }
 
+/* Starts a 2-shard broker with --metrics on a free port, stored in *mport. */
+static struct broker_proc start_with_metrics(uint16_t *mport)
+{
+    *mport = h_free_port();
+    char maddr[64];
+    snprintf(maddr, sizeof(maddr), "127.0.0.1:%u", *mport);
+    return H_START(2, "--metrics", maddr, NULL);
+}
+
+/* A client that trickles a never-ending request (one byte per 300 ms) delays no scrape, and
+ * its trickle does not extend its deadline: it is closed about 2 s after it connected. */
+static void test_metrics_slow_client(void **state)
+{
+    (void)state;
+    uint16_t mport;
+    struct broker_proc b = start_with_metrics(&mport);
+    static char text[512 * 1024];
+    int slow = tcp_connect(mport, 5000);
+    assert_true(slow >= 0);
+    int64_t t0 = h_now_ms();
+    const char *line = "GET /metrics HTTP/1.1\r\nX-Slow: ";
+    for (size_t i = 0; i < 5; i++) {
+        char ch = line[i];
+        assert_int_equal(send(slow, &ch, 1, MSG_NOSIGNAL), 1);
+        int64_t s = h_now_ms();
+        assert_int_equal(http_req(mport, "GET", "/metrics", text, sizeof(text), 1000), 200);
+        int64_t took = h_now_ms() - s;
+        print_message("scrape %zu beside the slow client: 200 in %lld ms\n", i + 1,
+                      (long long)took);
+        assert_true(took < 1000);
+        assert_non_null(strstr(text, "# TYPE nexus_events_in_total counter"));
+        int64_t next = t0 + 300 * (int64_t)(i + 1);
+        if (h_now_ms() < next)
+            usleep((useconds_t)(next - h_now_ms()) * 1000);
+    }
+    /* the scrapes ran while the slow client was still connected, not after it */
+    assert_true(h_now_ms() - t0 < 1900);
+    assert_false(closed_by_peer(slow, 0));
+    int64_t closed_at = -1;
+    for (size_t i = 5; closed_at < 0 && h_now_ms() - t0 < 5000; i++) {
+        char ch = i < strlen(line) ? line[i] : 'a';
+        send(slow, &ch, 1, MSG_NOSIGNAL); /* fails once the broker has closed it */
+        if (closed_by_peer(slow, 300))
+            closed_at = h_now_ms() - t0;
+    }
+    close(slow);
+    print_message("slow client closed by the broker %lld ms after its connect\n",
+                  (long long)closed_at);
+    assert_true(closed_at >= 1800);
+    assert_true(closed_at <= 2500);
+    assert_int_equal(http_get(mport, "/metrics", text, sizeof(text)), 200);
+    assert_int_equal(metric_sum(text, "nexus_metrics_closes_total", "reason=\"request_timeout\""),
+                     1);
+    assert_int_equal(h_stop(&b), 0);
+}
+
+/* 70 idle connections (over the limit of 64) do not lock scrapers out: each connection past
+ * the limit evicts the one that has waited longest for its request, the scrape is served at
+ * once, and the idle ones left are closed at their request deadline. */
+static void test_metrics_many_idle(void **state)
+{
+    (void)state;
+    enum { IDLE = 70, LIMIT = 64 };
+    uint16_t mport;
+    struct broker_proc b = start_with_metrics(&mport);
+    static char text[512 * 1024];
+    int idle[IDLE];
+    int64_t t0 = h_now_ms();
+    for (int i = 0; i < IDLE; i++) {
+        idle[i] = tcp_connect(mport, 5000);
+        assert_true(idle[i] >= 0);
+    }
+    usleep(200000); /* the broker has accepted them all */
+    int64_t s = h_now_ms();
+    assert_int_equal(http_req(mport, "GET", "/metrics", text, sizeof(text), 1000), 200);
+    int64_t took = h_now_ms() - s;
+    print_message("scrape beside %d idle connections: 200 in %lld ms\n", IDLE, (long long)took);
+    assert_true(took < 1000);
+    /* IDLE + 1 connections, LIMIT slots: the IDLE + 1 - LIMIT oldest were evicted */
+    int evicted = IDLE + 1 - LIMIT;
+    for (int i = 0; i < IDLE; i++) {
+        bool closed = closed_by_peer(idle[i], 0);
+        if (closed != (i < evicted))
+            print_message("idle connection %d: %s\n", i, closed ? "closed" : "open");
+        assert_int_equal(closed, i < evicted);
+    }
+    assert_int_equal(metric_sum(text, "nexus_metrics_closes_total", "reason=\"limit\""), evicted);
+    /* the others are closed at their request deadline, 2 s after their accept */
+    int open_left = 0;
+    for (int i = evicted; i < IDLE; i++) {
+        int64_t left = t0 + 2600 - h_now_ms();
+        open_left += !closed_by_peer(idle[i], left > 0 ? (int)left : 0);
+    }
+    int64_t all_closed = h_now_ms() - t0;
+    print_message("%d idle connections left open at %lld ms\n", open_left, (long long)all_closed);
+    assert_int_equal(open_left, 0);
+    for (int i = 0; i < IDLE; i++)
+        close(idle[i]);
+    assert_true(h_alive(&b));
+    assert_int_equal(http_get(mport, "/metrics", text, sizeof(text)), 200);
+    assert_int_equal(metric_sum(text, "nexus_metrics_closes_total", "reason=\"request_timeout\""),
+                     IDLE - evicted);
+    assert_int_equal(h_stop(&b), 0);
+}
+
+/* Routing: /metrics with or without a query, HEAD, /healthz, 404 for any other path (/
+ * included), 405 for other methods, 400 for a malformed request line, 431 (or a close) for a
+ * request over 8 KiB. */
+static void test_metrics_routes(void **state)
+{
+    (void)state;
+    uint16_t mport;
+    struct broker_proc b = start_with_metrics(&mport);
+    static char text[512 * 1024], get[512 * 1024];
+    assert_int_equal(http_get(mport, "/healthz", text, sizeof(text)), 200);
+    assert_non_null(strstr(text, "\r\nContent-Type: application/json\r\n"));
+    assert_non_null(http_body(text));
+    assert_string_equal(http_body(text), "{\"status\":\"ok\"}");
+    assert_int_equal(http_content_length(text), 15);
+    assert_int_equal(http_get(mport, "/", text, sizeof(text)), 404);
+    assert_int_equal(http_get(mport, "/metricsx", text, sizeof(text)), 404);
+    assert_int_equal(http_get(mport, "/healthz/x", text, sizeof(text)), 404);
+
+    assert_int_equal(http_get(mport, "/metrics?x=1", get, sizeof(get)), 200);
+    assert_non_null(http_body(get));
+    assert_non_null(strstr(http_body(get), "# TYPE nexus_events_in_total counter"));
+    assert_int_equal(http_content_length(get), strlen(http_body(get)));
+
+    assert_int_equal(http_req(mport, "HEAD", "/metrics", text, sizeof(text), 10000), 200);
+    assert_non_null(strstr(text, "Content-Type: text/plain; version=0.0.4"));
+    assert_non_null(http_body(text));
+    assert_string_equal(http_body(text), "");
+    long head_len = http_content_length(text), get_len = http_content_length(get);
+    print_message("HEAD /metrics Content-Length %ld, GET %ld\n", head_len, get_len);
+    assert_true(head_len > 1000);
+    assert_true(labs(head_len - get_len) < 64);
+
+    assert_int_equal(http_req(mport, "POST", "/metrics", text, sizeof(text), 10000), 405);
+    assert_non_null(strstr(text, "\r\nAllow: GET, HEAD\r\n"));
+    assert_int_equal(http_req(mport, "DELETE", "/", text, sizeof(text), 10000), 405);
+    const char *bad = "hello\r\n\r\n";
+    assert_int_equal(http_raw(mport, bad, strlen(bad), text, sizeof(text), 10000), 400);
+
+    static char big[9000 + 64];
+    int n = snprintf(big, sizeof(big), "GET /metrics HTTP/1.1\r\nX-Big: ");
+    memset(big + n, 'a', 9000);
+    memcpy(big + n + 9000, "\r\n\r\n", 4);
+    int st = http_raw(mport, big, (size_t)n + 9004, text, sizeof(text), 10000);
+    print_message("request of %d bytes: %d\n", n + 9004, st);
+    assert_true(st == 431 || st == -1); /* the close may reset the answer away */
+    assert_int_equal(http_get(mport, "/metrics", text, sizeof(text)), 200);
+    assert_int_equal(metric_sum(text, "nexus_metrics_closes_total", "reason=\"too_large\""), 1);
+    assert_int_equal(h_stop(&b), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_metrics_move),
+        cmocka_unit_test_teardown(test_metrics_slow_client, h_teardown),
+        cmocka_unit_test_teardown(test_metrics_many_idle, h_teardown),
+        cmocka_unit_test_teardown(test_metrics_routes, h_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
