@@ -91,6 +91,7 @@ static void conn_free(struct conn *c)
     codec_framer_free(&c->framer);
     close(c->fd);
     s->dead_count--;
+    s->trim_wanted = true;
     free(c);
 }
 

@@ -766,6 +766,7 @@ void pubsub_sweep_campaigns(struct shard *s, int64_t now)
             campaign_free(cp);
             stat_sub(&s->stats.campaigns, 1);
             stat_add(&s->stats.campaigns_freed, 1);
+            s->trim_wanted = true;
             continue;
         }
         s->campaign_hand++;

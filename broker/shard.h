@@ -91,6 +91,9 @@ struct shard {
     int64_t accept_log_ns; /* last "accept failed" log line: at most one per second */
     uint64_t accept_errors_unlogged;
     uint32_t campaign_hand; /* the idle-campaign sweep's position in the campaign table */
+    bool trim_wanted;       /* much was freed: return free pages to the OS (shard.c) */
+    uint32_t trim_again;    /* further collections of a trim still due */
+    int64_t trim_last_ns;
 
     struct shard_stats stats;
 };

@@ -749,7 +749,28 @@ static void cs_conn_gone(struct shard *s, uint64_t conn)
         cs->active_sessions--;
 }
 
+/* An idle campaign (provider_module.campaign_idle): its history goes with it (a cache of the
+ * recent events), but not state set with campaign:update, features or active sessions. */
+static bool cs_campaign_idle(struct shard *s, struct campaign *cp)
+{
+    struct cstate *cs = cs_get(cp, false);
+    if (!cs)
+        return true;
+    if (cs->state.count || cs->features.count || cs->active_sessions || cs->state_w.count ||
+        cs->events_w.count)
+        return false;
+    cs_history_free(cs_shard(s), cs);
+    hs_map_free(&cs->state);
+    hs_map_free(&cs->features);
+    free(cs->state_w.v);
+    free(cs->events_w.v);
+    free(cs);
+    *provider_campaign_slot(cp, PROVIDER_SLOT_CAMPAIGN) = NULL;
+    return true;
+}
+
 static const struct provider_module campaign_module = {
+    .campaign_idle = cs_campaign_idle,
     .shard_init = cs_shard_init,
     .shard_free = cs_shard_free,
     .conn_gone = cs_conn_gone,

@@ -959,7 +959,24 @@ static void media_conn_gone(struct shard *s, uint64_t conn)
     }
 }
 
+/* An idle campaign (provider_module.campaign_idle): kept while it has a room or a watcher. */
+static bool media_campaign_idle(struct shard *s, struct campaign *cp)
+{
+    (void)s;
+    struct mcampaign *mc = mc_get(cp, false);
+    if (!mc)
+        return true;
+    if (mc->n_rooms || mc->n_watch)
+        return false;
+    free(mc->rooms);
+    free(mc->watch);
+    free(mc);
+    *provider_campaign_slot(cp, PROVIDER_SLOT_MEDIA) = NULL;
+    return true;
+}
+
 static const struct provider_module media_module = {
+    .campaign_idle = media_campaign_idle,
     .install = media_install,
     .shard_init = media_shard_init,
     .shard_free = media_shard_free,

@@ -83,7 +83,7 @@ struct pv_request {
     char *entity;
     uint32_t entity_len;
     void *state;
-    struct pv_campaign *counted;    /* a stream counted in this campaign's open streams */
+    struct pv_campaign *counted;    /* counted in this campaign's open requests (and streams) */
     struct pv_request *next, *prev; /* all requests of the shard */
 };
 
@@ -235,7 +235,31 @@ static size_t module_count;
 struct pv_campaign {
     void *slot[PROVIDER_SLOTS];
     uint32_t open_streams;
+    uint32_t open_requests; /* streams included: while any is open the campaign stays */
 };
+
+/* The core would free an idle campaign (no subscription, no event for --campaign-idle-ms):
+ * kept while a request is open on it or a module keeps something; otherwise every module lets
+ * go of its slot and the Provider frees its record. */
+static bool pv_campaign_idle(struct shard *s, struct campaign *cp)
+{
+    struct pv_campaign *pc = *core_campaign_slot(cp);
+    if (!pc)
+        return true;
+    if (pc->open_requests)
+        return false;
+    bool idle = true;
+    for (size_t i = 0; i < module_count; i++)
+        if (modules[i]->campaign_idle && !modules[i]->campaign_idle(s, cp))
+            idle = false;
+    for (int k = 0; k < PROVIDER_SLOTS && idle; k++)
+        idle = pc->slot[k] == NULL; /* a module without the callback keeps what it holds */
+    if (!idle)
+        return false;
+    free(pc);
+    *core_campaign_slot(cp) = NULL;
+    return true;
+}
 
 /* The broker's published hook: tells the modules about an event just sequenced. */
 static void pv_published(struct shard *s, struct campaign *cp, struct oframe *f)
@@ -467,6 +491,10 @@ static void pv_free(struct pv_request *r)
         struct ext_entry *e = ext_entry_of(p, r);
         if (e && e->pending)
             e->pending--;
+    }
+    if (r->counted) {
+        NX_ASSERT(r->counted->open_requests > 0);
+        r->counted->open_requests--;
     }
     if (r->streaming) {
         p->open_streams--;
@@ -779,7 +807,10 @@ static struct pv_request *request_open(struct shard *s, struct campaign *cp,
 {
     struct pv_shard *p = pvs(s);
     struct pv_request *r = request_new(s, cp, m, body, id, key, now);
-    if (!r || map_put(&p->requests, key, r) < 0 || deadline_push(&p->deadlines, &r->dl) < 0) {
+    /* The campaign's record counts the request, so that the campaign is not freed under it
+     * (pv_campaign_idle): without one the request cannot be opened. */
+    if (!r || !provider_campaign_slot(cp, PROVIDER_SLOT_CAMPAIGN) ||
+        map_put(&p->requests, key, r) < 0 || deadline_push(&p->deadlines, &r->dl) < 0) {
         if (r) {
             map_del(&p->requests, key);
             free(r->metadata);
@@ -809,12 +840,12 @@ static void request_attach(struct shard *s, struct campaign *cp, struct pv_reque
     per_conn_add(p, r->requester, +1);
     if (ext)
         ext->pending++;
+    r->counted = *core_campaign_slot(cp); /* allocated by request_open */
+    NX_ASSERT(r->counted != NULL);
+    r->counted->open_requests++;
     if (streaming) {
         p->open_streams++;
-        if (provider_campaign_slot(cp, PROVIDER_SLOT_CAMPAIGN)) {
-            r->counted = *core_campaign_slot(cp);
-            r->counted->open_streams++;
-        }
+        r->counted->open_streams++;
         core_counter_add(s, pv_stat[PV_STAT_OPEN_STREAMS], 1);
     }
 }
@@ -1342,6 +1373,7 @@ static const struct core_hooks pv_hooks = {
     .conn_gone = pv_conn_gone,
     .timer = pv_timer,
     .published = pv_published,
+    .campaign_idle = pv_campaign_idle,
     .msg_free = pv_msg_free,
 };
 

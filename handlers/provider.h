@@ -95,6 +95,11 @@ struct provider_module {
      * exchanges are not sequenced and not seen. It may send private (unsequenced) events, but
      * must not publish sequenced ones, which would call it again. */
     void (*published)(struct shard *s, struct campaign *cp, struct oframe *f);
+    /* The campaign is idle (no subscription, no event for --campaign-idle-ms, no open
+     * request): release what the module's campaign slot holds and leave it NULL, returning
+     * true; or return false to keep the campaign (state, members). Without this callback a
+     * module's non-NULL slot keeps the campaign. */
+    bool (*campaign_idle)(struct shard *s, struct campaign *cp);
 };
 
 /* Per-module slots for state, one set per shard and one per campaign. */
