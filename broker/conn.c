@@ -590,9 +590,11 @@ static size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
     return pos;
 }
 
-/* Notes when a frame started arriving, for --frame-timeout-ms. */
+/* After a batch of input: gives back a large frame's assembly buffer at once, and notes when
+ * a frame started arriving, for --frame-timeout-ms. */
 static void conn_note_partial(struct conn *c)
 {
+    codec_framer_settle(&c->framer);
     if (!codec_framer_partial(&c->framer))
         c->frame_started_ns = 0;
     else if (!c->frame_started_ns)

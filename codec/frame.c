@@ -52,6 +52,13 @@ static void framer_reset(struct codec_framer *f)
         framer_release_buf(f);
 }
 
+void codec_framer_settle(struct codec_framer *f)
+{
+    if (f->hdr_have == CODEC_FRAME_HEADER_BYTES && f->body_have == f->body_bytes &&
+        f->body_bytes != 0)
+        framer_reset(f);
+}
+
 int codec_framer_feed(struct codec_framer *f, const uint8_t *data, size_t len, size_t *consumed,
                       const uint8_t **frame, uint32_t *frame_len)
 {

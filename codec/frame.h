@@ -70,6 +70,11 @@ void codec_framer_free(struct codec_framer *f);
 int codec_framer_feed(struct codec_framer *f, const uint8_t *data, size_t len, size_t *consumed,
                       const uint8_t **frame, uint32_t *frame_len);
 
+/* The caller is done with the frame the last feed returned: a large assembly buffer (and its
+ * budget) is given back now instead of at the next feed, which may never come from a client
+ * that sent one big frame and went quiet. No-op otherwise. */
+void codec_framer_settle(struct codec_framer *f);
+
 /* Bytes held by the framer for a partly received frame (header + body); for memory metrics. */
 size_t codec_framer_buffered(const struct codec_framer *f);
 
