@@ -411,15 +411,10 @@ static void test_assembly_budget(void **state)
     assert_true(peak - base < 40.0);
     complete_big(c, AS_CONNS, frame, held);
 
-    /* The budget came back: 16 more fit at once.
-     * BROKER BUG (found by this test, not fixed here): a frame assembled in a buffer above
-     * FRAMER_KEEP_BYTES_MAX keeps that buffer, and its share of --max-assembly-bytes, until the
-     * connection's next bytes arrive (codec_framer_feed frees it at the start of the next call;
-     * conn_process makes no further call when the frame ended its chunk). So 16 clients that
-     * each sent one 1 MiB frame and then went quiet keep the shard's whole 16 MiB budget (and
-     * RSS) until they speak again or liveness closes them, and every large frame of anyone
-     * else on the shard is refused meanwhile. A ping from each of them releases it. The
-     * assertion states the intended behaviour: completed frames return their budget. */
+    /* The budget came back: 16 more fit at once. (This test found that a completed large
+     * frame kept its buffer and budget until its connection sent more bytes, so 16 clients
+     * that sent one 1 MiB frame and went quiet blocked every large frame on the shard;
+     * codec_framer_settle now releases it after each batch of input.) */
     uint32_t again = send_partial_big(c + AS_CONNS, AS_BUDGET, frame, held + AS_CONNS);
     double peak2 = hx_rss_mib(&b);
     complete_big(c + AS_CONNS, AS_BUDGET, frame, held + AS_CONNS);
@@ -445,11 +440,9 @@ static void test_assembly_budget(void **state)
     }
     hx_assert_up(&b);
     assert_int_equal(h_stop(&b), 0);
-    /* Last, so that everything else above is checked even while the bug stands. */
     if (again)
         fail_msg("%u of %u new 1 MiB frames refused with limit_exceeded although every earlier "
-                 "frame had completed: completed frames keep their assembly budget (broker bug, "
-                 "see the comment above)",
+                 "frame had completed: completed frames must return their assembly budget",
                  again, AS_BUDGET);
 }
 
