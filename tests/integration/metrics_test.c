@@ -261,10 +261,12 @@ static void test_metrics_many_idle(void **state)
         assert_int_equal(closed, i < evicted);
     }
     assert_int_equal(metric_sum(text, "nexus_metrics_closes_total", "reason=\"limit\""), evicted);
-    /* the others are closed at their request deadline, 2 s after their accept */
+    /* the others are closed at their request deadline, 2 s after their accept (the accept of
+     * the last ones can lag the connect by a second or more under ASan on a loaded machine:
+     * the listen backlog is 64, so 4 s from the first connect) */
     int open_left = 0;
     for (int i = evicted; i < IDLE; i++) {
-        int64_t left = t0 + 2600 - h_now_ms();
+        int64_t left = t0 + 4000 - h_now_ms();
         open_left += !closed_by_peer(idle[i], left > 0 ? (int)left : 0);
     }
     int64_t all_closed = h_now_ms() - t0;
