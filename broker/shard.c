@@ -590,7 +590,7 @@ static void shard_tick(struct shard *s)
     s->timer_armed = true;
 }
 
-static void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
+void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
 {
     uint64_t ud = io_uring_cqe_get_data64(cqe);
     if (!ud_is_conn(ud)) {

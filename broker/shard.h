@@ -135,6 +135,8 @@ int shard_init(struct shard *s);
 void shard_loop(struct shard *s);
 void shard_drain_and_free(struct shard *s);
 void shard_free_outboxes(struct shard *s);
+/* Handles one completion of the shard's ring (a connection's, accept, timers, wake-ups). */
+void shard_cqe(struct shard *s, struct io_uring_cqe *cqe);
 /* The receive buffer bid, and giving it back to the kernel once its bytes are consumed. */
 const uint8_t *shard_buf(struct shard *s, uint16_t bid);
 void shard_buf_return(struct shard *s, uint16_t bid);

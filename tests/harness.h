@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,9 +54,11 @@ static inline uint16_t h_free_port(void)
     return ntohs(a.sin_port);
 }
 
-/* Starts nexusd with --shards N and the extra flags (NULL-terminated). Exits the test on
- * failure: without a broker nothing can be tested. */
-static inline struct broker_proc h_start(uint32_t shards, ...)
+/* Starts nexusd with --shards N and the extra flags (a NULL-terminated array); nofile, when
+ * not 0, is RLIMIT_NOFILE for the broker only (set in the child between fork and exec).
+ * Exits the test on failure: without a broker nothing can be tested. */
+static inline struct broker_proc h_start_flags(uint32_t shards, rlim_t nofile,
+                                               const char *const *flags)
 {
     struct broker_proc b = {0};
     const char *bin = getenv("NEXUSD");
@@ -78,15 +81,19 @@ static inline struct broker_proc h_start(uint32_t shards, ...)
         argv[n++] = sh;
         argv[n++] = "--log-level";
         argv[n++] = getenv("NEXUS_TEST_LOG") ? getenv("NEXUS_TEST_LOG") : "warn";
-        va_list ap;
-        va_start(ap, shards);
-        const char *a;
-        while ((a = va_arg(ap, const char *)) && n < 62)
-            argv[n++] = a;
-        va_end(ap);
+        for (int i = 0; flags && flags[i] && n < 62; i++)
+            argv[n++] = flags[i];
         argv[n] = NULL;
+        fflush(NULL);
         b.pid = fork();
         if (b.pid == 0) {
+            if (nofile) {
+                struct rlimit rl;
+                getrlimit(RLIMIT_NOFILE, &rl);
+                rl.rlim_cur = nofile;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                    _exit(126);
+            }
             execv(bin, (char *const *)argv);
             perror("execv nexusd");
             _exit(127);
@@ -109,6 +116,21 @@ static inline struct broker_proc h_start(uint32_t shards, ...)
     }
     fprintf(stderr, "nexusd did not start\n");
     exit(1);
+}
+
+/* h_start_flags with the extra flags as arguments (NULL-terminated). */
+static inline struct broker_proc h_start(uint32_t shards, ...)
+{
+    const char *flags[64];
+    int n = 0;
+    va_list ap;
+    va_start(ap, shards);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) && n < 63)
+        flags[n++] = a;
+    va_end(ap);
+    flags[n] = NULL;
+    return h_start_flags(shards, 0, flags);
 }
 
 /* Stops the broker with SIGTERM. Returns its exit status (0 expected), or -1 if it had to be
@@ -203,7 +225,6 @@ static inline int64_t h_campaign_on(uint32_t shard, uint32_t shards, int64_t fro
 /* ---- helpers added for the integration suite (append-only) --------------------------------- */
 
 #include <stdbool.h>
-#include <sys/resource.h>
 
 #include "codec/stats.h"
 #include "codec/wire.h"

@@ -82,66 +82,13 @@ static inline double hx_rss_mib(const struct broker_proc *b)
 
 /* ---- starting the broker with a low descriptor limit ---------------------------------------- */
 
-/* h_start with RLIMIT_NOFILE set to `nofile` in the broker only (in the child between fork and
- * exec; the harness has no hook for that, and lowering this process's own limit around
- * h_start would starve its start-up probe when this process holds many sockets). Same command
- * line and readiness check as h_start; remembered for h_teardown. flags: NULL-terminated. */
+/* h_start with RLIMIT_NOFILE set to `nofile` in the broker only (lowering this process's own
+ * limit around h_start would starve its start-up probe when it holds many sockets);
+ * remembered for h_teardown. flags: NULL-terminated. */
 static inline struct broker_proc hx_start_nofile(uint32_t shards, rlim_t nofile,
                                                  const char *const *flags)
 {
-    struct broker_proc b = {0};
-    const char *bin = getenv("NEXUSD");
-    if (!bin) {
-        fprintf(stderr, "NEXUSD is not set (run the tests through ctest)\n");
-        exit(1);
-    }
-    b.shards = shards;
-    for (int attempt = 0; attempt < 5; attempt++) {
-        b.port = h_free_port();
-        char listen[64], sh[16];
-        snprintf(listen, sizeof(listen), "127.0.0.1:%u", b.port);
-        snprintf(sh, sizeof(sh), "%u", shards);
-        const char *argv[64];
-        int n = 0;
-        argv[n++] = bin;
-        argv[n++] = "--listen";
-        argv[n++] = listen;
-        argv[n++] = "--shards";
-        argv[n++] = sh;
-        argv[n++] = "--log-level";
-        argv[n++] = getenv("NEXUS_TEST_LOG") ? getenv("NEXUS_TEST_LOG") : "warn";
-        for (int i = 0; flags && flags[i] && n < 62; i++)
-            argv[n++] = flags[i];
-        argv[n] = NULL;
-        fflush(NULL);
-        b.pid = fork();
-        if (b.pid == 0) {
-            struct rlimit rl;
-            getrlimit(RLIMIT_NOFILE, &rl);
-            rl.rlim_cur = nofile;
-            if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-                _exit(126);
-            execv(bin, (char *const *)argv);
-            _exit(127);
-        }
-        int64_t deadline = h_now_ms() + 10000;
-        while (h_now_ms() < deadline) {
-            int st;
-            if (waitpid(b.pid, &st, WNOHANG) == b.pid)
-                break;
-            char err[256];
-            struct nexus_client *c = nexus_connect("127.0.0.1", b.port, err, sizeof(err));
-            if (c) {
-                nexus_close(c);
-                return h_track(b);
-            }
-            usleep(20000);
-        }
-        kill(b.pid, SIGKILL);
-        waitpid(b.pid, NULL, 0);
-    }
-    fprintf(stderr, "nexusd did not start\n");
-    exit(1);
+    return h_track(h_start_flags(shards, nofile, flags));
 }
 
 /* ---- raw sockets ---------------------------------------------------------------------------- */

@@ -22,7 +22,6 @@
 
 #include "broker/conn.h"
 #include "broker/shard.h"
-#include "broker/ud.h"
 
 struct fixture {
     struct broker b;
@@ -62,7 +61,7 @@ static int teardown(void **state)
 }
 
 /* One pass of the shard loop's work for connections: start queued sends, wait for
- * completions (at most wait_ms), dispatch them as shard.c does, release closed connections. */
+ * completions (at most wait_ms), dispatch them (shard_cqe), release closed connections. */
 static void pass(struct shard *s, int wait_ms)
 {
     while (s->flush_head) {
@@ -78,22 +77,8 @@ static void pass(struct shard *s, int wait_ms)
     unsigned head, n = 0;
     io_uring_for_each_cqe(&s->ring, head, cqe)
     {
-        uint64_t ud = io_uring_cqe_get_data64(cqe);
+        shard_cqe(s, cqe);
         n++;
-        if (!ud_is_conn(ud))
-            continue;
-        struct conn *c = ud_conn(ud);
-        switch (ud_conn_op(ud)) {
-        case UD_CONN_RECV:
-            conn_recv_done(c, cqe);
-            break;
-        case UD_CONN_SEND:
-            conn_send_done(c, cqe->res);
-            break;
-        default:
-            conn_op_done(c);
-            break;
-        }
     }
     io_uring_cq_advance(&s->ring, n);
     conn_reap(s);
