@@ -4,6 +4,7 @@
 // and its help text are one row. Start-up only (main thread).
 #include "broker/config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <stddef.h>
@@ -74,13 +75,39 @@ static const struct opt opts[] = {
     {"max-memory", OPT_SIZE, OFF(memory_bytes_max), 0, 1ull << 50,
      "RSS past which new subscriptions, campaigns and large frames are refused (0 = off)"},
     {"token", OPT_STR, OFF(token), 0, sizeof(((struct config *)0)->token),
-     "require Hello with this token"},
+     "require Hello with this token (one shared secret; see --accounts)"},
+    {"accounts", OPT_STR, OFF(accounts_path), 0, sizeof(((struct config *)0)->accounts_path),
+     "accounts file: users, hashed tokens, permissions (docs/SECURITY.md); SIGHUP reloads"},
+    {"auth-timeout-ms", OPT_U32, OFF(auth_timeout_ms), 0, 3600000,
+     "with --token or --accounts: a connection must authenticate within (0 = off)"},
+    {"insecure", OPT_BOOL, OFF(insecure), 0, 0,
+     "allow listening on a non-loopback address without --accounts or --token"},
+    {"tls-cert", OPT_STR, OFF(tls_cert), 0, sizeof(((struct config *)0)->tls_cert),
+     "PEM certificate (chain): clients must speak TLS"},
+    {"tls-key", OPT_STR, OFF(tls_key), 0, sizeof(((struct config *)0)->tls_key),
+     "PEM private key of --tls-cert"},
+    {"tls-client-ca", OPT_STR, OFF(tls_client_ca), 0, sizeof(((struct config *)0)->tls_client_ca),
+     "PEM CA: clients must present a certificate it signed (maps to an account's cert)"},
     {"log-level", OPT_LEVEL, OFF(log_level), 0, 0, "debug | info | warn | error"},
     {"log-json", OPT_BOOL, OFF(log_json), 0, 0, "log JSON lines"},
     {"pin-cpus", OPT_BOOL, OFF(pin_cpus), 0, 0,
      "pin shard i to the i-th CPU of nexusd's affinity mask (taskset)"},
     {"metrics", OPT_MADDR, 0, 0, 0, "HOST:PORT for Prometheus metrics over HTTP (off if unset)"},
 };
+
+/* True for 127.0.0.0/8, ::1, ::ffff:127.x and "localhost": addresses only this host reaches. */
+static bool host_is_loopback(const char *host)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (!strcmp(host, "localhost"))
+        return true;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return false;
+}
 
 /* Rows other layers registered (config_register): settings of their own. */
 static const struct config_setting *ext_rows[CONFIG_SETTINGS_MAX];
@@ -140,9 +167,11 @@ void config_defaults(struct config *c)
     c->drain_ms = 5000;
     c->idle_timeout_ms = 0;
     /* 5 s for the first frame: a client library connects and speaks at once; a socket that
-     * says nothing for 5 s is a port scan or a leak. With --token, 2 s for the hello (NATS's
-     * auth_timeout); UINT32_MAX marks "not given" until config_parse resolves it. */
-    c->hello_timeout_ms = UINT32_MAX;
+     * says nothing for 5 s is a port scan or a leak. */
+    c->hello_timeout_ms = 5000;
+    /* With --token or --accounts, 2 s to be authenticated, TLS handshake included (NATS's
+     * auth_timeout): an unauthenticated socket holds a slot and a little memory, nothing else. */
+    c->auth_timeout_ms = 2000;
     /* 10 s for a frame to complete once started: a 1 MiB frame then needs 100 KiB/s, which any
      * live client sustains, while a trickler holding a frame buffer is cut off. */
     c->frame_timeout_ms = 10000;
@@ -418,6 +447,31 @@ static int load_file(struct config *c, const char *path)
     return r;
 }
 
+/* Authentication and TLS flags that only make sense together; protected mode. */
+static int config_check_auth(const struct config *c)
+{
+    if (c->token[0] && c->accounts_path[0]) {
+        fprintf(stderr, "nexusd: --token and --accounts exclude each other: with accounts every "
+                        "user has a token of its own\n");
+        return -EINVAL;
+    }
+    if (!c->token[0] && !c->accounts_path[0] && !c->insecure && !host_is_loopback(c->listen_host)) {
+        fprintf(stderr,
+                "nexusd: refusing to listen on %s without authentication (protected mode): any "
+                "host that reaches it could publish, subscribe and act for anyone. Give "
+                "--accounts FILE (docs/SECURITY.md) so clients must log in, or --insecure to "
+                "accept anyone on purpose.\n",
+                c->listen_host);
+        return -EINVAL;
+    }
+    if ((c->tls_cert[0] != 0) != (c->tls_key[0] != 0) || (c->tls_client_ca[0] && !c->tls_cert[0])) {
+        fprintf(stderr, "nexusd: --tls-cert and --tls-key go together (and --tls-client-ca needs "
+                        "them)\n");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 int config_parse(struct config *c, int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
@@ -461,8 +515,8 @@ int config_parse(struct config *c, int argc, char **argv)
         if (r < 0)
             return r;
     }
-    if (c->hello_timeout_ms == UINT32_MAX)
-        c->hello_timeout_ms = c->token[0] ? 2000 : 5000;
+    if (config_check_auth(c) < 0)
+        return -EINVAL;
     if (c->memory_bytes_max == UINT64_MAX) {
         c->memory_bytes_max = 0;
         long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);

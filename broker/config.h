@@ -50,6 +50,13 @@ struct config {
     uint32_t campaign_idle_ms;           /* free idle campaigns after this long; 0 = never */
     uint64_t memory_bytes_max;           /* process RSS past which growth is refused; 0 = off */
     char token[128];                     /* non-empty: Hello with this token required */
+    /* Who is speaking (docs/SECURITY.md). */
+    char accounts_path[1024]; /* non-empty: accounts file; Hello must name a user + token */
+    uint32_t auth_timeout_ms; /* authenticated (TLS handshake + hello) within; 0 = off */
+    bool insecure;            /* allow a non-loopback listen without token or accounts */
+    char tls_cert[1024];      /* non-empty: clients speak TLS; PEM certificate chain */
+    char tls_key[1024];       /* PEM private key of tls_cert */
+    char tls_client_ca[1024]; /* non-empty: client certificates verified against this CA */
     int log_level;
     bool log_json;
     uint16_t metrics_port; /* 0 = metrics off */

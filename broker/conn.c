@@ -21,9 +21,11 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "broker/auth.h"
 #include "broker/log.h"
 #include "broker/pubsub.h"
 #include "broker/shard.h"
+#include "broker/tls.h"
 #include "broker/ud.h"
 #include "codec/envelope.h"
 #include "codec/wire.h"
@@ -61,9 +63,14 @@ struct conn *conn_create(struct shard *s, int fd)
     c->dedup_scope = c->id;
     c->iov = c->iov_small;
     c->accepted_ns = shard_now_ns();
-    if (!s->cfg->token[0])
+    if (!s->cfg->token[0] && !auth_accounts_on())
         c->flags |= CONN_AUTHED;
+    if (tls_enabled() && !(c->tls = tls_conn_new())) {
+        free(c);
+        return NULL;
+    }
     if (map_put(&s->conns, c->id, c) < 0) {
+        tls_conn_free(c->tls);
         free(c);
         return NULL;
     }
@@ -93,7 +100,9 @@ static void conn_free(struct conn *c)
     free(c->stash);
     free(c->gaps);
     free(c->subs);
+    auth_conn_free(c);
     codec_framer_free(&c->framer);
+    tls_conn_free(c->tls);
     close(c->fd);
     s->dead_count--;
     free(c);
@@ -366,8 +375,89 @@ void conn_error(struct conn *c, uint64_t correlation, const char *code, const ch
         conn_enqueue_bytes(c, buf, (size_t)n);
 }
 
+/* ---- output over TLS ------------------------------------------------------------------------ */
+
+/* Encrypts queued frames, about one send's worth, and drops them from the queue as a send
+ * completion does on a plain connection: their ciphertext is the TLS state's now. */
+static void conn_tls_encrypt(struct conn *c)
+{
+    struct shard *s = c->shard;
+    size_t bytes = 0;
+    uint64_t freed = 0;
+    int r = 0;
+    NX_ASSERT(c->q_off == 0);
+    while (c->q_count && bytes < CONN_SEND_BYTES_MAX) {
+        struct oframe *f = c->q[c->q_head];
+        if ((r = tls_conn_write(c->tls, f->data, f->len)) < 0)
+            break;
+        bytes += f->len;
+        c->q_head = (c->q_head + 1) & (c->q_cap - 1);
+        c->q_count--;
+        c->q_bytes -= f->len;
+        freed += f->len;
+        oframe_unref(f);
+        stat_add(&s->stats.frames_out, 1);
+    }
+    if (r == 0)
+        r = tls_conn_write_end(c->tls);
+    stat_sub(&s->stats.bytes_queued, freed);
+    if (r < 0) {
+        log_warn((int)s->index, "connection %llu closed: TLS encryption failed: %s",
+                 (unsigned long long)c->id, tls_conn_error(c->tls));
+        conn_close(c, "TLS encryption failed");
+        return;
+    }
+    if (c->gap_count && c->q_bytes < s->cfg->outbound_bytes_max / 2)
+        conn_flush_gaps(c);
+}
+
+/* One send of ciphertext: the rest of a short send, handshake messages, or the encryption of
+ * the next frames once the previous ciphertext is all sent (nothing before the handshake). */
+static void conn_tls_flush(struct conn *c)
+{
+    if (c->flags & (CONN_SEND_INFLIGHT | CONN_DEAD))
+        return;
+    if (c->q_count && !tls_conn_out_busy(c->tls) && tls_conn_established(c->tls)) {
+        conn_tls_encrypt(c);
+        if (c->flags & CONN_DEAD)
+            return;
+    }
+    const uint8_t *p;
+    size_t n = tls_conn_out(c->tls, &p);
+    if (n == 0)
+        return;
+    struct io_uring_sqe *sqe = shard_sqe(c->shard);
+    io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_of_conn(c, UD_CONN_SEND));
+    c->flags |= CONN_SEND_INFLIGHT;
+    c->ops_inflight++;
+}
+
+/* A send of ciphertext completed (res bytes, >= 0). Ciphertext left over is sent at once, so
+ * that none waits without a send in flight (the frames it holds have left the queue). */
+static void conn_tls_sent(struct conn *c, int res)
+{
+    tls_conn_out_sent(c->tls, (size_t)res, c->q_count == 0);
+    if (tls_conn_out_pending(c->tls)) {
+        conn_tls_flush(c);
+    } else if (c->q_count) {
+        conn_schedule_flush(c);
+    } else if (c->flags & CONN_CLOSING) {
+        conn_close(c, "closed after flush");
+    } else if (c->q_cap > 1024) {
+        free(c->q); /* a burst grew the queue array; drained now */
+        c->q = NULL;
+        c->q_cap = 0;
+        c->q_head = 0;
+    }
+}
+
 void conn_flush(struct conn *c)
 {
+    if (c->tls) {
+        conn_tls_flush(c);
+        return;
+    }
     if (c->flags & (CONN_SEND_INFLIGHT | CONN_DEAD) || c->q_count == 0)
         return;
     NX_ASSERT(c->q_off < c->q[c->q_head]->len);
@@ -423,6 +513,10 @@ void conn_send_done(struct conn *c, int res)
         return;
     }
     stat_add(&s->stats.bytes_out, (uint64_t)res);
+    if (c->tls) {
+        conn_tls_sent(c, res);
+        return;
+    }
     size_t left = (size_t)res;
     uint64_t freed = 0;
     while (left && c->q_count) {
@@ -512,7 +606,9 @@ static void conn_pause(struct conn *c)
             c->flags |= CONN_RECV_CANCELLED;
         }
     }
-    if (!(c->flags & CONN_ON_RESUME)) {
+    /* A connection waiting for its credential to be verified is resumed by conn_auth_done,
+     * not by the loop (which would only pause it again). */
+    if (!(c->flags & (CONN_ON_RESUME | CONN_AUTH_PENDING))) {
         c->flags |= CONN_ON_RESUME;
         c->resume_next = s->resume_head;
         s->resume_head = c;
@@ -622,6 +718,55 @@ static void conn_input(struct conn *c, const uint8_t *data, size_t len)
         conn_close(c, "input stash overflow");
 }
 
+/* TLS: a failed handshake, an alert or a record that is not TLS. The alert the SSL wrote, if
+ * any, goes out before the close. */
+static void conn_tls_failed(struct conn *c)
+{
+    struct shard *s = c->shard;
+    bool est = tls_conn_established(c->tls);
+    if (!est)
+        tls_count_handshake_failure(&s->stats);
+    log_info((int)s->index, "connection %llu closed: TLS %s failed: %s", (unsigned long long)c->id,
+             est ? "session" : "handshake", tls_conn_error(c->tls));
+    conn_tls_flush(c);
+    conn_close_after_flush(c);
+}
+
+/* TLS: the ciphertext received goes through the SSL (handshake included); the plaintext that
+ * comes out goes to conn_input, as a plain connection's bytes do (and is what the stash holds
+ * while paused). Handshake messages the SSL staged are sent by the next flush. */
+static void conn_tls_input(struct conn *c, const uint8_t *data, size_t len)
+{
+    uint8_t plain[16384]; /* one TLS record's plaintext at most */
+    bool was = tls_conn_established(c->tls);
+    int n = tls_conn_feed(c->tls, data, len) < 0 ? TLS_FAILED : 1;
+    while (n > 0 && !(c->flags & (CONN_DEAD | CONN_CLOSING))) {
+        n = tls_conn_read(c->tls, plain, sizeof(plain));
+        if (n > 0)
+            conn_input(c, plain, (size_t)n);
+    }
+    if (!was && tls_conn_established(c->tls)) {
+        const char *peer = tls_conn_peer_name(c->tls);
+        log_debug((int)c->shard->index, "connection %llu: TLS established, client certificate %s",
+                  (unsigned long long)c->id, peer ? peer : "(none)");
+    }
+    if (c->flags & CONN_DEAD)
+        return;
+    if (n == TLS_FAILED) {
+        conn_tls_failed(c);
+        return;
+    }
+    if (n == TLS_CLOSED) { /* close_notify: as a plain peer's end of file (conn_recv_done) */
+        if ((c->flags & CONN_PAUSED) || c->stash_len)
+            c->flags |= CONN_PEER_EOF;
+        else
+            conn_close_after_flush(c);
+        return;
+    }
+    if (tls_conn_out_pending(c->tls) || c->q_count)
+        conn_schedule_flush(c);
+}
+
 void conn_stop_reading(struct conn *c)
 {
     struct shard *s = c->shard;
@@ -674,7 +819,10 @@ void conn_recv_done(struct conn *c, struct io_uring_cqe *cqe)
         uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
         if (!(c->flags & (CONN_DEAD | CONN_CLOSING | CONN_DRAINING))) {
             stat_add(&s->stats.bytes_in, (uint64_t)res);
-            conn_input(c, shard_buf(s, bid), (size_t)res);
+            if (c->tls)
+                conn_tls_input(c, shard_buf(s, bid), (size_t)res);
+            else
+                conn_input(c, shard_buf(s, bid), (size_t)res);
         }
         shard_buf_return(s, bid);
     }
@@ -740,16 +888,19 @@ void conn_check_deadlines(struct conn *c, int64_t now)
     if (c->flags & CONN_CLOSING)
         return;
     const int64_t ms = 1000000;
-    bool token = cfg->token[0] != 0;
-    if (cfg->hello_timeout_ms && now - c->accepted_ns > (int64_t)cfg->hello_timeout_ms * ms &&
-        (token ? !(c->flags & CONN_HELLO_SEEN) : c->last_frame_ns == 0)) {
-        if (token)
-            conn_deadline(c, "hello timeout", "no hello within %u ms (--hello-timeout-ms)",
-                          cfg->hello_timeout_ms);
-        else
-            conn_deadline(c, "hello timeout",
-                          "no frame within %u ms of connecting (--hello-timeout-ms)",
-                          cfg->hello_timeout_ms);
+    bool auth = cfg->token[0] != 0 || auth_accounts_on();
+    if (auth && cfg->auth_timeout_ms && !(c->flags & CONN_AUTHED) &&
+        now - c->accepted_ns > (int64_t)cfg->auth_timeout_ms * ms) {
+        conn_deadline(c, "authentication timeout",
+                      "not authenticated within %u ms of connecting (--auth-timeout-ms)",
+                      cfg->auth_timeout_ms);
+        return;
+    }
+    if (!auth && cfg->hello_timeout_ms && c->last_frame_ns == 0 &&
+        now - c->accepted_ns > (int64_t)cfg->hello_timeout_ms * ms) {
+        conn_deadline(c, "hello timeout",
+                      "no frame within %u ms of connecting (--hello-timeout-ms)",
+                      cfg->hello_timeout_ms);
         return;
     }
     if (cfg->frame_timeout_ms && c->frame_started_ns &&
@@ -784,6 +935,18 @@ void conn_check_deadlines(struct conn *c, int64_t now)
 
 /* ---- frames ------------------------------------------------------------------------------- */
 
+/* The hello is accepted: the full frame size from now on, and the welcome. */
+static void conn_welcome(struct conn *c, uint64_t corr)
+{
+    struct shard *s = c->shard;
+    codec_framer_set_max(&c->framer, s->cfg->frame_bytes_max);
+    uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+    int n = codec_welcome_encode(buf, sizeof(buf), corr, s->broker->shard_count,
+                                 s->cfg->frame_bytes_max, c->id, s->index);
+    if (n > 0)
+        conn_enqueue_bytes(c, buf, (size_t)n);
+}
+
 static int conn_hello(struct conn *c, uint64_t corr, struct codec_slice body)
 {
     struct shard *s = c->shard;
@@ -813,16 +976,37 @@ static int conn_hello(struct conn *c, uint64_t corr, struct codec_slice body)
         }
         c->flags |= CONN_AUTHED;
     }
+    if (h.client_name.len) {
+        /* Scoped by user too: a client name never lets one user into another's window. */
+        uint64_t seed = XXH3_64bits(h.user.ptr, h.user.len);
+        c->dedup_scope =
+            XXH3_64bits_withSeed(h.client_name.ptr, h.client_name.len, seed) | 1ull << 63;
+    }
+    if (auth_accounts_on() && (c->flags & (CONN_AUTHED | CONN_HELLO_SEEN))) {
+        conn_error(c, corr, "bad_request", "hello was already accepted on this connection");
+        return 0;
+    }
     c->flags |= CONN_HELLO_SEEN;
-    codec_framer_set_max(&c->framer, s->cfg->frame_bytes_max);
-    if (h.client_name.len)
-        c->dedup_scope = XXH3_64bits(h.client_name.ptr, h.client_name.len) | 1ull << 63;
-    uint8_t buf[CODEC_CONTROL_BYTES_MAX];
-    int n = codec_welcome_encode(buf, sizeof(buf), corr, s->broker->shard_count,
-                                 s->cfg->frame_bytes_max, c->id, s->index);
-    if (n > 0)
-        conn_enqueue_bytes(c, buf, (size_t)n);
+    if (auth_accounts_on()) {
+        enum auth_result r = auth_hello(c, corr, &h);
+        if (r == AUTH_FAILED)
+            return -1;
+        if (r == AUTH_PENDING) {
+            c->flags |= CONN_AUTH_PENDING; /* frames after it wait (conn_frame) */
+            return 0;
+        }
+        c->flags |= CONN_AUTHED;
+    }
+    conn_welcome(c, corr);
     return 0;
+}
+
+void conn_auth_done(struct conn *c, uint64_t corr)
+{
+    c->flags |= CONN_AUTHED;
+    conn_welcome(c, corr);
+    if (c->flags & CONN_PAUSED)
+        conn_resume(c);
 }
 
 /* The emit's event type, validated: the connection's last type when it repeats (most
@@ -841,6 +1025,7 @@ static int conn_emit_type(struct conn *c, uint64_t corr, struct codec_slice ts, 
     }
     c->last_type = *t;
     c->last_type_len = (uint16_t)ts.len;
+    c->perm_type_len = 0; /* the permission decision was for another type */
     memcpy(c->last_type_str, ts.ptr, ts.len);
     return 0;
 }
@@ -866,6 +1051,82 @@ static void emit_msg_fill(struct emit_msg *m, const struct codec_emit *e, const 
     m->campaign_id = e->campaign_id;
 }
 
+/* Whether c's account may emit e (type t): requests and cancels need `request` for the action,
+ * a handler's lifecycle replies `handle` (or `publish`), anything else `publish`. The decision
+ * is remembered for the connection's last type and campaign. 0, or -1 after answering. */
+static int conn_emit_allowed(struct conn *c, uint64_t corr, const struct codec_emit *e,
+                             const struct evtype *t)
+{
+    if (c->perm_type_len && c->perm_campaign == e->campaign_id)
+        return 0;
+    const struct account *a = c->acct;
+    const char *ts = (const char *)e->event_type.ptr;
+    enum perm_op op = PERM_EMIT;
+    bool ok;
+    switch (t->state) {
+    case EVTYPE_REQUESTED:
+    case EVTYPE_CANCEL:
+        op = PERM_REQUEST;
+        ok = account_may_action(a, PERM_REQUEST, t, ts);
+        break;
+    case EVTYPE_STARTED:
+    case EVTYPE_STREAM:
+    case EVTYPE_HEARTBEAT:
+    case EVTYPE_SUCCESS:
+    case EVTYPE_FAILED:
+        ok = account_may_action(a, PERM_HANDLE, t, ts) ||
+             account_may_publish(a, e->campaign_id, t, ts);
+        break;
+    default:
+        ok = account_may_publish(a, e->campaign_id, t, ts);
+        break;
+    }
+    if (!ok) {
+        auth_deny(c, corr, op, "user %s may not %s %.*s in campaign %lld", account_name(a),
+                  op == PERM_REQUEST ? "request" : "emit", (int)e->event_type.len, ts,
+                  (long long)e->campaign_id);
+        return -1;
+    }
+    c->perm_campaign = e->campaign_id;
+    c->perm_type_len = c->last_type_len;
+    return 0;
+}
+
+/* The broker says who sent an event (docs/SECURITY.md): an emit without a user id gets the
+ * account's, rewritten into *stamped (the caller frees it; *body and *e then point into it);
+ * one with another user's id is refused. 0, or -1 after answering. */
+static int conn_emit_stamp(struct conn *c, uint64_t corr, struct codec_emit *e,
+                           struct codec_slice *body, uint8_t **stamped)
+{
+    uint32_t ul;
+    const char *uid = account_user_id(c->acct, &ul);
+    if (e->user_id.len) {
+        if (e->user_id.len == ul && memcmp(e->user_id.ptr, uid, ul) == 0)
+            return 0;
+        auth_deny(c, corr, PERM_EMIT,
+                  "metadata.global_context.user_id \"%.*s\" is not this connection's user "
+                  "\"%.*s\" (leave it empty: the broker stamps it)",
+                  (int)(e->user_id.len > 64 ? 64 : e->user_id.len), (const char *)e->user_id.ptr,
+                  (int)ul, uid);
+        return -1;
+    }
+    size_t cap = body->len + CODEC_STAMP_EXTRA(ul);
+    uint8_t *nb = malloc(cap);
+    int n = nb ? codec_emit_stamp_user(body->ptr, body->len, e, uid, ul, nb, cap) : -ENOMEM;
+    if (n < 0) {
+        free(nb);
+        conn_error(c, corr, "internal", "cannot stamp the user id on this emit");
+        return -1;
+    }
+    *stamped = nb;
+    body->ptr = nb;
+    body->len = (uint32_t)n;
+    return 0;
+}
+
+static int conn_emit_route(struct conn *c, uint64_t corr, const struct codec_emit *ep,
+                           const struct evtype *tp, struct codec_slice body, uint32_t owner);
+
 /* An emit frame: decoded and checked here, then handled in place when this shard owns the
  * campaign or sent to its owner. Returns 1 to hold the frame back (backpressure), else 0. */
 static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
@@ -889,6 +1150,20 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
     uint32_t owner = shard_of_campaign(s, e.campaign_id);
     if (owner == s->index ? shard_stalled(s) : !shard_can_send_request(s, owner))
         return 1;
+    uint8_t *stamped = NULL;
+    if (c->acct && (conn_emit_allowed(c, corr, &e, &t) < 0 ||
+                    conn_emit_stamp(c, corr, &e, &body, &stamped) < 0))
+        return 0;
+    int r = conn_emit_route(c, corr, &e, &t, body, owner);
+    free(stamped);
+    return r;
+}
+
+/* Hands a checked emit to its campaign's owner: this shard, or another through its ring. */
+static int conn_emit_route(struct conn *c, uint64_t corr, const struct codec_emit *ep,
+                           const struct evtype *tp, struct codec_slice body, uint32_t owner)
+{
+    struct shard *s = c->shard;
     struct emit_msg local;
     struct emit_msg *m = &local;
     if (owner != s->index) {
@@ -899,13 +1174,14 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
         }
         memcpy(m->body, body.ptr, body.len);
     }
-    emit_msg_fill(m, &e, body.ptr);
+    emit_msg_fill(m, ep, body.ptr);
     m->conn_id = c->id;
     m->dedup_scope = c->dedup_scope;
     m->correlation = corr;
-    m->type = t;
+    m->type = *tp;
     m->body_len = body.len;
-    if (t.state == EVTYPE_REQUESTED || t.state == EVTYPE_CANCEL)
+    m->auth = c->acct ? EMIT_AUTH_ACCOUNT | (account_admin(c->acct) ? EMIT_AUTH_ADMIN : 0) : 0;
+    if (tp->state == EVTYPE_REQUESTED || tp->state == EVTYPE_CANCEL)
         c->notify_mask |= 1ull << owner; /* its requests live there: tell it when we close */
     if (owner == s->index) {
         pubsub_emit(s, m, body.ptr);
@@ -915,6 +1191,21 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
     if (shard_send(s, owner, CORE_REQUEST, &rm) < 0) {
         free(m);
         conn_error(c, corr, "internal", "out of memory");
+    }
+    return 0;
+}
+
+/* A frame before authentication: only the one hello passes. 0 to go on, 1 to hold the frame
+ * back (the hello's credential is being verified), -1 after closing. */
+static int conn_gate(struct conn *c, const struct codec_envelope *env)
+{
+    if (c->flags & CONN_AUTH_PENDING)
+        return 1;
+    if (env->kind != CODEC_KIND_HELLO || (c->flags & CONN_HELLO_SEEN)) {
+        conn_error(c, env->correlation, "unauthorized",
+                   "this broker requires a hello frame with credentials first");
+        conn_close_after_flush(c);
+        return -1;
     }
     return 0;
 }
@@ -929,11 +1220,10 @@ static int conn_frame(struct conn *c, const uint8_t *frame, uint32_t len)
         conn_error(c, 0, "bad_protobuf", "%s", err);
         return 0;
     }
-    if (!(c->flags & CONN_AUTHED) && env.kind != CODEC_KIND_HELLO) {
-        conn_error(c, env.correlation, "unauthorized",
-                   "this broker requires a hello frame with a token first");
-        conn_close_after_flush(c);
-        return -1;
+    if (!(c->flags & CONN_AUTHED)) {
+        int g = conn_gate(c, &env);
+        if (g)
+            return g;
     }
     switch (env.kind) {
     case CODEC_KIND_EMIT:
@@ -966,7 +1256,10 @@ static int conn_frame(struct conn *c, const uint8_t *frame, uint32_t len)
     case CODEC_KIND_PONG:
         return 0;
     case CODEC_KIND_STATS:
-        shard_stats_reply(c, env.correlation);
+        if (c->acct && !account_admin(c->acct))
+            auth_deny(c, env.correlation, PERM_ADMIN, "stats need the admin permission");
+        else
+            shard_stats_reply(c, env.correlation);
         return 0;
     case CODEC_KIND_NONE:
         conn_error(c, env.correlation, "unknown_frame", "frame has no body");

@@ -33,6 +33,8 @@
 
 struct shard;
 struct sub;
+struct account;
+struct conn_tls;
 struct io_uring_cqe;
 
 /* Frames gathered into one sendmsg. A connection sends up to CONN_IOV_SMALL frames from an
@@ -67,6 +69,7 @@ enum conn_flag {
     CONN_PEER_EOF = 1u << 11,     /* the peer closed its side while input was held back */
     CONN_DEADLINE_HIT = 1u << 12, /* closing after a missed deadline: no second chance */
     CONN_DRAINING = 1u << 13,     /* the broker drains: no more input; output still flows */
+    CONN_AUTH_PENDING = 1u << 14, /* a hello's credential is being verified (auth worker) */
 };
 
 struct conn {
@@ -113,6 +116,16 @@ struct conn {
      * that a named client retrying after a reconnect is still recognised. */
     uint64_t dedup_scope;
     uint64_t notify_mask;     /* shards to tell when this connection closes (requests, handlers) */
+    /* Who is speaking (docs/SECURITY.md): the account this connection authenticated as, NULL
+     * without --accounts or before authentication. Held by reference (auth.h). */
+    struct account *acct;
+    /* The last emit found allowed (auth.h): its campaign, for the type in last_type;
+     * perm_type_len 0 when there is none. Publishers repeat both, so most emits skip the
+     * check. */
+    int64_t perm_campaign;
+    uint16_t perm_type_len;
+    /* TLS state (tls.h), NULL on a plain connection. */
+    struct conn_tls *tls;
     struct conn *flush_next;  /* shard flush list */
     struct conn *resume_next; /* shard resume list */
     struct conn *kill_next;   /* shard list of connections to release */
@@ -144,6 +157,9 @@ void conn_enqueue_bytes(struct conn *c, const uint8_t *buf, size_t len);
 /* Queues an error frame answering correlation; the message is formatted. */
 void conn_error(struct conn *c, uint64_t correlation, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* The verifier accepted c's hello (auth_poll): welcome it and process what it sent after. */
+void conn_auth_done(struct conn *c, uint64_t correlation);
 
 /* Closes at once: DEAD, nothing more is queued or read; released by conn_reap. */
 void conn_close(struct conn *c, const char *why);

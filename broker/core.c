@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "broker/auth.h"
 #include "broker/conn.h"
 #include "broker/msg.h"
 #include "broker/pubsub.h"
@@ -148,4 +149,40 @@ void core_conn_notify(struct conn *c, uint64_t shard_mask)
 {
     NX_ASSERT((shard_mask & ~core_all_shards(c->shard)) == 0);
     c->notify_mask |= shard_mask;
+}
+
+/* ---- who is speaking ---------------------------------------------------------------------- */
+
+bool core_accounts_on(void)
+{
+    return auth_accounts_on();
+}
+
+bool core_conn_may(struct conn *c, enum perm_op op, const struct evtype *t, const char *type_str)
+{
+    return !c->acct || account_may_action(c->acct, op, t, type_str);
+}
+
+void core_conn_denied(struct conn *c, uint64_t correlation, enum perm_op op, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    auth_deny(c, correlation, op, "%s", msg);
+}
+
+void core_denied_to_conn(struct shard *s, uint64_t conn_id, uint64_t correlation, enum perm_op op,
+                         const char *message)
+{
+    char msg[CODEC_CONTROL_BYTES_MAX];
+    snprintf(msg, sizeof(msg), "%s: %s", perm_op_name(op), message);
+    auth_count_denied(s, op);
+    core_error_to_conn(s, conn_id, correlation, "permission_denied", msg);
+}
+
+void core_count_denied(struct shard *s, enum perm_op op)
+{
+    auth_count_denied(s, op);
 }

@@ -29,6 +29,7 @@
 #include "broker/log.h"
 #include "broker/map.h"
 #include "broker/oframe.h"
+#include "broker/perm.h"
 #include "broker/stats.h"
 #include "codec/envelope.h"
 #include "codec/evtype.h"
@@ -41,6 +42,14 @@ struct conn;     /* a client connection, on the shard that accepted it */
  * offsets into the frame body (body[] when it crossed shards; otherwise the caller passes the
  * receive buffer alongside). user_* is metadata.global_context.user_id and corr_* its
  * correlation_id, both inside the metadata bytes. */
+/* What the broker knows of an emit's sender (struct emit_msg.auth). */
+enum emit_auth {
+    /* Sent on a connection authenticated as an account: its user id is the account's,
+     * stamped by the broker, so it may be trusted (request ownership, media peers). */
+    EMIT_AUTH_ACCOUNT = 1u << 0,
+    EMIT_AUTH_ADMIN = 1u << 1, /* that account has the admin permission */
+};
+
 struct emit_msg {
     uint64_t conn_id;
     uint64_t dedup_scope; /* whose duplicate window the id is checked in (docs/PROTOCOL.md) */
@@ -51,6 +60,7 @@ struct emit_msg {
     uint32_t id_off, id_len, type_off, type_len, entity_off, entity_len;
     uint32_t md_off, md_len, pl_off, pl_len, user_off, user_len, corr_off, corr_len;
     bool has_md, has_pl;
+    uint8_t auth; /* enum emit_auth: who the sender is (docs/SECURITY.md) */
     uint8_t body[];
 };
 
@@ -195,5 +205,22 @@ void core_conn_error(struct conn *c, uint64_t correlation, const char *code, con
 void core_conn_notify(struct conn *c, uint64_t shard_mask);
 /* The mask naming every shard. */
 uint64_t core_all_shards(const struct shard *s);
+
+/* ---- who is speaking (docs/SECURITY.md) ----------------------------------------------------- */
+
+/* True when --accounts is in force: user ids on emits (struct emit_msg.auth) are the broker's. */
+bool core_accounts_on(void);
+/* Whether connection c may do op (PERM_REQUEST or PERM_HANDLE) for the action of type t (parsed
+ * from type_str). Always true without accounts. */
+bool core_conn_may(struct conn *c, enum perm_op op, const struct evtype *t, const char *type_str);
+/* Refuses an operation of c: error{permission_denied} "op: message", counted in
+ * nexus_permission_denied_total{op}. */
+void core_conn_denied(struct conn *c, uint64_t correlation, enum perm_op op, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Counts a refusal that is answered another way (a request's failed event); on s. */
+void core_count_denied(struct shard *s, enum perm_op op);
+/* The same for a connection on any shard, by id; counted on s. */
+void core_denied_to_conn(struct shard *s, uint64_t conn_id, uint64_t correlation, enum perm_op op,
+                         const char *message);
 
 #endif

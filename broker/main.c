@@ -6,9 +6,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "broker/auth.h"
 #include "broker/broker.h"
 #include "broker/config.h"
 #include "broker/log.h"
+#include "broker/tls.h"
 #include "handlers/campaign.h"
 #include "handlers/media.h"
 #include "handlers/provider.h"
@@ -17,6 +19,8 @@ int main(int argc, char **argv)
 {
     struct config cfg;
     config_defaults(&cfg);
+    if (argc == 2 && !strcmp(argv[1], "--hash-token"))
+        return auth_hash_token_main();
     provider_register_settings();
     int r = config_parse(&cfg, argc, argv);
     if (r != 0)
@@ -29,12 +33,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "nexusd: cannot start: %s\n", msg);
         return 1;
     }
+    if (tls_init(&cfg) < 0)
+        return 1; /* tls_init said why on stderr */
 
     /* Block the stop signals in every thread; the main thread takes them with sigwait. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -50,15 +57,24 @@ int main(int argc, char **argv)
             rows[nrows++] = provider_test_rows[i];
     provider_install(rows, nrows);
 
+    if (auth_init(&cfg) < 0)
+        return 1;
     struct broker *b = broker_start(&cfg);
     if (!b)
         return 1;
     int sig = 0;
-    sigwait(&set, &sig);
+    for (;;) {
+        sigwait(&set, &sig);
+        if (sig != SIGHUP)
+            break;
+        log_info(-1, "received SIGHUP: reloading the accounts");
+        auth_reload();
+    }
     log_info(-1, "received %s: draining for at most %u ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
              cfg.drain_ms);
     broker_stop(b);
     broker_wait(b);
+    auth_shutdown();
     log_info(-1, "stopped");
     return 0;
 }

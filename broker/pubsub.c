@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/auth.h"
 #include "broker/conn.h"
 #include "broker/log.h"
 #include "broker/shard.h"
@@ -573,6 +574,10 @@ void pubsub_subscribe(struct conn *c, uint64_t corr, const uint8_t *body, uint32
     struct sub *sb = sub_parse(c, corr, body, len);
     if (!sb)
         return;
+    if (c->acct && !auth_sub_allowed(c, corr, sb)) {
+        sub_free(sb);
+        return;
+    }
     if (c->pattern_bytes + sb->filter_bytes > s->cfg->pattern_bytes_per_conn_max) {
         conn_error(c, corr, "limit_exceeded",
                    "subscription filters of this connection would take %u bytes "

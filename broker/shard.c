@@ -24,6 +24,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "broker/auth.h"
 #include "broker/conn.h"
 #include "broker/log.h"
 #include "broker/msg.h"
@@ -582,6 +583,7 @@ static void shard_tick(struct shard *s)
                 conn_check_deadlines(c, now);
         }
         shard_accept_check(s, now);
+        auth_shard_tick(s);
         pubsub_sweep_campaigns(s, now);
         shard_memory_check(s);
         shard_memory_trim(s, now);
@@ -757,7 +759,7 @@ static void shard_wait(struct shard *s, bool busy)
     }
     atomic_store_explicit(&s->sleeping, 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
-    if (shard_rings_have_input(s)) {
+    if (shard_rings_have_input(s) || auth_results_ready(s)) {
         atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);
         io_uring_submit_and_get_events(&s->ring);
         return;
@@ -784,6 +786,7 @@ void shard_loop(struct shard *s)
         io_uring_cq_advance(&s->ring, n);
 
         bool busy = shard_poll_rings(s);
+        auth_poll(s);
         shard_run_lists(s);
         conn_reap(s);
         shard_flush_rings(s);

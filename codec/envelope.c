@@ -360,6 +360,78 @@ int codec_emit_decode(const uint8_t *body, size_t len, struct codec_emit *e,
     return 0;
 }
 
+/* Where a slice of the old body is in the stamped one: fields before the metadata field keep
+ * their place, fields after it move back by its length, and metadata's insides move to the
+ * new metadata. */
+static void stamp_rebase(struct codec_slice *sl, const uint8_t *body, const uint8_t *md_field,
+                         size_t md_field_len, const uint8_t *md, size_t md_len, const uint8_t *out,
+                         const uint8_t *new_md)
+{
+    if (!sl->ptr)
+        return;
+    if (md && sl->ptr >= md && sl->ptr < md + md_len)
+        sl->ptr = new_md + (sl->ptr - md);
+    else if (md_field && sl->ptr > md_field)
+        sl->ptr = out + (sl->ptr - body) - md_field_len;
+    else
+        sl->ptr = out + (sl->ptr - body);
+}
+
+int codec_emit_stamp_user(const uint8_t *body, size_t len, struct codec_emit *e, const char *user,
+                          size_t user_len, uint8_t *out, size_t cap)
+{
+    if (user_len > (1u << 20) || cap < len + CODEC_STAMP_EXTRA(user_len))
+        return -ENOSPC;
+    struct wire_cursor c;
+    struct wire_field f;
+    const uint8_t *md = NULL, *md_field = NULL;
+    size_t md_len = 0, md_field_len = 0;
+    uint8_t *p = out;
+    wire_cursor_init(&c, body, len);
+    const uint8_t *start = c.p;
+    int r;
+    while ((r = wire_next(&c, &f)) > 0) {
+        if (f.number == 4 && f.type == WIRE_LEN && !md_field) {
+            md = f.data;
+            md_len = f.len;
+            md_field = start;
+            md_field_len = (size_t)(c.p - start);
+        } else {
+            memcpy(p, start, (size_t)(c.p - start)); /* the field as it came */
+            p += c.p - start;
+        }
+        start = c.p;
+    }
+    if (r < 0)
+        return -EBADMSG;
+    /* metadata (4) { old metadata, global_context (21) { user_id (1) } } */
+    size_t gc_len = wire_len_field_len(1, user_len);
+    size_t new_md_len = md_len + wire_len_field_len(21, gc_len);
+    p = wire_put_tag(p, 4, WIRE_LEN);
+    p = wire_put_varint(p, new_md_len);
+    uint8_t *new_md = p;
+    if (md_len)
+        memcpy(p, md, md_len);
+    p += md_len;
+    p = wire_put_tag(p, 21, WIRE_LEN);
+    p = wire_put_varint(p, gc_len);
+    p = wire_put_tag(p, 1, WIRE_LEN);
+    p = wire_put_varint(p, user_len);
+    const uint8_t *uid = p;
+    memcpy(p, user, user_len);
+    p += user_len;
+    struct codec_slice *moved[] = {&e->event_id, &e->event_type, &e->entity_id, &e->payload,
+                                   &e->correlation_id};
+    for (size_t i = 0; i < sizeof(moved) / sizeof(moved[0]); i++)
+        stamp_rebase(moved[i], body, md_field, md_field_len, md, md_len, out, new_md);
+    e->metadata.ptr = new_md;
+    e->metadata.len = (uint32_t)new_md_len;
+    e->has_metadata = true;
+    e->user_id.ptr = uid;
+    e->user_id.len = (uint32_t)user_len;
+    return (int)(p - out);
+}
+
 int codec_subscribe_decode(const uint8_t *body, size_t len, struct codec_subscribe *s,
                            char err[CODEC_ERR_BYTES])
 {
@@ -411,13 +483,15 @@ int codec_hello_decode(const uint8_t *body, size_t len, struct codec_hello *h,
             if (want(&f, WIRE_VARINT, "Hello", err) < 0)
                 return -EBADMSG;
             h->protocol_version = (uint32_t)f.value;
-        } else if (f.number == 2 || f.number == 3) {
+        } else if (f.number >= 2 && f.number <= 4) {
             if (want_utf8(&f, "Hello", err) < 0)
                 return -EBADMSG;
             if (f.number == 2)
                 h->token = slice_of(&f);
-            else
+            else if (f.number == 3)
                 h->client_name = slice_of(&f);
+            else
+                h->user = slice_of(&f);
         }
     }
     if (r < 0)
@@ -769,6 +843,18 @@ int codec_hello_encode(uint8_t *out, size_t cap, uint64_t correlation, uint32_t 
     mb_u64(&m, 1, protocol_version);
     mb_str(&m, 2, token);
     mb_str(&m, 3, client_name);
+    return mb_wrap(&m, out, cap, correlation, CODEC_KIND_HELLO);
+}
+
+int codec_hello_user_encode(uint8_t *out, size_t cap, uint64_t correlation,
+                            uint32_t protocol_version, const char *user, const char *token,
+                            const char *client_name)
+{
+    struct msgbuf m = {.n = 0};
+    mb_u64(&m, 1, protocol_version);
+    mb_str(&m, 2, token);
+    mb_str(&m, 3, client_name);
+    mb_str(&m, 4, user);
     return mb_wrap(&m, out, cap, correlation, CODEC_KIND_HELLO);
 }
 

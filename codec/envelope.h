@@ -102,6 +102,18 @@ struct codec_subscribe {
     struct codec_slice user_id; /* metadata.global_context.user_id, len 0 if none */
 };
 
+/* The bytes codec_emit_stamp_user writes at most for an emit body of len bytes and a user id
+ * of user_len bytes. */
+#define CODEC_STAMP_EXTRA(user_len) (32u + (user_len))
+/* Rewrites an EventRequest body that decoded into *e without error and has no user id, so
+ * that its metadata.global_context.user_id is user: every field but metadata is copied as it
+ * came, then metadata follows with a global_context {user_id} appended (protobuf merges a
+ * repeated message field, so other global_context fields are kept). *e is moved onto out (as
+ * codec_emit_decode of out would give). Returns the new length, or -ENOSPC if out (cap bytes)
+ * is too small: cap >= len + CODEC_STAMP_EXTRA(user_len) always suffices. */
+int codec_emit_stamp_user(const uint8_t *body, size_t len, struct codec_emit *e, const char *user,
+                          size_t user_len, uint8_t *out, size_t cap);
+
 /* Decodes a SubscribeRequest. Returns 0, -EBADMSG, or -E2BIG if it lists more than
  * CODEC_SUBSCRIBE_PATTERNS_MAX patterns (error code limit_exceeded). */
 int codec_subscribe_decode(const uint8_t *body, size_t len, struct codec_subscribe *s,
@@ -111,6 +123,7 @@ struct codec_hello {
     uint32_t protocol_version;
     struct codec_slice token;
     struct codec_slice client_name;
+    struct codec_slice user; /* the account name (--accounts), len 0 if none */
 };
 int codec_hello_decode(const uint8_t *body, size_t len, struct codec_hello *h,
                        char err[CODEC_ERR_BYTES]);
@@ -207,6 +220,10 @@ int codec_unsubscribe_encode(uint8_t *out, size_t cap, uint64_t correlation,
                              uint64_t subscription_id);
 int codec_hello_encode(uint8_t *out, size_t cap, uint64_t correlation, uint32_t protocol_version,
                        const char *token, const char *client_name);
+/* A hello naming an account (user, may be NULL) with its token. */
+int codec_hello_user_encode(uint8_t *out, size_t cap, uint64_t correlation,
+                            uint32_t protocol_version, const char *user, const char *token,
+                            const char *client_name);
 int codec_stats_encode(uint8_t *out, size_t cap, uint64_t correlation);
 
 /* Builds common.Metadata bytes holding only a global_context with the given strings (NULL or

@@ -456,9 +456,28 @@ static struct mpeer *peer_new(struct pv_request *r, struct mroom *room, const vo
 }
 
 /* Checks a join against the room (existing or not): 0, or -1 after failing r. */
+/* With accounts, a peer id is the requester's user id, or begins with it and '/' (one user's
+ * devices: "alice/phone"), so nobody joins, and then signals, as someone else. */
+static bool peer_id_mine(struct pv_request *r, const struct structpb_value *pid)
+{
+    const uint8_t *u;
+    uint32_t ul;
+    provider_user_id(r, &u, &ul);
+    return ul && pid->len >= ul && memcmp(pid->ptr, u, ul) == 0 &&
+           (pid->len == ul || pid->ptr[ul] == '/');
+}
+
 static int join_check(struct pv_request *r, struct mcampaign *mc, struct mroom *room,
                       struct structpb_value *pid)
 {
+    if (core_accounts_on() && !peer_id_mine(r, pid)) {
+        core_count_denied(provider_shard(r), PERM_SIGNAL);
+        fail(r, "permission_denied",
+             "signal: peer_id %.*s is not this user's (with accounts a peer id is the user id, "
+             "or starts with it and '/')",
+             (int)(pid->len > 64 ? 64 : pid->len), (const char *)pid->ptr);
+        return -1;
+    }
     if (!room && mc->n_rooms >= MEDIA_ROOMS_MAX) {
         fail(r, "room_limit", "the campaign has %d rooms open (the limit)", MEDIA_ROOMS_MAX);
         return -1;
@@ -490,7 +509,13 @@ static void join_start(struct pv_request *r)
     int g = arg_id(r, "peer_id", false, &pid);
     if (g < 0)
         return;
-    if (g == 0) { /* no peer_id: the broker names the peer (returned in the success) */
+    if (g == 0 && core_accounts_on()) { /* no peer_id: the user's own id */
+        const uint8_t *u;
+        uint32_t ul;
+        provider_user_id(r, &u, &ul);
+        pid.ptr = u;
+        pid.len = ul;
+    } else if (g == 0) { /* no peer_id: the broker names the peer (returned in the success) */
         core_uuid4(provider_shard(r), uuid);
         pid.ptr = (const uint8_t *)uuid;
         pid.len = 36;

@@ -946,6 +946,20 @@ static void handler_reply(struct shard *s, struct pv_request *r, const struct em
     }
 }
 
+/* A cancel from another connection than the requester's: with accounts, the requester's user
+ * (both user ids are the broker's) or an admin may cancel; without, only the requester. */
+static bool cancel_allowed(struct pv_request *r, const struct emit_msg *m, const uint8_t *body)
+{
+    if (!(m->auth & EMIT_AUTH_ACCOUNT))
+        return false;
+    if (m->auth & EMIT_AUTH_ADMIN)
+        return true;
+    const uint8_t *u;
+    uint32_t ul;
+    provider_user_id(r, &u, &ul);
+    return ul && ul == m->user_len && memcmp(u, body + m->user_off, ul) == 0;
+}
+
 /* The emit hook: requests, cancels and handler replies; everything else is a plain event. */
 static bool pv_emit(struct shard *s, struct campaign *cp, const struct emit_msg *m,
                     const uint8_t *body, struct codec_slice id, int64_t now)
@@ -964,10 +978,16 @@ static bool pv_emit(struct shard *s, struct campaign *cp, const struct emit_msg 
     if (st == EVTYPE_CANCEL) {
         if (!m->corr_len)
             return false; /* a plain event whose state is cancel */
-        if (!r || r->requester != m->conn_id) {
+        if (!r || (r->requester != m->conn_id && !(m->auth & EMIT_AUTH_ACCOUNT))) {
             core_error_to_conn(s, m->conn_id, m->correlation, "unknown_request",
                                "cancel names no open request of this connection "
                                "(metadata.global_context.correlation_id)");
+            return true;
+        }
+        if (r->requester != m->conn_id && !cancel_allowed(r, m, body)) {
+            core_denied_to_conn(s, m->conn_id, m->correlation, PERM_CANCEL,
+                                "the request was made by another user (only its user or an "
+                                "admin may cancel it)");
             return true;
         }
         if (publish_emit(s, cp, m, body, id, now, r->handler_conn) == 0)
@@ -1202,6 +1222,12 @@ static struct pv_reg_msg *reg_decode(struct conn *c, uint64_t corr, const uint8_
             core_conn_error(c, corr, "invalid_event_type",
                             "handler action %u must be service:action (%s)", i + 1,
                             sp->action.len ? terr : "empty");
+            free(rm);
+            return NULL;
+        }
+        if (!core_conn_may(c, PERM_HANDLE, &t, probe)) {
+            core_conn_denied(c, corr, PERM_HANDLE, "this user may not handle %.*s",
+                             (int)sp->action.len, (const char *)sp->action.ptr);
             free(rm);
             return NULL;
         }

@@ -616,8 +616,8 @@ static void test_hello_timeout(void **state)
     hx_assert_up(&b);
     assert_int_equal(h_stop(&b), 0);
 
-    b = H_START(2, "--token", "t", "--hello-timeout-ms", "500", NULL);
-    print_message("hello_timeout (--token, 500 ms):\n");
+    b = H_START(2, "--token", "t", "--auth-timeout-ms", "500", NULL);
+    print_message("auth timeout (--token, --auth-timeout-ms 500):\n");
     t0 = h_now_ms();
     silent = hx_tcp_connect(b.port);
     assert_true(silent >= 0);
@@ -635,7 +635,7 @@ static void test_hello_timeout(void **state)
     o = hx_read_to_close(silent, 3000);
     assert_true(o.closed);
     assert_string_equal(o.code, "timeout");
-    assert_non_null(strstr(o.message, "no hello"));
+    assert_non_null(strstr(o.message, "not authenticated"));
     assert_closed_in("silent connection", o.closed_at - t0, 500);
     close(silent);
     nexus_close(ping_first);

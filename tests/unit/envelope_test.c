@@ -378,6 +378,50 @@ static void test_emit_decode_routing(void **state)
     free(body);
 }
 
+/* Stamps "u-42" into emits without a user id, metadata first, in the middle, last and absent:
+ * the result decodes to the view codec_emit_stamp_user computed, the other global_context
+ * fields survive, and every other field reads the same. */
+static void test_emit_stamp_user(void **state)
+{
+    (void)state;
+    char err[CODEC_ERR_BYTES] = "";
+    for (int where = 0; where < 4; where++) {
+        struct pb *md = pb_new(), *gc = pb_new(), *body = pb_new(), *pl = pb_new();
+        pb_str(md, 5, "tag_1");
+        pb_str(gc, 3, "req-9");
+        pb_msg(md, 21, gc);
+        pb_str(pl, 99, "x");
+        if (where == 0)
+            pb_msg(body, 4, md);
+        pb_str(body, 1, "evt-1");
+        pb_str(body, 2, "order:created:v1:completed");
+        if (where == 1)
+            pb_msg(body, 4, md);
+        pb_u64(body, 5, 77);
+        pb_msg(body, 6, pl);
+        if (where == 2)
+            pb_msg(body, 4, md);
+        struct codec_emit e, d;
+        assert_int_equal(codec_emit_decode(body->b, body->n, &e, err), 0);
+        assert_int_equal(e.user_id.len, 0);
+        uint8_t out[512];
+        int n = codec_emit_stamp_user(body->b, body->n, &e, "u-42", 4, out, sizeof(out));
+        assert_true(n > 0 && (size_t)n <= body->n + CODEC_STAMP_EXTRA(4));
+        assert_int_equal(codec_emit_decode(out, (size_t)n, &d, err), 0);
+        assert_slice(d.user_id, "u-42");
+        assert_ptr_equal(d.user_id.ptr, e.user_id.ptr);
+        assert_ptr_equal(d.event_type.ptr, e.event_type.ptr);
+        assert_ptr_equal(d.payload.ptr, e.payload.ptr);
+        assert_slice(d.event_id, "evt-1");
+        assert_slice(d.event_type, "order:created:v1:completed");
+        assert_int_equal(d.campaign_id, 77);
+        if (where < 3)
+            assert_slice(d.correlation_id, "req-9"); /* the old global_context is kept */
+        assert_int_equal(codec_emit_stamp_user(body->b, body->n, &e, "u-42", 4, out, 8), -ENOSPC);
+        free(md), free(gc), free(body), free(pl);
+    }
+}
+
 static void test_emit_invalid_utf8(void **state)
 {
     (void)state;
@@ -1315,6 +1359,7 @@ int main(void)
         cmocka_unit_test(test_envelope_decode),
         cmocka_unit_test(test_envelope_garbage),
         cmocka_unit_test(test_emit_decode_routing),
+        cmocka_unit_test(test_emit_stamp_user),
         cmocka_unit_test(test_emit_invalid_utf8),
         cmocka_unit_test(test_emit_twice_rejected),
         cmocka_unit_test(test_emit_malformed),
