@@ -7,8 +7,14 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
 #include <netinet/tcp.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +41,8 @@ struct nexus_client {
     size_t rpos, rlen, rcap;
     uint8_t *cur; /* the frame last returned when it came from the held list */
     struct held *held_head, *held_tail;
+    SSL_CTX *tls_ctx; /* TLS (nexus_start_tls), NULL on plain TCP */
+    SSL *ssl;
 };
 
 int nexus_tcp_connect(const char *host, uint16_t port, char *err, size_t cap)
@@ -94,6 +102,11 @@ void nexus_close(struct nexus_client *c)
 {
     if (!c)
         return;
+    if (c->ssl) {
+        SSL_shutdown(c->ssl); /* close_notify, not waiting for the broker's */
+        SSL_free(c->ssl);
+        SSL_CTX_free(c->tls_ctx);
+    }
     close(c->fd);
     while (c->held_head) {
         struct held *h = c->held_head;
@@ -199,6 +212,12 @@ int nexus_send_hello(struct nexus_client *c, uint64_t corr, const char *token, c
     SEND_SMALL(c, codec_hello_encode(out, cap, corr, 1, token, name));
 }
 
+int nexus_send_hello_user(struct nexus_client *c, uint64_t corr, const char *user,
+                          const char *token, const char *name)
+{
+    SEND_SMALL(c, codec_hello_user_encode(out, cap, corr, 1, user, token, name));
+}
+
 int nexus_send_ping(struct nexus_client *c, uint64_t corr, uint64_t nonce)
 {
     SEND_SMALL(c, codec_ping_encode(out, cap, corr, nonce));
@@ -223,8 +242,35 @@ int nexus_send_register(struct nexus_client *c, uint64_t corr, const struct code
     return 0;
 }
 
+/* nexus_flush over TLS: a blocking SSL_write of everything buffered. */
+static int tls_flush(struct nexus_client *c)
+{
+    size_t off = 0;
+    while (off < c->wlen) {
+        size_t chunk = c->wlen - off < (1u << 30) ? c->wlen - off : (1u << 30);
+        ERR_clear_error();
+        int n = SSL_write(c->ssl, c->wbuf + off, (int)chunk);
+        if (n > 0) {
+            off += (size_t)n;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
+            continue; /* interrupted: the same write again */
+        int en = e == SSL_ERROR_SYSCALL && errno ? errno : ECONNABORTED;
+        ERR_clear_error();
+        memmove(c->wbuf, c->wbuf + off, c->wlen - off);
+        c->wlen -= off;
+        return -en;
+    }
+    c->wlen = 0;
+    return 0;
+}
+
 int nexus_flush(struct nexus_client *c)
 {
+    if (c->ssl)
+        return tls_flush(c);
     size_t off = 0;
     while (off < c->wlen) {
         ssize_t n = send(c->fd, c->wbuf + off, c->wlen - off, MSG_NOSIGNAL);
@@ -309,6 +355,50 @@ static bool answer_ping(struct nexus_client *c, const uint8_t *frame, uint32_t l
     return true;
 }
 
+/* Over TLS: one SSL_read into the receive buffer. Returns 1 (bytes read), 0 (nothing yet:
+ * interrupted, or a record that carried no data), <0 at the end. */
+static int tls_read_some(struct nexus_client *c)
+{
+    size_t room = c->rcap - c->rlen;
+    ERR_clear_error();
+    int n = SSL_read(c->ssl, c->rbuf + c->rlen, room > (1u << 30) ? 1 << 30 : (int)room);
+    if (n > 0) {
+        c->rlen += (size_t)n;
+        return 1;
+    }
+    int e = SSL_get_error(c->ssl, n);
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    if (e == SSL_ERROR_ZERO_RETURN || e == SSL_ERROR_SYSCALL)
+        return -ECONNRESET;
+    return -ECONNABORTED;
+}
+
+/* Waits up to wait ms (-1: forever) for input and reads what there is into the receive buffer.
+ * Returns 1 (bytes read), 0 (nothing: time out, or interrupted), <0 at the end. */
+static int read_some(struct nexus_client *c, int wait)
+{
+    /* Over TLS, bytes the SSL already holds are not on the socket any more: no poll then. */
+    if (!c->ssl || !SSL_has_pending(c->ssl)) {
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        int pr = poll(&p, 1, wait);
+        if (pr < 0 && errno != EINTR)
+            return -errno;
+        if (pr <= 0)
+            return 0;
+    }
+    if (c->ssl)
+        return tls_read_some(c);
+    ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+    if (n == 0)
+        return -ECONNRESET;
+    if (n < 0)
+        return errno == EINTR || errno == EAGAIN ? 0 : -errno;
+    c->rlen += (size_t)n;
+    return 1;
+}
+
 /* Reads the next frame off the socket (not the held list); pings are answered, not returned. */
 static int recv_wire(struct nexus_client *c, const uint8_t **frame, uint32_t *len, int timeout_ms)
 {
@@ -363,21 +453,9 @@ static int recv_wire(struct nexus_client *c, const uint8_t **frame, uint32_t *le
                 return 0;
             wait = (int)left;
         }
-        struct pollfd p = {.fd = c->fd, .events = POLLIN};
-        int pr = poll(&p, 1, wait);
-        if (pr < 0 && errno != EINTR)
-            return -errno;
-        if (pr <= 0)
-            continue;
-        ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
-        if (n == 0)
-            return -ECONNRESET;
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
-            return -errno;
-        }
-        c->rlen += (size_t)n;
+        int r = read_some(c, wait);
+        if (r < 0)
+            return r;
     }
 }
 
@@ -442,17 +520,11 @@ int nexus_wait_reply(struct nexus_client *c, uint64_t corr, struct nexus_frame *
     }
 }
 
-int nexus_hello_sync(struct nexus_client *c, const char *token, const char *name,
-                     struct nexus_frame *f, int timeout_ms)
+/* The welcome (or error) answering the hello sent with corr. */
+static int hello_finish(struct nexus_client *c, uint64_t corr, struct nexus_frame *f,
+                        int timeout_ms)
 {
-    struct nexus_frame tmp;
-    if (!f)
-        f = &tmp;
-    uint64_t corr = nexus_next_correlation(c);
-    int r = nexus_send_hello(c, corr, token, name);
-    if (r < 0)
-        return r;
-    r = nexus_wait_reply(c, corr, f, timeout_ms);
+    int r = nexus_wait_reply(c, corr, f, timeout_ms);
     if (r <= 0)
         return r;
     if (f->kind == CODEC_KIND_WELCOME)
@@ -460,6 +532,24 @@ int nexus_hello_sync(struct nexus_client *c, const char *token, const char *name
                                    ? f->u.welcome.frame_bytes_max
                                    : c->frame_max);
     return f->kind == CODEC_KIND_WELCOME ? 1 : -EPROTO;
+}
+
+int nexus_hello_sync(struct nexus_client *c, const char *token, const char *name,
+                     struct nexus_frame *f, int timeout_ms)
+{
+    struct nexus_frame tmp;
+    uint64_t corr = nexus_next_correlation(c);
+    int r = nexus_send_hello(c, corr, token, name);
+    return r < 0 ? r : hello_finish(c, corr, f ? f : &tmp, timeout_ms);
+}
+
+int nexus_hello_user_sync(struct nexus_client *c, const char *user, const char *token,
+                          const char *name, struct nexus_frame *f, int timeout_ms)
+{
+    struct nexus_frame tmp;
+    uint64_t corr = nexus_next_correlation(c);
+    int r = nexus_send_hello_user(c, corr, user, token, name);
+    return r < 0 ? r : hello_finish(c, corr, f ? f : &tmp, timeout_ms);
 }
 
 int nexus_subscribe_sync(struct nexus_client *c, int64_t campaign_id, const char *const *patterns,
@@ -515,4 +605,172 @@ void nexus_emit_init(struct codec_emit_in *e, const char *event_type, int64_t ca
         e->payload.len = (uint32_t)payload_len;
         e->has_payload = true;
     }
+}
+
+/* ---- TLS ------------------------------------------------------------------------------------ */
+
+/* The client's socket BIO: send with MSG_NOSIGNAL, so that writing to a broker that closed
+ * the connection is an error, not a SIGPIPE (OpenSSL's socket BIO uses write(2)). */
+static int tls_sock_write(BIO *b, const char *data, int len)
+{
+    ssize_t n = send((int)(intptr_t)BIO_get_data(b), data, (size_t)len, MSG_NOSIGNAL);
+    BIO_clear_retry_flags(b);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        BIO_set_retry_write(b);
+    return (int)n;
+}
+
+static int tls_sock_read(BIO *b, char *buf, int len)
+{
+    ssize_t n = recv((int)(intptr_t)BIO_get_data(b), buf, (size_t)len, 0);
+    BIO_clear_retry_flags(b);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        BIO_set_retry_read(b);
+    return (int)n;
+}
+
+static long tls_sock_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int tls_sock_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *tls_sock_method;
+static pthread_once_t tls_sock_once = PTHREAD_ONCE_INIT;
+
+static void tls_sock_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_TYPE_SOURCE_SINK | BIO_get_new_index(), "nexus-client-sock");
+    if (m && BIO_meth_set_write(m, tls_sock_write) && BIO_meth_set_read(m, tls_sock_read) &&
+        BIO_meth_set_ctrl(m, tls_sock_ctrl) && BIO_meth_set_create(m, tls_sock_create)) {
+        tls_sock_method = m;
+        return;
+    }
+    BIO_meth_free(m);
+}
+
+/* Fills err with what failed and OpenSSL's reason. Returns -ECONNABORTED. */
+static int tls_fail(char *err, size_t cap, const char *what, const char *file)
+{
+    char reason[256] = "unknown error";
+    unsigned long e = ERR_peek_last_error();
+    if (e)
+        ERR_error_string_n(e, reason, sizeof(reason));
+    ERR_clear_error();
+    snprintf(err, cap, "TLS: %s%s%s: %s", what, file ? " " : "", file ? file : "", reason);
+    return -ECONNABORTED;
+}
+
+static SSL_CTX *tls_client_ctx(const struct nexus_tls_opts *o, char *err, size_t cap)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        tls_fail(err, cap, "cannot create a context", NULL);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* A record without data (a ticket) must not block a receive that has a timeout. */
+    SSL_CTX_clear_mode(ctx, SSL_MODE_AUTO_RETRY);
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF); /* frames carry their length */
+    int ok = 1;
+    const char *what = NULL, *file = NULL;
+    if (o->insecure_skip_verify) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        ok = o->ca_file ? SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL)
+                        : SSL_CTX_set_default_verify_paths(ctx);
+        what = "cannot load the CA file", file = o->ca_file;
+    }
+    if (ok == 1 && o->cert_file) {
+        const char *key = o->key_file ? o->key_file : o->cert_file;
+        if (SSL_CTX_use_certificate_chain_file(ctx, o->cert_file) != 1)
+            ok = 0, what = "cannot load the certificate", file = o->cert_file;
+        else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+                 SSL_CTX_check_private_key(ctx) != 1)
+            ok = 0, what = "cannot use the private key", file = key;
+    }
+    if (ok != 1) {
+        tls_fail(err, cap, what, file);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* The name or address the broker's certificate must carry (and SNI for a name). */
+static int tls_expect_name(SSL *ssl, const char *name)
+{
+    unsigned char addr[16];
+    if (inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1)
+        return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1 ? 0 : -1;
+    if (SSL_set_tlsext_host_name(ssl, name) != 1 || SSL_set1_host(ssl, name) != 1)
+        return -1;
+    return 0;
+}
+
+/* The blocking handshake, bounded by socket timeouts. Returns 1 or <= 0 as SSL_connect. */
+static int tls_handshake(int fd, SSL *ssl)
+{
+    struct timeval tv = {.tv_sec = 10, .tv_usec = 0}, none = {0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    ERR_clear_error();
+    int r = SSL_connect(ssl);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof(none));
+    return r;
+}
+
+int nexus_start_tls(struct nexus_client *c, const struct nexus_tls_opts *o, char *err, size_t cap)
+{
+    static const struct nexus_tls_opts defaults = {0};
+    if (!o)
+        o = &defaults;
+    if (c->ssl || c->wlen || c->rlen > c->rpos) {
+        snprintf(err, cap, "TLS: start it once, before anything is sent or received");
+        return -EINVAL;
+    }
+    pthread_once(&tls_sock_once, tls_sock_method_init);
+    SSL_CTX *ctx = tls_sock_method ? tls_client_ctx(o, err, cap) : NULL;
+    if (!ctx)
+        return tls_sock_method ? -ECONNABORTED : tls_fail(err, cap, "cannot create a BIO", NULL);
+    SSL *ssl = SSL_new(ctx);
+    BIO *bio = ssl ? BIO_new(tls_sock_method) : NULL;
+    if (!bio) {
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+        return tls_fail(err, cap, "out of memory", NULL);
+    }
+    BIO_set_data(bio, (void *)(intptr_t)c->fd);
+    SSL_set_bio(ssl, bio, bio);
+    if (o->server_name && tls_expect_name(ssl, o->server_name) < 0) {
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+        return tls_fail(err, cap, "cannot expect the server name", o->server_name);
+    }
+    if (tls_handshake(c->fd, ssl) != 1) {
+        long v = SSL_get_verify_result(ssl);
+        if (v != X509_V_OK && !o->insecure_skip_verify) {
+            snprintf(err, cap, "TLS: the broker's certificate is not trusted: %s",
+                     X509_verify_cert_error_string(v));
+            ERR_clear_error();
+        } else {
+            tls_fail(err, cap, "handshake failed", NULL);
+        }
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+        return -ECONNABORTED;
+    }
+    c->ssl = ssl;
+    c->tls_ctx = ctx;
+    return 0;
 }

@@ -42,6 +42,27 @@ struct nexus_client *nexus_connect(const char *host, uint16_t port, char *err, s
 void nexus_close(struct nexus_client *c);
 int nexus_fd(const struct nexus_client *c);
 
+/* TLS for a client (nexus_start_tls). ca_file: the CA the broker's certificate must chain to
+ * (NULL: the system's default trust store); cert_file/key_file: a client certificate and its
+ * key, for a broker started with --tls-client-ca (NULL: none); server_name: the name (or IP
+ * address) the broker's certificate must carry, also sent as SNI when it is a name (NULL: the
+ * chain is checked, the name is not); insecure_skip_verify: accept any certificate (tests,
+ * debugging only). */
+struct nexus_tls_opts {
+    const char *ca_file;
+    const char *cert_file;
+    const char *key_file;
+    const char *server_name;
+    bool insecure_skip_verify;
+};
+
+/* Starts TLS on a connected client (blocking handshake, at most 10 s), before anything is sent
+ * on it. Every read and write of the client then goes through TLS. Returns 0, or <0 with err
+ * filled (-ECONNABORTED: the handshake failed, e.g. an untrusted certificate). With TLS 1.3 a
+ * broker that refuses the client's certificate says so after the handshake: the first receive then
+ * fails. */
+int nexus_start_tls(struct nexus_client *c, const struct nexus_tls_opts *o, char *err, size_t cap);
+
 /* Largest frame nexus_recv accepts (default 64 MiB; set it from Welcome.max_frame_bytes). */
 void nexus_set_frame_max(struct nexus_client *c, uint32_t bytes);
 
@@ -53,6 +74,9 @@ int nexus_send_subscribe(struct nexus_client *c, uint64_t correlation, int64_t c
 int nexus_send_unsubscribe(struct nexus_client *c, uint64_t correlation, uint64_t sub_id);
 int nexus_send_hello(struct nexus_client *c, uint64_t correlation, const char *token,
                      const char *name);
+/* A hello naming an account (user, may be NULL) with its token (docs/SECURITY.md). */
+int nexus_send_hello_user(struct nexus_client *c, uint64_t correlation, const char *user,
+                          const char *token, const char *name);
 int nexus_send_ping(struct nexus_client *c, uint64_t correlation, uint64_t nonce);
 int nexus_send_stats(struct nexus_client *c, uint64_t correlation);
 /* Registers this connection as the external handler of the listed actions; the broker
@@ -67,7 +91,9 @@ int nexus_flush(struct nexus_client *c);
 size_t nexus_pending_bytes(const struct nexus_client *c);
 
 /* Receives one frame, waiting at most timeout_ms (-1: forever). Returns 1 with *f filled, 0 on
- * timeout, -ECONNRESET when the broker closed the connection, -EBADMSG on a malformed frame. */
+ * timeout, -ECONNRESET when the broker closed the connection, -EBADMSG on a malformed frame,
+ * -ECONNABORTED on a TLS error (an alert from the broker). Over TLS a record the broker sent only
+ * in part is waited for whole. */
 int nexus_recv(struct nexus_client *c, struct nexus_frame *f, int timeout_ms);
 
 /* Sends the frame(s) buffered so far, then waits for the reply carrying `correlation`
@@ -80,6 +106,8 @@ int nexus_wait_reply(struct nexus_client *c, uint64_t correlation, struct nexus_
  * it when f is given), other negatives on I/O errors. */
 int nexus_hello_sync(struct nexus_client *c, const char *token, const char *name,
                      struct nexus_frame *f, int timeout_ms);
+int nexus_hello_user_sync(struct nexus_client *c, const char *user, const char *token,
+                          const char *name, struct nexus_frame *f, int timeout_ms);
 int nexus_subscribe_sync(struct nexus_client *c, int64_t campaign_id, const char *const *patterns,
                          uint32_t pattern_count, const char *user_id, uint64_t *sub_id,
                          struct nexus_frame *f, int timeout_ms);
