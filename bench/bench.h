@@ -45,6 +45,8 @@
 #define BENCH_SEQ_BITS 40
 #define BENCH_SEQ_MASK ((1ull << BENCH_SEQ_BITS) - 1)
 
+struct ssl_st; /* OpenSSL's SSL, used through tls.c */
+
 enum bench_broker { BENCH_NEXUS, BENCH_NATS, BENCH_REDIS };
 
 struct bench_cfg {
@@ -67,6 +69,17 @@ struct bench_cfg {
     bool quiet;
     char preset[32];
     uint64_t campaign_base; /* campaign ids / subjects of this run start here */
+    /* Credentials (--user/--token, $NEXUS_USER/$NEXUS_TOKEN, --token-file): nexus sends them
+     * in Hello; NATS in CONNECT (user/pass, or auth_token without a user). */
+    char user[256];
+    char token[1024];
+    /* TLS (--tls, --tls-ca, --tls-cert, --tls-key, $NEXUS_TLS_CA/CERT/KEY): nexus and redis
+     * from the first byte, NATS after the server's INFO (tls.c). */
+    bool tls;
+    char tls_ca[1024];
+    char tls_cert[1024];
+    char tls_key[1024];
+    char tls_server_name[256]; /* the name the certificate must carry; default: host */
 };
 
 /* Parses argv into cfg. Returns 0, 1 after --help (exit 0), or -EINVAL after printing the
@@ -133,6 +146,12 @@ struct bench_conn {
     bool dead;
     bool want_out; /* EPOLLOUT registered */
     bool paused;   /* publisher: window full */
+    /* TLS (NULL: plain TCP). tls_more: decrypted bytes (or unread records) may wait inside
+     * the SSL object, which epoll cannot see: read again without waiting for readiness.
+     * read_wants_out: SSL_read needs the socket writable first (EPOLLOUT then reads). */
+    struct ssl_st *ssl;
+    bool tls_more;
+    bool read_wants_out;
     struct bench_thread *thr;
     /* inbound bytes of a message not yet complete, kept between reads */
     uint8_t *carry;
@@ -165,6 +184,7 @@ struct bench_thread {
     uint64_t local[BC_COUNT];
     _Atomic uint64_t shared[BC_COUNT]; /* published copy of local for the progress line */
     char last_error[256];
+    bool tls_more; /* some connection of this thread has tls_more set */
 };
 
 enum bench_phase { PHASE_RUN, PHASE_DRAIN, PHASE_STOP };
@@ -197,6 +217,8 @@ struct bench_run {
 /* A connection being set up: blocking I/O with a deadline, and what it read so far. */
 struct bench_setup {
     int fd;
+    const struct bench_cfg *cfg;
+    struct ssl_st *ssl; /* after bench_tls_handshake; then owned by the connection */
     uint8_t buf[65536];
     size_t len;
     int64_t deadline_ns;
@@ -209,6 +231,22 @@ int bench_setup_send(struct bench_setup *s, const void *data, size_t len);
 int bench_setup_fill(struct bench_setup *s);
 /* Drops the first n bytes of s->buf. */
 void bench_setup_consume(struct bench_setup *s, size_t n);
+
+/* TLS (tls.c). bench_tls_init builds the client context from cfg when cfg->tls (0, or <0
+ * after printing why). bench_tls_handshake makes s->fd non-blocking and runs the client
+ * handshake (certificate and server name verified) before s's deadline: 0 with s->ssl set,
+ * or -errno with err filled. */
+struct ssl_st;
+int bench_tls_init(const struct bench_cfg *cfg);
+int bench_tls_handshake(struct bench_setup *s, char *err, size_t cap);
+void bench_tls_free(struct ssl_st *ssl);
+/* Non-blocking I/O on fd, through ssl when not NULL. recv: bytes read, 0 when the peer
+ * closed, -EAGAIN (with *want_out when TLS must write first) or -errno. send: bytes written,
+ * -EAGAIN or -errno; after a partial TLS write, retry with the same unsent bytes first. */
+long bench_io_recv(int fd, struct ssl_st *ssl, void *buf, size_t len, bool *want_out);
+long bench_io_send(int fd, struct ssl_st *ssl, const void *buf, size_t len);
+/* Whether ssl holds bytes already read from the socket (epoll will not report them). */
+bool bench_tls_pending(const struct ssl_st *ssl);
 
 /* A broker protocol spoken by the benchmark. */
 struct bench_proto {

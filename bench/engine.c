@@ -85,6 +85,8 @@ static void conn_dead(struct bench_conn *c)
     struct bench_run *r = t->run;
     c->dead = true;
     epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    bench_tls_free(c->ssl);
+    c->ssl = NULL;
     close(c->fd);
     c->fd = -1;
     t->local[BC_DISCONNECTS]++;
@@ -175,25 +177,22 @@ static void set_out_interest(struct bench_conn *c, bool want)
 static int conn_flush(struct bench_conn *c)
 {
     while (c->out_head < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_head, c->out_len - c->out_head,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        long n = bench_io_send(c->fd, c->ssl, c->out + c->out_head, c->out_len - c->out_head);
         if (n > 0) {
             c->out_head += (uint32_t)n;
             continue;
         }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (n == -EAGAIN) {
             set_out_interest(c, true);
             return 0;
         }
         thread_error(c->thr, "%s %u: send: %s", c->role == BENCH_PUB ? "publisher" : "subscriber",
-                     c->index, n < 0 ? strerror(errno) : "connection closed");
+                     c->index, n < 0 ? strerror((int)-n) : "connection closed");
         conn_dead(c);
         return -1;
     }
     c->out_head = c->out_len = 0;
-    set_out_interest(c, false);
+    set_out_interest(c, c->read_wants_out);
     return 1;
 }
 
@@ -213,29 +212,52 @@ void bench_conn_reply(struct bench_conn *c, const void *data, size_t len)
     conn_flush(c);
 }
 
+/* TLS reads stop when less than this is left in the receive buffer (a record's plaintext is
+ * at most 16 KiB). */
+#define TLS_READ_ROOM_MIN (16u << 10)
+
 /* Reads once from c and hands complete messages to the driver; an incomplete tail is kept
  * in c->carry. Level-triggered epoll calls again while bytes remain, so one read per
- * readiness keeps connections fair. */
+ * readiness keeps connections fair. With TLS, one read is one record: records are read
+ * until the socket is drained or the buffer is nearly full, and in the latter case the
+ * connection is marked tls_more (epoll cannot see what the SSL object holds). */
 static void conn_read(struct bench_conn *c)
 {
     struct bench_thread *t = c->thr;
     uint8_t *buf = t->rbuf;
     if (c->carry_len)
         memcpy(buf, c->carry, c->carry_len);
-    ssize_t n = recv(c->fd, buf + c->carry_len, t->rbuf_cap - c->carry_len, MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+    size_t total = c->carry_len;
+    bool want_out = false;
+    long n;
+    c->tls_more = false;
+    do {
+        n = bench_io_recv(c->fd, c->ssl, buf + total, t->rbuf_cap - total, &want_out);
+        if (n > 0)
+            total += (size_t)n;
+    } while (c->ssl && n > 0 && t->rbuf_cap - total >= TLS_READ_ROOM_MIN);
+    size_t got = total - c->carry_len;
+    if (c->ssl && (n > 0 || (got && n != -EAGAIN))) {
+        c->tls_more = true; /* more to read, or a close to see after these bytes */
+        t->tls_more = true;
+    }
+    if (c->read_wants_out != want_out) {
+        c->read_wants_out = want_out;
+        if (want_out)
+            set_out_interest(c, true);
+    }
+    if (got == 0 && n != -EAGAIN) {
         thread_error(t, "%s %u: %s by the broker",
                      c->role == BENCH_PUB ? "publisher" : "subscriber", c->index,
-                     n == 0 ? "connection closed" : strerror(errno));
+                     n == 0 ? "connection closed" : strerror((int)-n));
         conn_dead(c);
         return;
     }
-    if (n < 0)
+    if (got == 0)
         return;
     t->now_ns = bench_now_ns();
     if (c->role == BENCH_SUB)
-        t->local[BC_WIRE_BYTES] += (uint64_t)n;
-    size_t total = c->carry_len + (size_t)n;
+        t->local[BC_WIRE_BYTES] += (uint64_t)got;
     long used = t->run->proto->parse(c, buf, total);
     if (used < 0 || c->dead)
         return;
@@ -247,6 +269,20 @@ static void conn_read(struct bench_conn *c)
     }
     memcpy(c->carry, buf + used, rest);
     c->carry_len = (uint32_t)rest;
+    if (c->ssl && c->out_head < c->out_len)
+        conn_flush(c); /* a TLS write may have waited for this read */
+}
+
+/* Reads the TLS connections of t that hold bytes epoll does not report. */
+static void tls_read_more(struct bench_thread *t)
+{
+    t->tls_more = false;
+    for (uint32_t i = 0; i < t->sub_count; i++)
+        if (t->subs[i]->tls_more && !t->subs[i]->dead)
+            conn_read(t->subs[i]);
+    for (uint32_t i = 0; i < t->pub_count; i++)
+        if (t->pubs[i]->tls_more && !t->pubs[i]->dead)
+            conn_read(t->pubs[i]);
 }
 
 /* Events publisher c has in flight (see the header comment). */
@@ -391,6 +427,8 @@ void *bench_thread_main(void *arg)
          * Short waits are spun instead: the load generator has its own CPU. */
         if (r->cfg.rate && wait_ns < SPIN_BELOW_NS)
             wait_ns = 0;
+        if (t->tls_more)
+            wait_ns = 0;
         struct timespec ts = {.tv_sec = 0, .tv_nsec = wait_ns};
         int n = epoll_pwait2(t->epfd, evs, EPOLL_EVENTS_MAX, &ts, NULL);
         if (n < 0 && errno != EINTR) {
@@ -403,9 +441,15 @@ void *bench_thread_main(void *arg)
                 continue;
             if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
                 conn_read(c);
-            if (!c->dead && (evs[i].events & EPOLLOUT))
-                conn_flush(c);
+            if (!c->dead && (evs[i].events & EPOLLOUT)) {
+                if (c->read_wants_out)
+                    conn_read(c);
+                if (!c->dead)
+                    conn_flush(c);
+            }
         }
+        if (t->tls_more)
+            tls_read_more(t);
         publish_counters(t);
     }
     publish_counters(t);

@@ -495,6 +495,8 @@ int bench_lifecycle_main(const struct bench_cfg *cfg, volatile sig_atomic_t *int
             struct lc_conn *c = evs[i].data.ptr;
             if (!c->nc.dead && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
                 lc_read(r, c);
+            if (!c->nc.dead && (evs[i].events & EPOLLOUT) && c->nc.read_wants_out)
+                lc_read(r, c); /* TLS: the read that waited for a writable socket */
             if (!c->nc.dead && (evs[i].events & EPOLLOUT))
                 lc_flush(r, c);
         }

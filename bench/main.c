@@ -146,6 +146,7 @@ static int open_conn(struct bench_run *r, struct bench_setup *s, struct bench_co
     memset(s, 0, offsetof(struct bench_setup, buf));
     s->len = 0;
     s->fd = fd;
+    s->cfg = cfg;
     s->deadline_ns = bench_now_ns() + SETUP_TIMEOUT_NS;
     int rc = r->proto->greet(s, err, sizeof(err));
     if (rc == 0 && c->role == BENCH_SUB)
@@ -153,13 +154,15 @@ static int open_conn(struct bench_run *r, struct bench_setup *s, struct bench_co
     if (rc < 0) {
         fprintf(stderr, "nexus-bench: %s %u: %s\n",
                 c->role == BENCH_PUB ? "publisher" : "subscriber", c->index, err);
+        bench_tls_free(s->ssl);
         close(fd);
         return rc;
     }
     c->fd = fd;
+    c->ssl = s->ssl;
+    c->tls_more = s->ssl != NULL; /* the SSL object may hold records read during set-up */
     if (s->len > c->carry_cap) {
         fprintf(stderr, "nexus-bench: unexpected data after setup\n");
-        close(fd);
         return -EPROTO;
     }
     memcpy(c->carry, s->buf, s->len); /* anything already read belongs to the run */
@@ -223,6 +226,7 @@ static int start_threads(struct bench_run *r)
         t->rbuf = bench_calloc(1, t->rbuf_cap);
         t->pubs = bench_calloc(r->conn_count, sizeof(struct bench_conn *));
         t->subs = bench_calloc(r->conn_count, sizeof(struct bench_conn *));
+        t->tls_more = c->tls;
         hist_reset(&t->hist);
     }
     for (uint32_t i = 0; i < r->conn_count; i++) {
@@ -464,6 +468,8 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    if (bench_tls_init(c) < 0)
+        return 2;
     if (!strcmp(c->preset, "lifecycle"))
         return bench_lifecycle_main(c, &interrupted);
     if (!strcmp(c->preset, "streams"))

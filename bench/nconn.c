@@ -38,17 +38,20 @@ int nconn_open(struct nconn *c, const struct bench_cfg *cfg, int epfd, uint32_t 
     }
     struct bench_setup *s = bench_calloc(1, sizeof(*s));
     s->fd = fd;
+    s->cfg = cfg;
     s->deadline_ns = bench_now_ns() + NCONN_SETUP_NS;
     int rc = bench_proto_nexus.greet(s, err, sizeof(err));
     if (rc < 0 || s->len > in_cap) {
         fprintf(stderr, "nexus-bench: connection %u: %s\n", index,
                 rc < 0 ? err : "greeting larger than the input buffer");
+        bench_tls_free(s->ssl);
         close(fd);
         free(s);
         return rc < 0 ? rc : -ENOBUFS;
     }
     memcpy(c->in, s->buf, s->len); /* what arrived after the welcome */
     c->in_len = (uint32_t)s->len;
+    c->ssl = s->ssl;
     free(s);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     c->fd = fd;
@@ -66,6 +69,8 @@ void nconn_kill(struct nconn *c)
         return;
     c->dead = true;
     epoll_ctl(c->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    bench_tls_free(c->ssl);
+    c->ssl = NULL;
     close(c->fd);
 }
 
@@ -101,23 +106,22 @@ bool nconn_room(struct nconn *c, size_t need)
 int nconn_flush(struct nconn *c, char *err, size_t cap)
 {
     while (!c->dead && c->out_head < c->out_len) {
-        ssize_t w = send(c->fd, c->out + c->out_head, c->out_len - c->out_head, MSG_NOSIGNAL);
+        long w = bench_io_send(c->fd, c->ssl, c->out + c->out_head, c->out_len - c->out_head);
         if (w > 0) {
             c->out_head += (uint32_t)w;
             continue;
         }
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (w == -EAGAIN) {
             set_out(c, true);
             return 0;
         }
-        snprintf(err, cap, "connection %u: send: %s", c->index, w < 0 ? strerror(errno) : "closed");
+        snprintf(err, cap, "connection %u: send: %s", c->index,
+                 w < 0 ? strerror((int)-w) : "closed");
         nconn_kill(c);
         return -1;
     }
     c->out_head = c->out_len = 0;
-    set_out(c, false);
+    set_out(c, c->read_wants_out);
     return 0;
 }
 
@@ -125,14 +129,21 @@ int nconn_read(struct nconn *c, nconn_frame_fn *fn, void *ctx, int64_t *now_ns, 
                size_t cap)
 {
     while (!c->dead) {
-        ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return 0;
+        bool want_out = false;
+        long n = bench_io_recv(c->fd, c->ssl, c->in + c->in_len, c->in_cap - c->in_len, &want_out);
+        if (n == -EAGAIN) {
+            if (want_out != c->read_wants_out) {
+                c->read_wants_out = want_out;
+                if (want_out)
+                    set_out(c, true);
+            }
+            if (c->ssl && c->out_head < c->out_len)
+                nconn_flush(c, err, cap); /* a TLS write may have waited for this read */
+            return c->dead ? -1 : 0;
+        }
         if (n <= 0) {
             snprintf(err, cap, "connection %u: broker closed the connection%s%s", c->index,
-                     n < 0 ? ": " : "", n < 0 ? strerror(errno) : "");
+                     n < 0 ? ": " : "", n < 0 ? strerror((int)-n) : "");
             nconn_kill(c);
             return -1;
         }

@@ -18,6 +18,8 @@ struct nconn {
     int epfd;
     uint32_t index;
     bool dead, want_out;
+    bool read_wants_out; /* TLS: SSL_read waits for the socket to be writable */
+    struct ssl_st *ssl;  /* TLS (--tls, --tls-ca): NULL for plain TCP */
     uint8_t *in;
     uint32_t in_len, in_cap;
     uint8_t *out;

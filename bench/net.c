@@ -36,14 +36,14 @@ int bench_setup_send(struct bench_setup *s, const void *data, size_t len)
 {
     const uint8_t *p = data;
     while (len) {
-        ssize_t n = send(s->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        long n = bench_io_send(s->fd, s->ssl, p, len);
         if (n > 0) {
             p += n;
             len -= (size_t)n;
             continue;
         }
-        if (n < 0 && errno != EAGAIN && errno != EINTR)
-            return -errno;
+        if (n < 0 && n != -EAGAIN)
+            return (int)n;
         int r = wait_fd(s, POLLOUT);
         if (r < 0)
             return r;
@@ -56,14 +56,15 @@ int bench_setup_fill(struct bench_setup *s)
     if (s->len == sizeof(s->buf))
         return -ENOBUFS;
     for (;;) {
-        ssize_t n = recv(s->fd, s->buf + s->len, sizeof(s->buf) - s->len, MSG_DONTWAIT);
+        bool want_out;
+        long n = bench_io_recv(s->fd, s->ssl, s->buf + s->len, sizeof(s->buf) - s->len, &want_out);
         if (n >= 0) {
             s->len += (size_t)n;
             return (int)n;
         }
-        if (errno != EAGAIN && errno != EINTR)
-            return -errno;
-        int r = wait_fd(s, POLLIN);
+        if (n != -EAGAIN)
+            return (int)n;
+        int r = wait_fd(s, want_out ? POLLOUT : POLLIN);
         if (r < 0)
             return r;
     }

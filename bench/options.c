@@ -80,6 +80,22 @@ static void usage(void)
            "  --broker-pid PID           also report this process's CPU use\n"
            "  --campaign-base N          first campaign id / subject number (default: from the\n"
            "                             clock, so that runs never share campaigns)\n"
+           "  --user NAME                nexus: the account to log in as (broker --accounts);\n"
+           "                             nats: CONNECT user (default $NEXUS_USER)\n"
+           "  --token TOKEN              its token (nexus Hello; nats pass, or auth_token\n"
+           "                             without --user). Default $NEXUS_TOKEN, which is\n"
+           "                             better: argv is visible to every user in ps\n"
+           "  --token-file FILE          read the token from FILE (trailing newline dropped)\n"
+           "  --tls                      TLS, the server verified against the system CA store\n"
+           "                             (nexus and redis: from the first byte; nats: after\n"
+           "                             INFO, as nats-server --tls expects)\n"
+           "  --tls-ca FILE              TLS, verified against this CA (PEM; implies --tls;\n"
+           "                             default $NEXUS_TLS_CA)\n"
+           "  --tls-cert FILE            client certificate (PEM; implies --tls; default\n"
+           "                             $NEXUS_TLS_CERT)\n"
+           "  --tls-key FILE             its private key (default $NEXUS_TLS_KEY)\n"
+           "  --tls-server-name NAME     name the server certificate must carry (default:\n"
+           "                             --host; an IP address matches an IP entry)\n"
            "  --json                     print the result as one JSON line on stdout\n"
            "  --quiet                    no progress lines\n"
            "  --preset NAME              a workload of docs/BENCHMARKS.md:\n",
@@ -169,6 +185,14 @@ enum {
     O_QUIET,
     O_PRESET,
     O_HELP,
+    O_USER,
+    O_TOKEN,
+    O_TOKEN_FILE,
+    O_TLS,
+    O_TLS_CA,
+    O_TLS_CERT,
+    O_TLS_KEY,
+    O_TLS_NAME,
 };
 
 static const struct option longopts[] = {
@@ -193,8 +217,76 @@ static const struct option longopts[] = {
     {"quiet", no_argument, NULL, O_QUIET},
     {"preset", required_argument, NULL, O_PRESET},
     {"help", no_argument, NULL, O_HELP},
+    {"user", required_argument, NULL, O_USER},
+    {"token", required_argument, NULL, O_TOKEN},
+    {"token-file", required_argument, NULL, O_TOKEN_FILE},
+    {"tls", no_argument, NULL, O_TLS},
+    {"tls-ca", required_argument, NULL, O_TLS_CA},
+    {"tls-cert", required_argument, NULL, O_TLS_CERT},
+    {"tls-key", required_argument, NULL, O_TLS_KEY},
+    {"tls-server-name", required_argument, NULL, O_TLS_NAME},
     {NULL, 0, NULL, 0},
 };
+
+/* Copies a string option into a fixed field; -EINVAL (printed) when it does not fit. */
+static int set_str(char *dst, size_t cap, const char *what, const char *arg)
+{
+    if (strlen(arg) >= cap) {
+        fprintf(stderr, "nexus-bench: %s is too long (at most %zu bytes)\n", what, cap - 1);
+        return -EINVAL;
+    }
+    snprintf(dst, cap, "%s", arg);
+    return 0;
+}
+
+/* The token of --token-file: the file's first line. */
+static int read_token_file(struct bench_cfg *cfg, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "nexus-bench: --token-file %s: %s\n", path, strerror(errno));
+        return -EINVAL;
+    }
+    char line[sizeof(cfg->token) + 2];
+    bool ok = fgets(line, sizeof(line), f) != NULL;
+    fclose(f);
+    size_t n = ok ? strcspn(line, "\r\n") : 0;
+    if (!ok || n == 0 || n >= sizeof(cfg->token)) {
+        fprintf(stderr, "nexus-bench: --token-file %s: expected a token of 1..%zu bytes\n", path,
+                sizeof(cfg->token) - 1);
+        return -EINVAL;
+    }
+    memcpy(cfg->token, line, n);
+    cfg->token[n] = 0;
+    return 0;
+}
+
+/* Defaults from the environment: $NEXUS_USER, $NEXUS_TOKEN, $NEXUS_TLS_CA/CERT/KEY (any of
+ * the TLS ones turns TLS on). Flags override them. */
+static int apply_env(struct bench_cfg *cfg)
+{
+    struct {
+        const char *name;
+        char *dst;
+        size_t cap;
+        bool tls;
+    } vars[] = {
+        {"NEXUS_USER", cfg->user, sizeof(cfg->user), false},
+        {"NEXUS_TOKEN", cfg->token, sizeof(cfg->token), false},
+        {"NEXUS_TLS_CA", cfg->tls_ca, sizeof(cfg->tls_ca), true},
+        {"NEXUS_TLS_CERT", cfg->tls_cert, sizeof(cfg->tls_cert), true},
+        {"NEXUS_TLS_KEY", cfg->tls_key, sizeof(cfg->tls_key), true},
+    };
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        const char *v = getenv(vars[i].name);
+        if (!v || !*v)
+            continue;
+        if (set_str(vars[i].dst, vars[i].cap, vars[i].name, v) < 0)
+            return -EINVAL;
+        cfg->tls |= vars[i].tls;
+    }
+    return 0;
+}
 
 static int set_flag(struct bench_cfg *cfg, int opt, const char *arg)
 {
@@ -292,6 +384,27 @@ static int set_flag(struct bench_cfg *cfg, int opt, const char *arg)
     case O_QUIET:
         cfg->quiet = true;
         return 0;
+    case O_USER:
+        return set_str(cfg->user, sizeof(cfg->user), "--user", arg);
+    case O_TOKEN:
+        return set_str(cfg->token, sizeof(cfg->token), "--token", arg);
+    case O_TOKEN_FILE:
+        return read_token_file(cfg, arg);
+    case O_TLS:
+        cfg->tls = true;
+        return 0;
+    case O_TLS_CA:
+        cfg->tls = true;
+        return set_str(cfg->tls_ca, sizeof(cfg->tls_ca), "--tls-ca", arg);
+    case O_TLS_CERT:
+        cfg->tls = true;
+        return set_str(cfg->tls_cert, sizeof(cfg->tls_cert), "--tls-cert", arg);
+    case O_TLS_KEY:
+        cfg->tls = true;
+        return set_str(cfg->tls_key, sizeof(cfg->tls_key), "--tls-key", arg);
+    case O_TLS_NAME:
+        return set_str(cfg->tls_server_name, sizeof(cfg->tls_server_name), "--tls-server-name",
+                       arg);
     default:
         return 0; /* --preset was applied in the first pass */
     }
@@ -316,6 +429,8 @@ int bench_options_parse(struct bench_cfg *cfg, int argc, char **argv)
     cfg->threads = 1;
     apply_preset(cfg, "fanout-1");
     snprintf(cfg->preset, sizeof(cfg->preset), "custom");
+    if (apply_env(cfg) < 0)
+        return -EINVAL;
 
     /* First pass: the preset, so that later flags override it whatever the order. */
     opterr = 0;

@@ -67,16 +67,86 @@ static int wait_line(struct bench_setup *s, const char *want, char *err, size_t 
     }
 }
 
+/* Appends s to out as a JSON string body (quotes and backslashes escaped, control bytes
+ * dropped). Returns the new length, or cap when it does not fit. */
+static size_t json_put(char *out, size_t len, size_t cap, const char *s)
+{
+    for (; *s && len < cap; s++) {
+        if ((unsigned char)*s < 0x20)
+            continue;
+        if (*s == '"' || *s == '\\') {
+            out[len++] = '\\';
+            if (len == cap)
+                break;
+        }
+        out[len++] = *s;
+    }
+    return len;
+}
+
+/* INFO, then (with TLS) the upgrade of the socket right after it, as nats-server 2.x expects
+ * of a server started with --tls (its INFO says tls_required), then CONNECT with
+ * --user/--token as user/pass (auth_token without a user) and a PING whose PONG confirms the
+ * connection was accepted. */
 static int nats_greet(struct bench_setup *s, char *err, size_t cap)
 {
-    int r = wait_line(s, "INFO", err, cap);
+    const struct bench_cfg *cfg = s->cfg;
+    bool tls = cfg && cfg->tls;
+    /* The INFO line is kept visible here to see whether the server asks for TLS. */
+    int r;
+    for (;;) {
+        long l = s->len ? line_len(s->buf, s->len) : -1;
+        if (l >= 0)
+            break;
+        r = bench_setup_fill(s);
+        if (r <= 0) {
+            snprintf(err, cap, "nats: waiting for INFO: %s",
+                     r == 0 ? "server closed the connection" : strerror(-r));
+            return r == 0 ? -ECONNRESET : r;
+        }
+    }
+    long l = line_len(s->buf, s->len);
+    bool server_tls = l > 0 && memmem(s->buf, (size_t)l, "\"tls_required\":true", 19) != NULL;
+    r = wait_line(s, "INFO", err, cap);
     if (r < 0)
         return r;
-    static const char connect[] =
-        "CONNECT {\"verbose\":false,\"pedantic\":false,\"tls_required\":false,"
-        "\"name\":\"nexus-bench\",\"lang\":\"c\",\"version\":\"0.1.0\",\"protocol\":1,"
-        "\"echo\":false}\r\nPING\r\n";
-    r = bench_setup_send(s, connect, sizeof(connect) - 1);
+    if (server_tls && !tls) {
+        snprintf(err, cap, "nats: the server requires TLS (give --tls-ca FILE or --tls)");
+        return -EPROTO;
+    }
+    if (tls && !s->ssl) {
+        if (s->len) {
+            snprintf(err, cap, "nats: unexpected bytes after INFO before the TLS upgrade");
+            return -EPROTO;
+        }
+        r = bench_tls_handshake(s, err, cap);
+        if (r < 0)
+            return r;
+    }
+    char connect[4096];
+    size_t n = (size_t)snprintf(connect, sizeof(connect),
+                                "CONNECT {\"verbose\":false,\"pedantic\":false,\"tls_required\":%s,"
+                                "\"name\":\"nexus-bench\",\"lang\":\"c\",\"version\":\"0.1.0\","
+                                "\"protocol\":1,\"echo\":false",
+                                tls ? "true" : "false");
+    const size_t room = sizeof(connect) - 32; /* the tail below always fits */
+    if (cfg && cfg->user[0]) {
+        n += (size_t)snprintf(connect + n, room - n, ",\"user\":\"");
+        n = json_put(connect, n, room, cfg->user);
+        n += (size_t)snprintf(connect + n, room - n, "\",\"pass\":\"");
+        n = json_put(connect, n, room, cfg->token);
+        n += (size_t)snprintf(connect + n, room - n, "\"");
+    } else if (cfg && cfg->token[0]) {
+        n += (size_t)snprintf(connect + n, room - n, ",\"auth_token\":\"");
+        n = json_put(connect, n, room, cfg->token);
+        n += (size_t)snprintf(connect + n, room - n, "\"");
+    }
+    if (n >= room) {
+        snprintf(err, cap, "nats: credentials too long for CONNECT");
+        return -E2BIG;
+    }
+    n += (size_t)snprintf(connect + n, sizeof(connect) - n, "}\r\nPING\r\n");
+    r = bench_setup_send(s, connect, n);
     if (r < 0) {
         snprintf(err, cap, "nats: sending CONNECT: %s", strerror(-r));
         return r;

@@ -73,10 +73,19 @@ static int wait_reply(struct bench_setup *s, uint64_t corr, struct codec_envelop
     }
 }
 
+/* TLS from the first byte (when configured), then hello with the account and token of
+ * --user/--token ($NEXUS_USER/$NEXUS_TOKEN), and the welcome. */
 static int nexus_greet(struct bench_setup *s, char *err, size_t cap)
 {
-    uint8_t buf[CODEC_CONTROL_BYTES_MAX];
-    int n = codec_hello_encode(buf, sizeof(buf), 1, 1, NULL, "nexus-bench");
+    const struct bench_cfg *cfg = s->cfg;
+    if (cfg && cfg->tls && !s->ssl) {
+        int r = bench_tls_handshake(s, err, cap);
+        if (r < 0)
+            return r;
+    }
+    uint8_t buf[CODEC_CONTROL_BYTES_MAX + sizeof(cfg->user) + sizeof(cfg->token)];
+    int n = codec_hello_user_encode(buf, sizeof(buf), 1, 1, cfg ? cfg->user : NULL,
+                                    cfg ? cfg->token : NULL, "nexus-bench");
     if (n < 0) {
         snprintf(err, cap, "nexus: cannot encode hello");
         return n;
@@ -89,6 +98,11 @@ static int nexus_greet(struct bench_setup *s, char *err, size_t cap)
     struct codec_envelope env;
     size_t fb;
     r = wait_reply(s, 1, &env, &fb, err, cap);
+    if (r == -ECONNRESET && !(cfg && cfg->tls)) {
+        size_t l = strlen(err);
+        snprintf(err + l, cap - l,
+                 " (if nexusd runs with --tls-cert, give --tls-ca FILE or --tls)");
+    }
     if (r < 0)
         return r;
     if (env.kind != CODEC_KIND_WELCOME) {

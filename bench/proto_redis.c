@@ -135,6 +135,11 @@ static int wait_reply(struct bench_setup *s, struct resp_elem *e, uint32_t *n, s
 static int redis_greet(struct bench_setup *s, char *err, size_t cap)
 {
     static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+    if (s->cfg && s->cfg->tls && !s->ssl) { /* redis-server --tls-port: TLS from the start */
+        int r = bench_tls_handshake(s, err, cap);
+        if (r < 0)
+            return r;
+    }
     int r = bench_setup_send(s, ping, sizeof(ping) - 1);
     if (r < 0) {
         snprintf(err, cap, "redis: sending PING: %s", strerror(-r));

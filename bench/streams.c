@@ -279,6 +279,8 @@ static void pump(struct st_run *r, int64_t max_ns, bool (*done)(const struct st_
             struct st_conn *c = evs[i].data.ptr;
             if (!c->nc.dead && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
                 st_read(r, c);
+            if (!c->nc.dead && (evs[i].events & EPOLLOUT) && c->nc.read_wants_out)
+                st_read(r, c); /* TLS: the read that waited for a writable socket */
             if (!c->nc.dead && (evs[i].events & EPOLLOUT))
                 st_flush(r, c);
         }

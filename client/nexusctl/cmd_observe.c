@@ -24,13 +24,15 @@ static const char *const subscribe_usage =
     "                         single pattern *, matches every type (at most 64)\n"
     "  -c, --campaign N       campaign to watch (default 0: every campaign, the firehose)\n"
     "  -u, --user ID          only events whose metadata.global_context.user_id is ID\n"
+    "                         (the account that logs in is --account / NEXUS_USER)\n"
     "  -n, --count N          exit 0 after N events\n"
     "  -t, --timeout T        stop after T (500, 500ms, 2s, 1m): exit 0, or 6 when --count\n"
     "                         events had not all arrived\n"
     "With --verbose, a line `nexusctl: subscribed ...` on stderr says when events emitted from\n"
     "now on will be delivered.\n"
     "\n"
-    "Global flags (see nexusctl --help): --broker, --host, --port, --token, --pretty,\n"
+    "Global flags (see nexusctl --help): --broker, --host, --port, --account, --token,\n"
+    "--token-file, --tls, --tls-ca, --tls-cert, --tls-key, --tls-server-name, --pretty,\n"
     "--verbose. Exit statuses: see nexusctl --help.\n";
 
 static const char *const stats_usage =
@@ -42,7 +44,8 @@ static const char *const stats_usage =
     "requests_no_handler, open_streams, heartbeats, handler_losses) and their sums under\n"
     "\"total\" (shard_id left out).\n"
     "\n"
-    "Global flags (see nexusctl --help): --broker, --host, --port, --token, --pretty,\n"
+    "Global flags (see nexusctl --help): --broker, --host, --port, --account, --token,\n"
+    "--token-file, --tls, --tls-ca, --tls-cert, --tls-key, --tls-server-name, --pretty,\n"
     "--verbose. Exit statuses: see nexusctl --help.\n";
 
 /* Flags shared by the parser below. */

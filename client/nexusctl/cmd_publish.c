@@ -72,7 +72,8 @@ static const char *const event_flags_usage =
     "                         \"source\"}, \"features\": [..], \"tags\": [..],\n"
     "                         \"service_specific\"|\"scheduling\"|\"custom_rules\"|\"audit\"|\n"
     "                         \"knowledge_graph\": {..}}\n"
-    "  -u, --user ID          sets metadata.global_context.user_id\n"
+    "  -u, --user ID          sets metadata.global_context.user_id (the account that logs\n"
+    "                         in is --account / NEXUS_USER)\n"
     "  JSON is the text itself, @FILE to read a file, or - to read stdin.\n";
 
 static void print_usage(enum pub_cmd cmd)
@@ -89,7 +90,8 @@ static void print_usage(enum pub_cmd cmd)
         fputs("  -n, --count N          cancel after N stream events; exit 0 once cancelled\n"
               "      --heartbeat-ms MS  ask for heartbeats every MS (sets data.heartbeat_ms)\n",
               stdout);
-    fputs("\nGlobal flags (see nexusctl --help): --broker, --host, --port, --token, --pretty,\n"
+    fputs("\nGlobal flags (see nexusctl --help): --broker, --host, --port, --account, --token,\n"
+          "--token-file, --tls, --tls-ca, --tls-cert, --tls-key, --tls-server-name, --pretty,\n"
           "--verbose. Exit statuses: see nexusctl --help.\n",
           stdout);
 }

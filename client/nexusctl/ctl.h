@@ -35,7 +35,18 @@ enum ctl_exit {
 struct ctl_opts {
     char host[256];
     uint16_t port;
+    /* Credentials: the account (--account, $NEXUS_USER) and its token (--token,
+     * --token-file, $NEXUS_TOKEN). NULL: not given. */
+    const char *user;
     const char *token;
+    char token_buf[1024]; /* the token read by --token-file */
+    /* TLS: on with --tls or any of the files ($NEXUS_TLS_CA/CERT/KEY too). NULL: not given
+     * (no CA file: the system store). */
+    bool tls;
+    const char *tls_ca;
+    const char *tls_cert;
+    const char *tls_key;
+    const char *tls_server_name; /* default: the broker host */
     bool pretty;
     bool verbose;
 };
@@ -46,6 +57,13 @@ enum {
     CTL_OPT_HOST,
     CTL_OPT_PORT,
     CTL_OPT_TOKEN,
+    CTL_OPT_TOKEN_FILE,
+    CTL_OPT_ACCOUNT,
+    CTL_OPT_TLS,
+    CTL_OPT_TLS_CA,
+    CTL_OPT_TLS_CERT,
+    CTL_OPT_TLS_KEY,
+    CTL_OPT_TLS_NAME,
     CTL_OPT_PRETTY,
     CTL_OPT_VERBOSE,
     CTL_OPT_HELP,
@@ -55,12 +73,20 @@ enum {
     {"broker", required_argument, NULL, 'b'}, {"host", required_argument, NULL, CTL_OPT_HOST},     \
         {"port", required_argument, NULL, CTL_OPT_PORT},                                           \
         {"token", required_argument, NULL, CTL_OPT_TOKEN},                                         \
+        {"token-file", required_argument, NULL, CTL_OPT_TOKEN_FILE},                               \
+        {"account", required_argument, NULL, CTL_OPT_ACCOUNT},                                     \
+        {"tls", no_argument, NULL, CTL_OPT_TLS},                                                   \
+        {"tls-ca", required_argument, NULL, CTL_OPT_TLS_CA},                                       \
+        {"tls-cert", required_argument, NULL, CTL_OPT_TLS_CERT},                                   \
+        {"tls-key", required_argument, NULL, CTL_OPT_TLS_KEY},                                     \
+        {"tls-server-name", required_argument, NULL, CTL_OPT_TLS_NAME},                            \
         {"pretty", no_argument, NULL, CTL_OPT_PRETTY}, {"verbose", no_argument, NULL, 'v'},        \
     {                                                                                              \
         "help", no_argument, NULL, CTL_OPT_HELP                                                    \
     }
 
-/* The default broker address: $NEXUS_BROKER if set, else 127.0.0.1:7400. */
+/* The default broker address: $NEXUS_BROKER if set, else 127.0.0.1:7400; credentials from
+ * $NEXUS_USER and $NEXUS_TOKEN, TLS files from $NEXUS_TLS_CA, $NEXUS_TLS_CERT, $NEXUS_TLS_KEY. */
 void ctl_opts_init(struct ctl_opts *o);
 
 /* Applies a global option (id from CTL_GLOBAL_OPTIONS except CTL_OPT_HELP, or the short
@@ -83,15 +109,16 @@ void ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The same, only with --verbose. */
 void ctl_info(const struct ctl_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Connects and says hello (with --token when given). Returns CTL_EXIT_OK with *out set, or
- * the exit status after printing why. */
+/* Connects, starts TLS when asked, and says hello (with the account and token when given).
+ * Returns CTL_EXIT_OK with *out set, or the exit status after printing why (a refused login:
+ * CTL_EXIT_REJECTED with a message naming the credentials to check). */
 int ctl_connect(const struct ctl_opts *o, struct nexus_client **out);
 
 /* Maps a negative return of the client library to an exit status, printing "<what>: why". */
 int ctl_io_error(int r, const char *what);
 
-/* Prints a broker error frame ("<what>: broker error CODE: MESSAGE") and returns
- * CTL_EXIT_REJECTED. */
+/* Prints a broker error frame ("<what>: broker error CODE: MESSAGE"; unauthorized and
+ * permission_denied get a sentence saying what to check) and returns CTL_EXIT_REJECTED. */
 int ctl_broker_error(const struct nexus_frame *f, const char *what);
 
 /* Prints a delivered event or an emit_ack as one JSON line on stdout. Returns 0, or -1 if it

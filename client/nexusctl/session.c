@@ -53,6 +53,41 @@ void ctl_opts_init(struct ctl_opts *o)
     const char *env = getenv("NEXUS_BROKER");
     if (env && *env && ctl_parse_broker(o, env) < 0)
         ctl_error("ignoring NEXUS_BROKER");
+    /* The environment is the recommended way to give a token: argv is visible in ps. */
+    const char *v;
+    if ((v = getenv("NEXUS_USER")) && *v)
+        o->user = v;
+    if ((v = getenv("NEXUS_TOKEN")) && *v)
+        o->token = v;
+    if ((v = getenv("NEXUS_TLS_CA")) && *v)
+        o->tls_ca = v, o->tls = true;
+    if ((v = getenv("NEXUS_TLS_CERT")) && *v)
+        o->tls_cert = v, o->tls = true;
+    if ((v = getenv("NEXUS_TLS_KEY")) && *v)
+        o->tls_key = v, o->tls = true;
+}
+
+/* --token-file: the token is the file's first line (its line end dropped). */
+static int read_token_file(struct ctl_opts *o, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        ctl_error("--token-file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char line[sizeof(o->token_buf) + 2];
+    bool ok = fgets(line, sizeof(line), f) != NULL;
+    fclose(f);
+    size_t n = ok ? strcspn(line, "\r\n") : 0;
+    if (!ok || n == 0 || n >= sizeof(o->token_buf)) {
+        ctl_error("--token-file %s: expected a token of 1 to %zu bytes on the first line", path,
+                  sizeof(o->token_buf) - 1);
+        return -1;
+    }
+    memcpy(o->token_buf, line, n);
+    o->token_buf[n] = 0;
+    o->token = o->token_buf;
+    return 0;
 }
 
 static int parse_port(const char *s, uint16_t *port)
@@ -119,6 +154,33 @@ int ctl_global_option(struct ctl_opts *o, int opt, const char *arg)
         return 1;
     case CTL_OPT_TOKEN:
         o->token = arg;
+        return 1;
+    case CTL_OPT_TOKEN_FILE:
+        return read_token_file(o, arg) < 0 ? -1 : 1;
+    case CTL_OPT_ACCOUNT:
+        if (!*arg) {
+            ctl_error("--account: expected an account name");
+            return -1;
+        }
+        o->user = arg;
+        return 1;
+    case CTL_OPT_TLS:
+        o->tls = true;
+        return 1;
+    case CTL_OPT_TLS_CA:
+        o->tls_ca = arg;
+        o->tls = true;
+        return 1;
+    case CTL_OPT_TLS_CERT:
+        o->tls_cert = arg;
+        o->tls = true;
+        return 1;
+    case CTL_OPT_TLS_KEY:
+        o->tls_key = arg;
+        o->tls = true;
+        return 1;
+    case CTL_OPT_TLS_NAME:
+        o->tls_server_name = arg;
         return 1;
     case CTL_OPT_PRETTY:
         o->pretty = true;
@@ -205,15 +267,30 @@ int ctl_io_error(int r, const char *what)
     }
 }
 
+static bool slice_is(struct codec_slice s, const char *lit)
+{
+    return s.len == strlen(lit) && memcmp(s.ptr, lit, s.len) == 0;
+}
+
 int ctl_broker_error(const struct nexus_frame *f, const char *what)
 {
     if (f->kind != CODEC_KIND_ERROR) {
         ctl_error("%s: unexpected %s frame from the broker", what, codec_kind_name(f->kind));
         return CTL_EXIT_CONNECTION;
     }
-    ctl_error("%s: broker error %.*s: %.*s", what, (int)f->u.error.code.len,
-              (const char *)f->u.error.code.ptr, (int)f->u.error.message.len,
-              (const char *)f->u.error.message.ptr);
+    const struct codec_error_in *e = &f->u.error;
+    if (slice_is(e->code, "unauthorized"))
+        ctl_error("%s: not authorised: the broker refused the login (unauthorized: %.*s); check "
+                  "the account and token (--account or NEXUS_USER; NEXUS_TOKEN, --token-file "
+                  "or --token)",
+                  what, (int)e->message.len, (const char *)e->message.ptr);
+    else if (slice_is(e->code, "permission_denied"))
+        ctl_error("%s: permission denied: this account may not do that (permission_denied: "
+                  "%.*s)",
+                  what, (int)e->message.len, (const char *)e->message.ptr);
+    else
+        ctl_error("%s: broker error %.*s: %.*s", what, (int)e->code.len, (const char *)e->code.ptr,
+                  (int)e->message.len, (const char *)e->message.ptr);
     return CTL_EXIT_REJECTED;
 }
 
@@ -226,12 +303,31 @@ int ctl_connect(const struct ctl_opts *o, struct nexus_client **out)
         ctl_error("%s (is nexusd running? set the address with --broker HOST:PORT)", err);
         return CTL_EXIT_UNREACHABLE;
     }
+    if (o->tls) {
+        struct nexus_tls_opts t = {
+            .ca_file = o->tls_ca,
+            .cert_file = o->tls_cert,
+            .key_file = o->tls_key,
+            .server_name = o->tls_server_name ? o->tls_server_name : o->host,
+            .insecure_skip_verify = false,
+        };
+        if (nexus_start_tls(c, &t, err, sizeof(err)) < 0) {
+            ctl_error("TLS with %s:%u: %s", o->host, o->port, err);
+            nexus_close(c);
+            return CTL_EXIT_CONNECTION;
+        }
+        ctl_info(o, "TLS established with %s:%u", o->host, o->port);
+    }
     struct nexus_frame f;
-    int r = nexus_hello_sync(c, o->token, "nexusctl", &f, CTL_REPLY_TIMEOUT_MS);
+    int r = o->user
+                ? nexus_hello_user_sync(c, o->user, o->token, "nexusctl", &f, CTL_REPLY_TIMEOUT_MS)
+                : nexus_hello_sync(c, o->token, "nexusctl", &f, CTL_REPLY_TIMEOUT_MS);
     if (r != 1) {
         int code = r == -EPROTO ? ctl_broker_error(&f, "hello") : ctl_io_error(r, "hello");
         if (r == 0)
             code = CTL_EXIT_CONNECTION; /* connected, but no welcome: not a Nexus broker */
+        if (!o->tls && (r == 0 || r == -ECONNRESET || r == -EBADMSG))
+            ctl_error("(if the broker runs with --tls-cert, connect with --tls-ca FILE or --tls)");
         nexus_close(c);
         return code;
     }

@@ -46,7 +46,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7400)
-    ap.add_argument("--token", default=None)
+    ap.add_argument("--user", default=None,
+                    help="account of a broker with --accounts (default $NEXUS_USER)")
+    ap.add_argument("--token", default=None,
+                    help="its token (default $NEXUS_TOKEN, which keeps it out of ps)")
+    ap.add_argument("--tls", action="store_true",
+                    help="TLS, verified against the system CA store (or --tls-ca)")
+    ap.add_argument("--tls-ca", default=None, help="CA file (PEM) for the broker's certificate")
+    ap.add_argument("--tls-server-name", default=None,
+                    help="name the certificate must carry (default: --host)")
     ap.add_argument("--campaign", type=int, default=42)
     ap.add_argument("--proto-out", default=None,
                     help="folder for the generated *_pb2.py (default: a temporary folder)")
@@ -60,7 +68,12 @@ def main():
 
     try:
         client = nexus_client.Client(pb, args.host, args.port, token=args.token,
-                                     name="python-example")
+                                     name="python-example", user=args.user,
+                                     tls=True if args.tls else None, ca_file=args.tls_ca,
+                                     server_hostname=args.tls_server_name)
+    except nexus_client.AuthError as exc:
+        print("example: the broker refused the login: %s" % exc, file=sys.stderr)
+        return 1
     except OSError as exc:
         print("example: cannot connect to %s:%d: %s" % (args.host, args.port, exc),
               file=sys.stderr)
@@ -75,7 +88,9 @@ def main():
 
         note = {"text": "hello from python", "n": 3, "ratio": 0.25,
                 "tags": ["a", "b"], "nested": {"ok": True, "nothing": None}}
-        ack = c.emit("demo:note:v1:completed", args.campaign, data=note, user_id="py-user",
+        # A broker with accounts only accepts the logged-in account as user_id.
+        ack = c.emit("demo:note:v1:completed", args.campaign, data=note,
+                     user_id=c.user or "py-user",
                      tags=["example"])
         print("ack: event_id=%s sequence=%d message=%s" %
               (ack.event_id, ack.sequence, ack.message))

@@ -11,12 +11,23 @@ requests with their lifecycle (requested -> started -> ... -> one terminal event
 stats. Replies are matched by Frame.correlation; frames that arrive while the client waits
 for a reply (delivered events, gaps) are kept in arrival order for next_event(), so nothing
 is lost. One Client is one blocking TCP connection, for one thread at a time.
+
+Accounts and TLS: Client(user=..., token=...) logs in as an account of a broker started with
+--accounts (token alone: a broker started with --token); both fall back to the environment
+variables NEXUS_USER and NEXUS_TOKEN, which keep the token out of the process list. TLS
+(the ssl module) is used with tls=True, or when ca_file, cert_file or key_file is given, or
+when NEXUS_TLS_CA, NEXUS_TLS_CERT or NEXUS_TLS_KEY is set: the broker's certificate is
+verified against ca_file (else the system store) and server_hostname (default: host);
+cert_file/key_file present a client certificate (brokers with --tls-client-ca). A refused
+login raises AuthError (code "unauthorized"), as does a denied operation
+("permission_denied").
 """
 
 import collections
 import importlib
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -65,6 +76,36 @@ class NexusError(Exception):
         self.message = message
 
 
+class AuthError(NexusError):
+    """The broker refused the login (code "unauthorized": wrong user or token; the broker then
+    closes the connection) or an operation this account may not do ("permission_denied")."""
+
+
+AUTH_ERROR_CODES = ("unauthorized", "permission_denied")
+
+
+def _error(code, message):
+    return (AuthError if code in AUTH_ERROR_CODES else NexusError)(code, message)
+
+
+def tls_context(ca_file=None, cert_file=None, key_file=None):
+    """An ssl.SSLContext for a client of nexusd: certificate and host name verified against
+    ca_file (PEM), or the system store when None; cert_file/key_file (PEM) present a client
+    certificate (key_file defaults to cert_file, for a PEM holding both)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file or None)
+    elif key_file:
+        raise ValueError("key_file needs cert_file")
+    return ctx
+
+
+def _env(name):
+    v = os.environ.get(name)
+    return v if v else None
+
+
 class ConnectionClosed(Exception):
     """The broker closed the connection."""
 
@@ -89,16 +130,42 @@ class Client:
     """One connection to nexusd. pb is the (nexus_pb2, common_pb2) pair from load_protos."""
 
     def __init__(self, pb, host="127.0.0.1", port=7400, token=None, name="nexus-python",
-                 timeout=10.0):
+                 timeout=10.0, user=None, tls=None, ca_file=None, cert_file=None,
+                 key_file=None, server_hostname=None, ssl_context=None):
+        """Connects and says hello. user/token: the account and its credential (default
+        $NEXUS_USER / $NEXUS_TOKEN). tls: True for TLS, False for plain TCP, None (default):
+        TLS when ca_file, cert_file, key_file, ssl_context or $NEXUS_TLS_CA, $NEXUS_TLS_CERT,
+        $NEXUS_TLS_KEY is given. ssl_context replaces the context built from the files."""
         self.nexus_pb2, self.common_pb2 = pb
         self.timeout = timeout
-        self._sock = socket.create_connection((host, port), timeout=timeout)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        user = user if user is not None else _env("NEXUS_USER")
+        token = token if token is not None else _env("NEXUS_TOKEN")
+        ca_file = ca_file or _env("NEXUS_TLS_CA")
+        cert_file = cert_file or _env("NEXUS_TLS_CERT")
+        key_file = key_file or _env("NEXUS_TLS_KEY")
+        if tls is None:
+            tls = bool(ca_file or cert_file or key_file or ssl_context)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls:
+                ctx = ssl_context or tls_context(ca_file, cert_file, key_file)
+                sock = ctx.wrap_socket(sock, server_hostname=server_hostname or host)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self.tls = bool(tls)
+        self.user = user  # the account logged in as (None: no account)
         self._rbuf = bytearray()
         self._held = collections.deque()  # frames received while waiting for a reply
         self._next_corr = 1
         self.frame_bytes_max = FRAME_BYTES_MAX
-        self.welcome = self.hello(token=token, name=name)
+        try:
+            self.welcome = self.hello(token=token, name=name, user=user)
+        except BaseException:
+            self._sock.close()
+            raise
 
     # ---- framing -----------------------------------------------------------------------------
 
@@ -154,17 +221,21 @@ class Client:
             kind = reply.WhichOneof("body")
             if reply.correlation == frame.correlation and kind not in ("event", "gap"):
                 if kind == "error":
-                    raise NexusError(reply.error.code, reply.error.message)
+                    raise _error(reply.error.code, reply.error.message)
                 return reply
             self._held.append(reply)
 
     # ---- the protocol ------------------------------------------------------------------------
 
-    def hello(self, token=None, name="nexus-python"):
+    def hello(self, token=None, name="nexus-python", user=None):
+        """Says hello (the constructor does); raises AuthError when the broker refuses the
+        user/token (it then closes the connection)."""
         f = self.nexus_pb2.Frame()
         f.hello.protocol_version = PROTOCOL_VERSION
         if token:
             f.hello.token = token
+        if user:
+            f.hello.user = user
         f.hello.client_name = name
         welcome = self._call(f).welcome
         if welcome.max_frame_bytes:
@@ -249,7 +320,7 @@ class Client:
             if kind == "gap":
                 return f.gap
             if kind == "error":
-                raise NexusError(f.error.code, f.error.message)
+                raise _error(f.error.code, f.error.message)
 
     def request(self, action, campaign_id=0, data=None, event_id="", timeout=30.0):
         """Sends `action:requested` (action is service:action:vN) and yields the acknowledgement

@@ -873,6 +873,113 @@ static void test_errors(void **state)
     h_child_free(&ch);
 }
 
+/* ---- accounts and TLS ------------------------------------------------------------------------ */
+
+/* A temporary folder with a throwaway CA, a server certificate for 127.0.0.1, and an accounts
+ * file (users "bench": everything; "ro": subscribe only; both with the token in `token`).
+ * Removed by sec_teardown, also after a failed check. */
+static char sec_dir[64];
+
+static int sec_teardown(void **state)
+{
+    if (sec_dir[0]) {
+        const char *rm[] = {"rm", "-rf", sec_dir, NULL};
+        struct h_child ch;
+        h_run(&ch, rm, 30000);
+        h_child_free(&ch);
+        sec_dir[0] = 0;
+    }
+    return h_teardown(state);
+}
+
+static const char *const sec_script =
+    "set -e; cd \"$1\"; exec 2>setup.log\n"
+    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+    "-subj /CN=test-ca -keyout ca.key -out ca.pem\n"
+    "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost "
+    "-keyout server.key -out server.csr\n"
+    "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' >ext\n"
+    "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+    "-extfile ext -out server.pem\n"
+    "printf 'ctl-test-token-0123456789abcdef\\n' >token\n"
+    "h=$(\"$2\" --hash-token <token)\n"
+    "printf 'user bench\\n  token %s\\n  publish * *\\n  subscribe * *\\n  request *\\n"
+    "  handle *\\n  admin\\nuser ro\\n  token %s\\n  subscribe * *\\n' \"$h\" \"$h\" >accounts\n";
+
+static void test_accounts_and_tls(void **state)
+{
+    (void)state;
+    const char *nexusd = getenv("NEXUSD");
+    assert_non_null(nexusd);
+    snprintf(sec_dir, sizeof(sec_dir), "/tmp/nexusctl-sec-XXXXXX");
+    assert_non_null(mkdtemp(sec_dir));
+    const char *sh[] = {"sh", "-c", sec_script, "sh", sec_dir, nexusd, NULL};
+    struct h_child ch;
+    int st = h_run(&ch, sh, 60000);
+    h_child_free(&ch);
+    if (st != 0)
+        skip(); /* no openssl command, or a nexusd without --hash-token */
+    char ca[128], cert[128], key[128], accounts[128], token_file[128];
+    snprintf(ca, sizeof(ca), "%s/ca.pem", sec_dir);
+    snprintf(cert, sizeof(cert), "%s/server.pem", sec_dir);
+    snprintf(key, sizeof(key), "%s/server.key", sec_dir);
+    snprintf(accounts, sizeof(accounts), "%s/accounts", sec_dir);
+    snprintf(token_file, sizeof(token_file), "%s/token", sec_dir);
+    const char *token = "ctl-test-token-0123456789abcdef";
+
+    struct broker_proc b = H_START(2, "--test-handlers", "--accounts", accounts, "--tls-cert", cert,
+                                   "--tls-key", key, NULL);
+    snprintf(broker_addr, sizeof(broker_addr), "127.0.0.1:%u", b.port);
+
+    /* Everything from the environment (the recommended way: nothing secret in argv). */
+    setenv("NEXUS_USER", "bench", 1);
+    setenv("NEXUS_TOKEN", token, 1);
+    setenv("NEXUS_TLS_CA", ca, 1);
+    assert_int_equal(ctl_run(&ch, "stats", NULL), 0);
+    assert_int_equal(h_count_lines(ch.out), 1);
+    h_child_free(&ch);
+    /* A wrong token: 3, and a message that says the login was refused. */
+    setenv("NEXUS_TOKEN", "not-the-token-0123456789", 1);
+    assert_int_equal(ctl_run(&ch, "emit", "a:b:v1:completed", NULL), 3);
+    assert_one_error_line(&ch, "not authorised");
+    h_child_free(&ch);
+    unsetenv("NEXUS_USER");
+    unsetenv("NEXUS_TOKEN");
+    unsetenv("NEXUS_TLS_CA");
+
+    /* Flags: --account, --token-file, --tls-ca. */
+    assert_int_equal(ctl_run(&ch, "--account", "bench", "--token-file", token_file, "--tls-ca", ca,
+                             "request", "test:echo:v1", "-d", "{\"x\": 1}", NULL),
+                     0);
+    assert_non_null(strstr(ch.out, "\"event_type\":\"test:echo:v1:success\""));
+    h_child_free(&ch);
+    /* An account without the right: permission_denied, 3. */
+    assert_int_equal(ctl_run(&ch, "--account", "ro", "--token", token, "--tls-ca", ca, "emit",
+                             "a:b:v1:completed", NULL),
+                     3);
+    assert_one_error_line(&ch, "permission denied");
+    h_child_free(&ch);
+    /* No TLS against a TLS broker: the connection fails (5) with a hint. */
+    assert_int_equal(ctl_run(&ch, "--account", "bench", "--token", token, "stats", NULL), 5);
+    assert_non_null(strstr(ch.err, "--tls-ca"));
+    h_child_free(&ch);
+    /* TLS with the system store only: the throwaway CA is not trusted (5). */
+    assert_int_equal(ctl_run(&ch, "--account", "bench", "--token", token, "--tls", "stats", NULL),
+                     5);
+    assert_one_error_line(&ch, "not trusted");
+    h_child_free(&ch);
+    /* The right CA, the wrong name. */
+    assert_int_equal(ctl_run(&ch, "--account", "bench", "--token", token, "--tls-ca", ca,
+                             "--tls-server-name", "not-this-host", "stats", NULL),
+                     5);
+    assert_one_error_line(&ch, "hostname mismatch");
+    h_child_free(&ch);
+    /* --token-file that does not exist: usage, 2. */
+    assert_int_equal(ctl_run(&ch, "--token-file", "/nonexistent/token", "stats", NULL), 2);
+    h_child_free(&ch);
+    assert_int_equal(h_stop(&b), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -882,6 +989,7 @@ int main(void)
         cmocka_unit_test_teardown(test_json_round_trip, h_teardown),
         cmocka_unit_test_teardown(test_stats, h_teardown),
         cmocka_unit_test_teardown(test_errors, h_teardown),
+        cmocka_unit_test_teardown(test_accounts_and_tls, sec_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
