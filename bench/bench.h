@@ -73,6 +73,9 @@ struct bench_cfg {
      * in Hello; NATS in CONNECT (user/pass, or auth_token without a user). */
     char user[256];
     char token[1024];
+    /* --event-user-id: nexus emits carry metadata.global_context.user_id (what a client of a
+     * broker without accounts sends; with accounts the broker stamps it). */
+    char event_user_id[128];
     /* TLS (--tls, --tls-ca, --tls-cert, --tls-key, $NEXUS_TLS_CA/CERT/KEY): nexus and redis
      * from the first byte, NATS after the server's INFO (tls.c). */
     bool tls;

@@ -80,6 +80,9 @@ static void usage(void)
            "  --broker-pid PID           also report this process's CPU use\n"
            "  --campaign-base N          first campaign id / subject number (default: from the\n"
            "                             clock, so that runs never share campaigns)\n"
+           "  --event-user-id ID         nexus: emits carry metadata.global_context.user_id ID\n"
+           "                             (as a client without accounts would; measures the\n"
+           "                             same bytes as a broker stamping the account's id)\n"
            "  --user NAME                nexus: the account to log in as (broker --accounts);\n"
            "                             nats: CONNECT user (default $NEXUS_USER)\n"
            "  --token TOKEN              its token (nexus Hello; nats pass, or auth_token\n"
@@ -186,6 +189,7 @@ enum {
     O_PRESET,
     O_HELP,
     O_USER,
+    O_EVENT_USER_ID,
     O_TOKEN,
     O_TOKEN_FILE,
     O_TLS,
@@ -218,6 +222,7 @@ static const struct option longopts[] = {
     {"preset", required_argument, NULL, O_PRESET},
     {"help", no_argument, NULL, O_HELP},
     {"user", required_argument, NULL, O_USER},
+    {"event-user-id", required_argument, NULL, O_EVENT_USER_ID},
     {"token", required_argument, NULL, O_TOKEN},
     {"token-file", required_argument, NULL, O_TOKEN_FILE},
     {"tls", no_argument, NULL, O_TLS},
@@ -386,6 +391,8 @@ static int set_flag(struct bench_cfg *cfg, int opt, const char *arg)
         return 0;
     case O_USER:
         return set_str(cfg->user, sizeof(cfg->user), "--user", arg);
+    case O_EVENT_USER_ID:
+        return set_str(cfg->event_user_id, sizeof(cfg->event_user_id), "--event-user-id", arg);
     case O_TOKEN:
         return set_str(cfg->token, sizeof(cfg->token), "--token", arg);
     case O_TOKEN_FILE:

@@ -153,6 +153,15 @@ static int nexus_frame(const struct bench_run *r, uint32_t c, uint8_t *out, size
     e.payload.ptr = r->pl.bytes;
     e.payload.len = r->pl.len;
     e.has_payload = true;
+    uint8_t md[256];
+    if (r->cfg.event_user_id[0]) {
+        int ml = codec_metadata_build(md, sizeof(md), r->cfg.event_user_id, NULL);
+        if (ml < 0)
+            return -ENOSPC;
+        e.metadata.ptr = md;
+        e.metadata.len = (uint32_t)ml;
+        e.has_metadata = true;
+    }
     size_t n = codec_emit_size(&e);
     if (n > cap)
         return -ENOSPC;

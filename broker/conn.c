@@ -1093,10 +1093,10 @@ static int conn_emit_allowed(struct conn *c, uint64_t corr, const struct codec_e
 }
 
 /* The broker says who sent an event (docs/SECURITY.md): an emit without a user id gets the
- * account's, rewritten into *stamped (the caller frees it; *body and *e then point into it);
- * one with another user's id is refused. 0, or -1 after answering. */
+ * account's, rewritten into the shard's scratch buffer (*body and *e then point into it); one
+ * with another user's id is refused. 0, or -1 after answering. */
 static int conn_emit_stamp(struct conn *c, uint64_t corr, struct codec_emit *e,
-                           struct codec_slice *body, uint8_t **stamped)
+                           struct codec_slice *body)
 {
     uint32_t ul;
     const char *uid = account_user_id(c->acct, &ul);
@@ -1110,16 +1110,25 @@ static int conn_emit_stamp(struct conn *c, uint64_t corr, struct codec_emit *e,
                   (int)ul, uid);
         return -1;
     }
+    /* Into the shard's scratch buffer: the rewritten body lives until the emit is routed
+     * (copied into the message for another shard, or handled in place). */
+    struct shard *s = c->shard;
     size_t cap = body->len + CODEC_STAMP_EXTRA(ul);
-    uint8_t *nb = malloc(cap);
-    int n = nb ? codec_emit_stamp_user(body->ptr, body->len, e, uid, ul, nb, cap) : -ENOMEM;
+    if (cap > s->stamp_cap) {
+        uint8_t *nb = realloc(s->stamp_buf, cap);
+        if (!nb) {
+            conn_error(c, corr, "internal", "out of memory stamping the user id");
+            return -1;
+        }
+        s->stamp_buf = nb;
+        s->stamp_cap = (uint32_t)cap;
+    }
+    int n = codec_emit_stamp_user(body->ptr, body->len, e, uid, ul, s->stamp_buf, cap);
     if (n < 0) {
-        free(nb);
         conn_error(c, corr, "internal", "cannot stamp the user id on this emit");
         return -1;
     }
-    *stamped = nb;
-    body->ptr = nb;
+    body->ptr = s->stamp_buf;
     body->len = (uint32_t)n;
     return 0;
 }
@@ -1150,13 +1159,10 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
     uint32_t owner = shard_of_campaign(s, e.campaign_id);
     if (owner == s->index ? shard_stalled(s) : !shard_can_send_request(s, owner))
         return 1;
-    uint8_t *stamped = NULL;
     if (c->acct && (conn_emit_allowed(c, corr, &e, &t) < 0 ||
-                    conn_emit_stamp(c, corr, &e, &body, &stamped) < 0))
+                    conn_emit_stamp(c, corr, &e, &body) < 0))
         return 0;
-    int r = conn_emit_route(c, corr, &e, &t, body, owner);
-    free(stamped);
-    return r;
+    return conn_emit_route(c, corr, &e, &t, body, owner);
 }
 
 /* Hands a checked emit to its campaign's owner: this shard, or another through its ring. */

@@ -872,4 +872,6 @@ void shard_free_outboxes(struct shard *s)
     if (s->buf_ring)
         munmap(s->buf_ring, s->buf_ring_bytes);
     free(s->bufs);
+    free(s->stamp_buf);
+    s->stamp_buf = NULL;
 }

@@ -552,6 +552,13 @@ int nexus_hello_user_sync(struct nexus_client *c, const char *user, const char *
     return r < 0 ? r : hello_finish(c, corr, f ? f : &tmp, timeout_ms);
 }
 
+int nexus_hello_env_sync(struct nexus_client *c, const char *name, struct nexus_frame *f,
+                         int timeout_ms)
+{
+    return nexus_hello_user_sync(c, getenv("NEXUS_USER"), getenv("NEXUS_TOKEN"), name, f,
+                                 timeout_ms);
+}
+
 int nexus_subscribe_sync(struct nexus_client *c, int64_t campaign_id, const char *const *patterns,
                          uint32_t pattern_count, const char *user_id, uint64_t *sub_id,
                          struct nexus_frame *f, int timeout_ms)

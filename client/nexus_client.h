@@ -108,6 +108,11 @@ int nexus_hello_sync(struct nexus_client *c, const char *token, const char *name
                      struct nexus_frame *f, int timeout_ms);
 int nexus_hello_user_sync(struct nexus_client *c, const char *user, const char *token,
                           const char *name, struct nexus_frame *f, int timeout_ms);
+/* The same with the credentials a program should not take from its command line: user from
+ * NEXUS_USER and token from NEXUS_TOKEN (either may be unset: a broker without --accounts
+ * needs no user, one without authentication nothing). */
+int nexus_hello_env_sync(struct nexus_client *c, const char *name, struct nexus_frame *f,
+                         int timeout_ms);
 int nexus_subscribe_sync(struct nexus_client *c, int64_t campaign_id, const char *const *patterns,
                          uint32_t pattern_count, const char *user_id, uint64_t *sub_id,
                          struct nexus_frame *f, int timeout_ms);

@@ -148,6 +148,19 @@ static void test_login(void **state)
     assert_int_equal(h_ping(a1, PV_T), 1);
     assert_int_equal(h_ping(a2, PV_T), 1);
 
+    /* The C client's credentials from the environment (NEXUS_USER / NEXUS_TOKEN). */
+    char eerr[256];
+    struct nexus_frame ef;
+    struct nexus_client *e = nexus_connect("127.0.0.1", M.b.port, eerr, sizeof(eerr));
+    assert_non_null(e);
+    setenv("NEXUS_USER", "alice", 1);
+    setenv("NEXUS_TOKEN", TOK_ALICE, 1);
+    assert_int_equal(nexus_hello_env_sync(e, "env", &ef, PV_T), 1);
+    unsetenv("NEXUS_USER");
+    unsetenv("NEXUS_TOKEN");
+    assert_int_equal(h_ping(e, PV_T), 1);
+    nexus_close(e);
+
     char msg[300];
     au_login_refused(M.b.port, "alice", TOK_WRONG, "unauthorized", msg, sizeof(msg));
     /* The same answer for an unknown user: names cannot be probed. */
