@@ -395,7 +395,9 @@ static enum auth_result auth_cert(struct conn *c, const struct codec_hello *h,
                                   struct accounts *snap)
 {
 #ifdef AUTH_HAVE_TLS
-    const char *cn = c->tls ? tls_conn_peer_name(c->tls) : NULL;
+    /* A hello with a token logs in by token (a wrong one is refused even on a good
+     * certificate); one without, by its certificate. */
+    const char *cn = c->tls && !h->token.len ? tls_conn_peer_name(c->tls) : NULL;
     const struct account *a = cn ? accounts_find_cert(snap, cn) : NULL;
     if (!a)
         return AUTH_PENDING; /* not a certificate login: go on with the token */

@@ -225,6 +225,14 @@ static void pin_shards(struct broker *b)
     }
 }
 
+uint32_t broker_shard_count(const struct config *cfg)
+{
+    if (cfg->shards)
+        return cfg->shards;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > CONFIG_SHARDS_MAX ? CONFIG_SHARDS_MAX : (uint32_t)n;
+}
+
 /* The broker record, its rings and its shard records (no thread, no socket yet). Returns
  * NULL if out of memory. */
 static struct broker *broker_alloc(const struct config *cfg)
@@ -233,11 +241,7 @@ static struct broker *broker_alloc(const struct config *cfg)
     if (!b)
         return NULL;
     b->cfg = *cfg;
-    b->shard_count = cfg->shards;
-    if (b->shard_count == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        b->shard_count = n < 1 ? 1 : n > CONFIG_SHARDS_MAX ? CONFIG_SHARDS_MAX : (uint32_t)n;
-    }
+    b->shard_count = broker_shard_count(cfg);
     b->cfg.shards = b->shard_count;
     b->start_ns = shard_now_ns();
     b->shards = calloc(b->shard_count, sizeof(*b->shards));

@@ -20,6 +20,8 @@ int broker_probe(char *msg, size_t cap);
 /* Creates the broker: binds one SO_REUSEPORT listener per shard and starts the shard threads.
  * cfg is copied. Returns NULL after logging the reason (address in use, io_uring failure). */
 struct broker *broker_start(const struct config *cfg);
+/* The shards cfg asks for: --shards, or one per online CPU (at most CONFIG_SHARDS_MAX). */
+uint32_t broker_shard_count(const struct config *cfg);
 
 /* Asks every shard to stop accepting, flush queued output for at most cfg.drain_ms and exit.
  * Async-signal-safe (one atomic store). */

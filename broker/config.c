@@ -16,7 +16,18 @@
 
 #include "broker/log.h"
 
-enum opt_type { OPT_U32, OPT_SIZE, OPT_STR, OPT_BOOL, OPT_POLICY, OPT_LEVEL, OPT_ADDR, OPT_MADDR };
+enum opt_type {
+    OPT_U32,
+    OPT_SIZE,
+    OPT_STR,
+    OPT_BOOL,
+    OPT_POLICY,
+    OPT_LEVEL,
+    OPT_ADDR,
+    OPT_MADDR,
+    OPT_FSYNC,
+    OPT_RECOVER
+};
 
 struct opt {
     const char *name;
@@ -88,6 +99,14 @@ static const struct opt opts[] = {
      "PEM private key of --tls-cert"},
     {"tls-client-ca", OPT_STR, OFF(tls_client_ca), 0, sizeof(((struct config *)0)->tls_client_ca),
      "PEM CA: clients must present a certificate it signed (maps to an account's cert)"},
+    {"data-dir", OPT_STR, OFF(data_dir), 0, sizeof(((struct config *)0)->data_dir),
+     "log every sequenced event under DIR; recover from it at start (off: memory only)"},
+    {"fsync", OPT_FSYNC, 0, 0, 0,
+     "always (ack after fdatasync, group commit) | interval:MS (ack after write; sync every MS)"},
+    {"segment-bytes", OPT_SIZE, OFF(segment_bytes), 1u << 20, 1ull << 40,
+     "roll a log segment file past this size"},
+    {"recover", OPT_RECOVER, 0, 0, 0,
+     "refuse | truncate: what to do with a log corrupt before its end (see docs)"},
     {"log-level", OPT_LEVEL, OFF(log_level), 0, 0, "debug | info | warn | error"},
     {"log-json", OPT_BOOL, OFF(log_json), 0, 0, "log JSON lines"},
     {"pin-cpus", OPT_BOOL, OFF(pin_cpus), 0, 0,
@@ -172,6 +191,9 @@ void config_defaults(struct config *c)
     /* With --token or --accounts, 2 s to be authenticated, TLS handshake included (NATS's
      * auth_timeout): an unauthenticated socket holds a slot and a little memory, nothing else. */
     c->auth_timeout_ms = 2000;
+    /* 64 MiB segments: retention deletes whole files, and a recovery scan reads one at a
+     * time; ~500k small events each. */
+    c->segment_bytes = 64u << 20;
     /* 10 s for a frame to complete once started: a 1 MiB frame then needs 100 KiB/s, which any
      * live client sustains, while a trickler holding a frame buffer is cut off. */
     c->frame_timeout_ms = 10000;
@@ -323,6 +345,35 @@ static int set_ext(const struct config_setting *o, const char *val, const char *
     return 0;
 }
 
+/* --fsync always|interval:MS and --recover refuse|truncate (the event log). */
+static int set_log_opt(struct config *c, const struct opt *o, const char *val, const char *where)
+{
+    if (o->type == OPT_RECOVER) {
+        if (strcmp(val, "refuse") && strcmp(val, "truncate")) {
+            fprintf(stderr, "nexusd: %s: --recover wants refuse or truncate, got \"%s\"\n", where,
+                    val);
+            return -EINVAL;
+        }
+        c->recover_truncate = !strcmp(val, "truncate");
+        return 0;
+    }
+    char *end;
+    if (!strcmp(val, "always")) {
+        c->fsync_interval_ms = 0;
+        return 0;
+    }
+    if (!strncmp(val, "interval:", 9)) {
+        unsigned long ms = strtoul(val + 9, &end, 10);
+        if (end != val + 9 && !*end && ms >= 1 && ms <= 60000) {
+            c->fsync_interval_ms = (uint32_t)ms;
+            return 0;
+        }
+    }
+    fprintf(stderr, "nexusd: %s: --fsync wants always or interval:MS (1..60000), got \"%s\"\n",
+            where, val);
+    return -EINVAL;
+}
+
 static int set_opt(struct config *c, const struct opt *o, const char *val, const char *where)
 {
     char *base = (char *)c;
@@ -333,7 +384,7 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
         if (parse_number(o->name, o->type == OPT_SIZE, o->min, o->max, val, where, &v) < 0)
             return -EINVAL;
         if (o->off == OFF(outbound_bytes_max) || o->off == OFF(assembly_bytes_max) ||
-            o->off == OFF(memory_bytes_max))
+            o->off == OFF(memory_bytes_max) || o->off == OFF(segment_bytes))
             *(uint64_t *)(base + o->off) = v;
         else
             *(uint32_t *)(base + o->off) = (uint32_t)v;
@@ -361,6 +412,9 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
             return -EINVAL;
         }
         return 0;
+    case OPT_FSYNC:
+    case OPT_RECOVER:
+        return set_log_opt(c, o, val, where);
     case OPT_LEVEL: {
         int l = log_level_parse(val);
         if (l < 0) {

@@ -57,6 +57,11 @@ struct config {
     char tls_cert[1024];      /* non-empty: clients speak TLS; PEM certificate chain */
     char tls_key[1024];       /* PEM private key of tls_cert */
     char tls_client_ca[1024]; /* non-empty: client certificates verified against this CA */
+    /* The event log (docs/OPERATIONS.md, "Data directory"). */
+    char data_dir[1024];      /* non-empty: every sequenced event is logged under it */
+    uint32_t fsync_interval_ms; /* 0: --fsync always (group commit); else interval:MS */
+    uint64_t segment_bytes;     /* a segment file is rolled past this size */
+    bool recover_truncate;      /* --recover truncate: cut a corrupt log at the damage */
     int log_level;
     bool log_json;
     uint16_t metrics_port; /* 0 = metrics off */

@@ -10,6 +10,7 @@
 #include "broker/broker.h"
 #include "broker/config.h"
 #include "broker/log.h"
+#include "broker/store.h"
 #include "broker/tls.h"
 #include "handlers/campaign.h"
 #include "handlers/media.h"
@@ -57,7 +58,7 @@ int main(int argc, char **argv)
             rows[nrows++] = provider_test_rows[i];
     provider_install(rows, nrows);
 
-    if (auth_init(&cfg) < 0)
+    if (auth_init(&cfg) < 0 || store_global_init(cfg.data_dir, broker_shard_count(&cfg)) < 0)
         return 1;
     struct broker *b = broker_start(&cfg);
     if (!b)

@@ -20,6 +20,7 @@
 #include "broker/conn.h"
 #include "broker/log.h"
 #include "broker/shard.h"
+#include "broker/store.h"
 #include "codec/envelope.h"
 
 static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, bool *over_limit)
@@ -39,6 +40,7 @@ static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, b
     if (!cp)
         return NULL;
     cp->id = id;
+    cp->sequence = store_floor(s, id);     /* with a log: where the campaign left off */
     cp->last_event_ns = shard_clock_ns(s); /* idle from its creation on */
     dedup_init(&cp->dedup, s->cfg->dedup_entries_max);
     if (map_put(&s->campaigns, (uint64_t)id, cp) < 0) {
@@ -54,8 +56,24 @@ struct campaign *core_campaign(struct shard *s, int64_t id, bool create)
     return campaign_get(s, id, create, NULL);
 }
 
-/* Sends a frame to a connection on any shard (takes the reference). */
+/* Sends a frame to a connection on any shard (takes the reference); waits behind an event
+ * being logged (store.h), so that nothing overtakes it. */
 void core_to_conn(struct shard *s, uint64_t conn_id, struct oframe *f)
+{
+    if (s->store && store_holding(s)) {
+        if (store_defer_frame(s, conn_id, f, 0) < 0) {
+            log_error((int)s->index,
+                      "out of memory holding a reply behind the log: connection "
+                      "%llu misses it",
+                      (unsigned long long)conn_id);
+            oframe_unref(f);
+        }
+        return;
+    }
+    core_to_conn_now(s, conn_id, f);
+}
+
+void core_to_conn_now(struct shard *s, uint64_t conn_id, struct oframe *f)
 {
     uint32_t home = (uint32_t)(conn_id >> 56);
     if (home == s->index) {
@@ -83,6 +101,19 @@ void core_bytes_to_conn(struct shard *s, uint64_t conn_id, const uint8_t *frame,
     }
     memcpy(f->data, frame, len);
     core_to_conn(s, conn_id, f);
+}
+
+void core_error_to_conn_now(struct shard *s, uint64_t conn_id, uint64_t corr, const char *code,
+                            const char *msg)
+{
+    uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+    int n = codec_error_encode(buf, sizeof(buf), corr, code, msg);
+    struct oframe *f = n > 0 ? oframe_alloc((uint32_t)n) : NULL;
+    if (!f)
+        return;
+    memcpy(f->data, buf, (size_t)n);
+    stat_add(&s->stats.errors, 1);
+    core_to_conn_now(s, conn_id, f);
 }
 
 void core_error_to_conn(struct shard *s, uint64_t conn_id, uint64_t corr, const char *code,
@@ -116,6 +147,12 @@ void core_ack(struct shard *s, const struct emit_msg *m, const uint8_t *body, st
     if (!f)
         return;
     codec_event_encode(&a, f->data);
+    /* Behind the event in the log: sent once it is as durable as --fsync promises. */
+    if (s->store && store_holding(s)) {
+        if (store_defer_frame(s, m->conn_id, f, m->correlation ? m->correlation : 1) < 0)
+            oframe_unref(f);
+        return;
+    }
     core_to_conn(s, m->conn_id, f);
 }
 
@@ -131,6 +168,13 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
                                       : "out of memory creating campaign (limit %u)",
                  s->cfg->campaigns_per_shard_max);
         core_error_to_conn(s, m->conn_id, m->correlation, "limit_exceeded", msg);
+        return;
+    }
+    const char *refusal = s->store ? store_refusal(s) : NULL;
+    if (refusal) {
+        core_error_to_conn(s, m->conn_id, m->correlation, refusal,
+                           "the event log cannot take events (a write failed or the disk is "
+                           "full): nothing is acknowledged until nexusd is restarted");
         return;
     }
     int64_t now = shard_clock_ns(s);
@@ -222,16 +266,32 @@ int core_publish(struct shard *s, struct campaign *cp, struct publish *p)
     f->skip_conn_id2 = p->direct_conn2;
     f->terminal = (p->flags & PUBLISH_TERMINAL) != 0;
     stat_add(&s->stats.events_in, 1);
+    if (s->store && (!unsequenced || store_holding(s))) {
+        /* Logged first; delivered once the batch holding it is durable (store.h). */
+        if ((!unsequenced && store_append(s, f) < 0) ||
+            store_defer_fanout(s, cp->id, f, p->direct_conn, p->direct_conn2, unsequenced) < 0) {
+            oframe_unref(f);
+            return -ENOMEM;
+        }
+        return 0;
+    }
+    pubsub_fanout(s, cp->id, f, p->direct_conn, p->direct_conn2, unsequenced);
+    return 0;
+}
 
-    if (p->direct_conn) {
+void pubsub_fanout(struct shard *s, int64_t campaign_id, struct oframe *f, uint64_t direct,
+                   uint64_t direct2, bool unsequenced)
+{
+    struct campaign *cp = map_get(&s->campaigns, (uint64_t)campaign_id);
+    if (direct) {
         oframe_ref(f, 1);
-        core_to_conn(s, p->direct_conn, f);
+        core_to_conn_now(s, direct, f);
     }
-    if (p->direct_conn2 && p->direct_conn2 != p->direct_conn) {
+    if (direct2 && direct2 != direct) {
         oframe_ref(f, 1);
-        core_to_conn(s, p->direct_conn2, f);
+        core_to_conn_now(s, direct2, f);
     }
-    if (!unsequenced) {
+    if (!unsequenced && cp) {
         /* Fan out: shards with interest get one reference each, then our own subscribers. */
         uint64_t mask = (cp->interest_mask | s->firehose_mask) & ~(1ull << s->index);
         while (mask) {
@@ -252,7 +312,6 @@ int core_publish(struct shard *s, struct campaign *cp, struct publish *p)
             core_hooks->published(s, cp, f);
     }
     oframe_unref(f);
-    return 0;
 }
 
 /* ---- subscriber side ---------------------------------------------------------------------- */
@@ -764,7 +823,7 @@ void pubsub_sweep_campaigns(struct shard *s, int64_t now)
     for (uint32_t n = 0; n < PUBSUB_SWEEP_SLOTS && s->campaigns.count; n++) {
         uint32_t i = s->campaign_hand & s->campaigns.mask;
         struct campaign *cp = s->campaigns.slots[i].val;
-        if (cp && campaign_idle(s, cp, now)) {
+        if (cp && campaign_idle(s, cp, now) && store_note_freed(s, cp->id, cp->sequence) == 0) {
             /* Backward-shift deletion may move another campaign into slot i: look at the
              * same slot again rather than advance. */
             map_del(&s->campaigns, (uint64_t)cp->id);

@@ -64,6 +64,16 @@ struct sub_list {
     uint32_t count, cap;
 };
 
+/* Delivers a published event (takes the reference): to its direct connections, the shards
+ * with interest and this shard's subscribers; then the published hook. Called at once, or by
+ * the event log once the event is durable (store.h). */
+void pubsub_fanout(struct shard *s, int64_t campaign_id, struct oframe *f, uint64_t direct,
+                   uint64_t direct2, bool unsequenced);
+/* core_to_conn / core_error_to_conn without waiting behind the event log (its release). */
+void core_to_conn_now(struct shard *s, uint64_t conn_id, struct oframe *f);
+void core_error_to_conn_now(struct shard *s, uint64_t conn_id, uint64_t correlation,
+                            const char *code, const char *message);
+
 /* Processes an emit whose campaign this shard owns: duplicate check, the emit hook, publish,
  * acknowledgement. Slices point into body, which may be a receive buffer (valid during the
  * call only). */

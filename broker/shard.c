@@ -28,6 +28,7 @@
 #include "broker/conn.h"
 #include "broker/log.h"
 #include "broker/msg.h"
+#include "broker/store.h"
 #include "broker/ud.h"
 #include "codec/envelope.h"
 
@@ -542,7 +543,7 @@ static void shard_drain_step(struct shard *s)
     }
     if (s->drain_stage == DRAIN_REQUESTS_DONE &&
         atomic_load_explicit(&b->drain_requests_done, memory_order_acquire) == b->shard_count &&
-        shard_sent_taken(s, CORE_DELIVERY)) {
+        store_idle(s) && shard_sent_taken(s, CORE_DELIVERY)) {
         s->drain_stage = DRAIN_DELIVERIES_DONE;
         atomic_fetch_add_explicit(&b->drain_deliveries_done, 1, memory_order_acq_rel);
     }
@@ -602,6 +603,12 @@ void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
             break;
         case UD_TIMER:
             shard_tick(s);
+            break;
+        case UD_STORE_WRITE:
+        case UD_STORE_SYNC:
+        case UD_STORE_ISYNC:
+        case UD_STORE_TIMER:
+            store_cqe(s, ud, cqe->res);
             break;
         case UD_HOOK_TIMER:
             s->hook_timer_ns = 0;
@@ -698,7 +705,8 @@ int shard_init(struct shard *s)
     map_init(&s->campaigns);
     map_init(&s->sub_lists);
     s->assembly_left = s->cfg->assembly_bytes_max;
-    return shard_setup_ring(s);
+    int r = shard_setup_ring(s);
+    return r < 0 ? r : store_open(s);
 }
 
 static void shard_run_lists(struct shard *s)
@@ -788,6 +796,7 @@ void shard_loop(struct shard *s)
         bool busy = shard_poll_rings(s);
         auth_poll(s);
         shard_run_lists(s);
+        store_flush(s);
         conn_reap(s);
         shard_flush_rings(s);
         if (s->cfg->busy_poll_us && (n > 0 || busy))
@@ -868,7 +877,8 @@ void shard_free_outboxes(struct shard *s)
         core_hooks->shard_free(s);
     pubsub_free_shard(s);
     map_free(&s->conns);
-    io_uring_queue_exit(&s->ring);
+    io_uring_queue_exit(&s->ring); /* waits for the kernel's operations, log writes included */
+    store_close(s);
     if (s->buf_ring)
         munmap(s->buf_ring, s->buf_ring_bytes);
     free(s->bufs);

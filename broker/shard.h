@@ -94,6 +94,7 @@ struct shard {
     bool trim_wanted;       /* much was freed: return free pages to the OS (shard.c) */
     uint32_t trim_again;    /* further collections of a trim still due */
     int64_t trim_last_ns;
+    struct store *store; /* the event log (store.h), NULL without --data-dir */
     /* An emit rewritten to carry its account's user id (conn.c), until it is routed. */
     uint8_t *stamp_buf;
     uint32_t stamp_cap;

@@ -1,0 +1,758 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The shard's event log (store.h). Layout (docs/OPERATIONS.md, "Data directory"):
+//   DIR/meta                      "nexus-data 1\nshards N\n"
+//   DIR/shard-NNN/OFFSET.seg      records (codec/logrec.h); OFFSET (20 digits) is the logical
+//                                 byte offset of the segment's first record in the shard's log
+// One batch is written at a time: records of a loop pass go to `cur`; store_flush moves `cur`
+// to `inflight` and submits one write (linked to an fdatasync with --fsync always). What was
+// deferred behind a batch — fan-outs, acknowledgements, later frames — is released, in order,
+// when that batch completes. A failed write or sync is never retried: the shard stops
+// acknowledging (storage_failed; storage_full for ENOSPC) and deferred acknowledgements become
+// errors, their events undelivered.
+#include "broker/store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "broker/log.h"
+#include "broker/map.h"
+#include "broker/pubsub.h"
+#include "broker/shard.h"
+#include "broker/stats.h"
+#include "broker/ud.h"
+#include "codec/envelope.h"
+#include "codec/logrec.h"
+
+enum defer_kind { DEFER_FANOUT, DEFER_FRAME };
+
+struct deferred {
+    uint8_t kind;
+    bool unsequenced;
+    int64_t campaign_id;
+    struct oframe *f;
+    uint64_t conn_id, conn2;
+    uint64_t ack_corr; /* DEFER_FRAME: non-zero for an emit acknowledgement */
+};
+
+struct batch {
+    uint8_t *buf;
+    size_t len, cap;
+    uint32_t records;
+    struct deferred *d;
+    uint32_t nd, cap_d;
+};
+
+struct store {
+    int dir_fd, seg_fd;
+    uint64_t seg_base; /* logical offset of the open segment's first byte */
+    uint64_t seg_len;  /* bytes in it, written or being written */
+    struct batch cur, inflight;
+    bool writing;        /* inflight holds a batch being written */
+    uint32_t ops;        /* SQEs of the inflight batch not yet completed */
+    uint64_t write_off;  /* file offset of the inflight batch's unwritten rest */
+    size_t write_done;   /* bytes of the inflight batch written */
+    bool sync_pending;   /* --fsync interval: data written since the last sync */
+    bool isync_inflight; /* an interval fdatasync in flight */
+    bool timer_armed;    /* a wait for the next interval fdatasync is in flight */
+    struct __kernel_timespec timer_ts;
+    int64_t last_sync_ns;
+    const char *refusal; /* NULL, "storage_failed" or "storage_full" */
+    int writes, syncs;   /* completions seen (NEXUS_TEST_LOG_FAIL) */
+    bool resubmit;       /* the inflight batch was written short: write the rest */
+    bool batch_failed;   /* a write or sync of the inflight batch failed */
+    struct map floor;    /* campaign id -> last sequence of a campaign not in the table */
+};
+
+static char g_dir[1024];
+static bool g_on;
+/* A test hook (docs/OPERATIONS.md): NEXUS_TEST_LOG_FAIL=write:N or fsync:N makes the N-th log
+ * write or fdatasync of each shard complete with EIO, as a failing disk would. */
+static int g_fail_write, g_fail_sync;
+static int st_records = -1, st_bytes = -1, st_syncs = -1, st_recovered = -1, st_cut = -1,
+           st_errors = -1;
+
+static const struct stats_def defs[] = {
+    {"nexus_log_records_total", NULL, "events appended to the log", 0, STATS_NO_FRAME_FIELD},
+    {"nexus_log_bytes_total", NULL, "bytes appended to the log", 0, STATS_NO_FRAME_FIELD},
+    {"nexus_log_syncs_total", NULL, "fdatasync calls on log segments", 0, STATS_NO_FRAME_FIELD},
+    {"nexus_log_recovered_records", NULL, "records found valid by the last start's recovery", 1,
+     STATS_NO_FRAME_FIELD},
+    {"nexus_log_truncated_bytes_total", NULL,
+     "bytes cut from the log at start (a torn tail, or --recover truncate)", 0,
+     STATS_NO_FRAME_FIELD},
+    {"nexus_log_errors_total", NULL, "failed log writes or syncs (the shard stops acknowledging)",
+     0, STATS_NO_FRAME_FIELD},
+};
+
+/* ---- start-up ----------------------------------------------------------------------------- */
+
+static int meta_check(const char *dir, uint32_t shards)
+{
+    char path[1200], want[64];
+    snprintf(path, sizeof(path), "%s/meta", dir);
+    snprintf(want, sizeof(want), "nexus-data 1\nshards %u\n", shards);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        char got[64] = "";
+        size_t n = fread(got, 1, sizeof(got) - 1, f);
+        fclose(f);
+        got[n] = 0;
+        if (strcmp(got, want) != 0) {
+            fprintf(
+                stderr,
+                "nexusd: --data-dir %s was written by a broker with another layout (%s has "
+                "\"%.40s\"; this one would write \"shards %u\"): campaigns are placed by shard, "
+                "so start with the --shards it was written with\n",
+                dir, path, got, shards);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    char tmp[1210];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    f = fopen(tmp, "w");
+    if (!f || fputs(want, f) < 0 || fflush(f) != 0 || fdatasync(fileno(f)) != 0) {
+        fprintf(stderr, "nexusd: --data-dir: cannot write %s: %s\n", tmp, strerror(errno));
+        if (f)
+            fclose(f);
+        return -EIO;
+    }
+    fclose(f);
+    if (rename(tmp, path) != 0) {
+        fprintf(stderr, "nexusd: --data-dir: cannot create %s: %s\n", path, strerror(errno));
+        return -EIO;
+    }
+    return 0;
+}
+
+int store_global_init(const char *data_dir, uint32_t shard_count)
+{
+    st_records = stats_register(&defs[0]);
+    st_bytes = stats_register(&defs[1]);
+    st_syncs = stats_register(&defs[2]);
+    st_recovered = stats_register(&defs[3]);
+    st_cut = stats_register(&defs[4]);
+    st_errors = stats_register(&defs[5]);
+    if (!data_dir || !data_dir[0])
+        return 0;
+    if (mkdir(data_dir, 0750) != 0 && errno != EEXIST) {
+        fprintf(stderr, "nexusd: --data-dir %s: %s\n", data_dir, strerror(errno));
+        return -EIO;
+    }
+    /* One broker per directory: two appending to the same segments would corrupt both. The
+     * lock lives as long as the process (the descriptor is never closed). */
+    char lock[1200];
+    snprintf(lock, sizeof(lock), "%s/lock", data_dir);
+    int lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB) != 0) {
+        fprintf(stderr, "nexusd: --data-dir %s is in use by another nexusd (%s is locked)%s%s\n",
+                data_dir, lock, lfd < 0 ? ": " : "", lfd < 0 ? strerror(errno) : "");
+        if (lfd >= 0)
+            close(lfd);
+        return -EBUSY;
+    }
+    if (meta_check(data_dir, shard_count) < 0)
+        return -EINVAL;
+    snprintf(g_dir, sizeof(g_dir), "%s", data_dir);
+    g_on = true;
+    const char *fail = getenv("NEXUS_TEST_LOG_FAIL");
+    if (fail && !strncmp(fail, "write:", 6))
+        g_fail_write = atoi(fail + 6);
+    else if (fail && !strncmp(fail, "fsync:", 6))
+        g_fail_sync = atoi(fail + 6);
+    if (g_fail_write || g_fail_sync)
+        fprintf(stderr, "nexusd: NEXUS_TEST_LOG_FAIL=%s: log failures will be injected\n", fail);
+    return 0;
+}
+
+static void stat_bump(struct shard *s, int idx, uint64_t n)
+{
+    if (idx >= 0)
+        stat_add(&s->stats.ext[idx], n);
+}
+
+/* ---- recovery ----------------------------------------------------------------------------- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The segments of the shard's directory, by offset. Returns the count, or -errno. */
+static int list_segments(int dir_fd, uint64_t **out)
+{
+    int fd = dup(dir_fd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return -errno;
+    }
+    uint64_t *v = NULL;
+    int n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        if (strlen(e->d_name) != 24 || strcmp(e->d_name + 20, ".seg") != 0)
+            continue;
+        uint64_t off = strtoull(e->d_name, &end, 10);
+        if (end != e->d_name + 20)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            uint64_t *nv = realloc(v, sizeof(*v) * (size_t)cap);
+            if (!nv) {
+                free(v);
+                closedir(d);
+                return -ENOMEM;
+            }
+            v = nv;
+        }
+        v[n++] = off;
+    }
+    closedir(d);
+    if (n)
+        qsort(v, (size_t)n, sizeof(*v), cmp_u64);
+    *out = v;
+    return n;
+}
+
+static void seg_name(char out[32], uint64_t off)
+{
+    snprintf(out, 32, "%020llu.seg", (unsigned long long)off);
+}
+
+/* Reads a whole segment. 0, or -errno. */
+static int read_segment(int dir_fd, uint64_t off, uint8_t **buf, size_t *len)
+{
+    char name[32];
+    seg_name(name, off);
+    int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int e = -errno;
+        if (fd >= 0)
+            close(fd);
+        return e;
+    }
+    uint8_t *b = malloc((size_t)st.st_size + 1);
+    size_t got = 0;
+    while (b && got < (size_t)st.st_size) {
+        ssize_t r = read(fd, b + got, (size_t)st.st_size - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    if (!b)
+        return -ENOMEM;
+    *buf = b;
+    *len = got;
+    return 0;
+}
+
+/* Whether a valid record starts anywhere in buf after from: then the damage at from is in the
+ * middle of the log, not a torn tail. */
+static bool valid_after(const uint8_t *buf, size_t len, size_t from)
+{
+    struct logrec r;
+    size_t used;
+    for (size_t p = from + 1; p + LOGREC_HEADER <= len; p++)
+        if (logrec_decode(buf + p, len - p, &r, &used) == LOGREC_OK)
+            return true;
+    return false;
+}
+
+static int floor_raise(struct store *st, int64_t id, uint64_t seq)
+{
+    uintptr_t cur = (uintptr_t)map_get(&st->floor, (uint64_t)id);
+    if (seq > cur && map_put(&st->floor, (uint64_t)id, (void *)(uintptr_t)seq) < 0)
+        return -ENOMEM;
+    return 0;
+}
+
+/* Cuts the log at (segment i, pos): that segment truncated, the later ones deleted. */
+static int cut_log(struct shard *s, const uint64_t *segs, int n, int i, size_t pos, size_t len)
+{
+    struct store *st = s->store;
+    char name[32];
+    seg_name(name, segs[i]);
+    uint64_t cut = len - pos;
+    int fd = openat(st->dir_fd, name, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)pos) != 0 || fdatasync(fd) != 0) {
+        log_error((int)s->index, "log: cannot truncate %s/shard-%03u/%s: %s", g_dir, s->index, name,
+                  strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -EIO;
+    }
+    close(fd);
+    for (int k = i + 1; k < n; k++) {
+        char later[32];
+        struct stat sb;
+        seg_name(later, segs[k]);
+        if (fstatat(st->dir_fd, later, &sb, 0) == 0)
+            cut += (uint64_t)sb.st_size;
+        unlinkat(st->dir_fd, later, 0);
+    }
+    fsync(st->dir_fd);
+    stat_bump(s, st_cut, cut);
+    return 0;
+}
+
+/* Scans one segment into the floors. Returns the valid prefix length in *good. */
+static int scan_segment(struct store *st, const uint8_t *buf, size_t len, size_t *good,
+                        uint64_t *records)
+{
+    size_t pos = 0;
+    while (pos < len) {
+        struct logrec r;
+        size_t used;
+        if (logrec_decode(buf + pos, len - pos, &r, &used) != LOGREC_OK)
+            break;
+        if (floor_raise(st, r.campaign_id, r.sequence) < 0)
+            return -ENOMEM;
+        (*records)++;
+        pos += used;
+    }
+    *good = pos;
+    return 0;
+}
+
+/* Long: one pass over the segments with the torn-tail and corruption rules of store.h. */
+static int recover(struct shard *s, uint64_t **segs_out, int *n_out)
+{
+    struct store *st = s->store;
+    uint64_t *segs = NULL;
+    int n = list_segments(st->dir_fd, &segs);
+    if (n < 0) {
+        log_error((int)s->index, "log: cannot list %s/shard-%03u: %s", g_dir, s->index,
+                  strerror(-n));
+        return n;
+    }
+    uint64_t records = 0;
+    for (int i = 0; i < n; i++) {
+        uint8_t *buf = NULL;
+        size_t len = 0, good = 0;
+        int r = read_segment(st->dir_fd, segs[i], &buf, &len);
+        if (r == 0)
+            r = scan_segment(st, buf, len, &good, &records);
+        if (r < 0) {
+            free(buf);
+            free(segs);
+            log_error((int)s->index, "log: cannot read segment %llu of shard %u: %s",
+                      (unsigned long long)segs[i], s->index, strerror(-r));
+            return r;
+        }
+        if (good < len) {
+            bool middle = i < n - 1 || valid_after(buf, len, good);
+            char name[32];
+            seg_name(name, segs[i]);
+            if (middle && !s->cfg->recover_truncate) {
+                log_error((int)s->index,
+                          "log: %s/shard-%03u/%s is damaged at offset %zu, and valid records "
+                          "follow: not a torn tail. Refusing to start; keep a copy of the "
+                          "directory, then start with --recover truncate to cut the log there "
+                          "(everything after the damage is lost)",
+                          g_dir, s->index, name, good);
+                free(buf);
+                free(segs);
+                return -EIO;
+            }
+            log_warn((int)s->index, "log: %s/shard-%03u/%s cut at offset %zu (%zu bytes of %s)",
+                     g_dir, s->index, name, good, len - good,
+                     middle ? "a damaged log, --recover truncate" : "a torn tail");
+            r = cut_log(s, segs, n, i, good, len);
+            free(buf);
+            if (r < 0) {
+                free(segs);
+                return r;
+            }
+            n = i + 1;
+            break;
+        }
+        free(buf);
+    }
+    stat_bump(s, st_recovered, records);
+    log_info((int)s->index, "log: recovered %llu records in %d segments, %u campaigns",
+             (unsigned long long)records, n, st->floor.count);
+    *segs_out = segs;
+    *n_out = n;
+    return 0;
+}
+
+/* Opens (creating) the segment starting at logical offset off for appending. */
+static int open_segment(struct shard *s, uint64_t off)
+{
+    struct store *st = s->store;
+    char name[32];
+    seg_name(name, off);
+    int fd = openat(st->dir_fd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || fsync(st->dir_fd) != 0) {
+        log_error((int)s->index, "log: cannot open %s/shard-%03u/%s: %s", g_dir, s->index, name,
+                  strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -EIO;
+    }
+    if (st->seg_fd >= 0)
+        close(st->seg_fd);
+    st->seg_fd = fd;
+    st->seg_base = off;
+    st->seg_len = (uint64_t)sb.st_size;
+    return 0;
+}
+
+int store_open(struct shard *s)
+{
+    if (!g_on)
+        return 0;
+    struct store *st = calloc(1, sizeof(*st));
+    if (!st)
+        return -ENOMEM;
+    st->seg_fd = st->dir_fd = -1;
+    map_init(&st->floor);
+    s->store = st;
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/shard-%03u", g_dir, s->index);
+    if ((mkdir(path, 0750) != 0 && errno != EEXIST) ||
+        (st->dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+        log_error((int)s->index, "log: %s: %s", path, strerror(errno));
+        return -EIO;
+    }
+    uint64_t *segs = NULL;
+    int n = 0;
+    int r = recover(s, &segs, &n);
+    if (r < 0)
+        return -EIO;
+    r = open_segment(s, n ? segs[n - 1] : 0);
+    free(segs);
+    st->last_sync_ns = shard_now_ns();
+    return r < 0 ? -EIO : 0;
+}
+
+uint64_t store_floor(struct shard *s, int64_t id)
+{
+    return s->store ? (uint64_t)(uintptr_t)map_get(&s->store->floor, (uint64_t)id) : 0;
+}
+
+int store_note_freed(struct shard *s, int64_t id, uint64_t seq)
+{
+    return s->store && seq ? floor_raise(s->store, id, seq) : 0;
+}
+
+const char *store_refusal(const struct shard *s)
+{
+    return s->store ? s->store->refusal : NULL;
+}
+
+/* ---- batches ------------------------------------------------------------------------------ */
+
+static int batch_room(struct batch *b, size_t need)
+{
+    if (b->len + need <= b->cap)
+        return 0;
+    size_t ncap = b->cap ? b->cap : 64 * 1024;
+    while (ncap < b->len + need)
+        ncap *= 2;
+    uint8_t *nb = realloc(b->buf, ncap);
+    if (!nb)
+        return -ENOMEM;
+    b->buf = nb;
+    b->cap = ncap;
+    return 0;
+}
+
+int store_append(struct shard *s, const struct oframe *f)
+{
+    struct store *st = s->store;
+    struct batch *b = &st->cur;
+    size_t need = logrec_size(f->len);
+    if (batch_room(b, need) < 0)
+        return -ENOMEM;
+    struct logrec r = {.campaign_id = f->campaign_id,
+                       .sequence = f->sequence,
+                       .ts_ns = f->ts_ns,
+                       .frame = f->data,
+                       .len = f->len};
+    logrec_encode(b->buf + b->len, &r);
+    b->len += need;
+    b->records++;
+    return 0;
+}
+
+bool store_holding(const struct shard *s)
+{
+    const struct store *st = s->store;
+    return st && (st->cur.nd || st->cur.records || st->writing);
+}
+
+bool store_idle(const struct shard *s)
+{
+    const struct store *st = s->store;
+    return !st || (!st->cur.nd && !st->cur.records && !st->writing && !st->isync_inflight);
+}
+
+static int defer(struct shard *s, const struct deferred *d)
+{
+    struct batch *b = &s->store->cur;
+    if (b->nd == b->cap_d) {
+        uint32_t ncap = b->cap_d ? b->cap_d * 2 : 64;
+        struct deferred *nv = realloc(b->d, sizeof(*nv) * ncap);
+        if (!nv)
+            return -ENOMEM;
+        b->d = nv;
+        b->cap_d = ncap;
+    }
+    b->d[b->nd++] = *d;
+    return 0;
+}
+
+int store_defer_fanout(struct shard *s, int64_t campaign_id, struct oframe *f, uint64_t direct,
+                       uint64_t direct2, bool unsequenced)
+{
+    struct deferred d = {.kind = DEFER_FANOUT,
+                         .unsequenced = unsequenced,
+                         .campaign_id = campaign_id,
+                         .f = f,
+                         .conn_id = direct,
+                         .conn2 = direct2};
+    return defer(s, &d);
+}
+
+int store_defer_frame(struct shard *s, uint64_t conn_id, struct oframe *f, uint64_t ack_corr)
+{
+    struct deferred d = {.kind = DEFER_FRAME, .f = f, .conn_id = conn_id, .ack_corr = ack_corr};
+    return defer(s, &d);
+}
+
+/* Hands out what waited for a batch, in order; after a failure, events are dropped (never
+ * delivered: they are not in the log) and acknowledgements become errors. */
+static void release(struct shard *s, struct batch *b, bool failed)
+{
+    const char *code = s->store->refusal ? s->store->refusal : "storage_failed";
+    for (uint32_t i = 0; i < b->nd; i++) {
+        struct deferred *d = &b->d[i];
+        if (failed && (d->kind == DEFER_FANOUT || d->ack_corr)) {
+            if (d->ack_corr)
+                core_error_to_conn_now(s, d->conn_id, d->ack_corr, code,
+                                       "the event could not be stored: the broker stopped "
+                                       "accepting durable events (see its log)");
+            oframe_unref(d->f);
+            continue;
+        }
+        if (d->kind == DEFER_FANOUT)
+            pubsub_fanout(s, d->campaign_id, d->f, d->conn_id, d->conn2, d->unsequenced);
+        else
+            core_to_conn_now(s, d->conn_id, d->f);
+    }
+    b->nd = 0;
+    b->len = 0;
+    b->records = 0;
+}
+
+static void store_fail(struct shard *s, int res, const char *what)
+{
+    struct store *st = s->store;
+    if (!st->refusal) {
+        st->refusal = res == -ENOSPC || res == -EDQUOT ? "storage_full" : "storage_failed";
+        log_error((int)s->index,
+                  "log: %s of shard %u failed: %s. The shard no longer acknowledges durable "
+                  "events (error{%s}); nothing is retried. Fix the disk and restart nexusd",
+                  what, s->index, strerror(-res), st->refusal);
+    }
+    stat_bump(s, st_errors, 1);
+}
+
+static void submit_write(struct shard *s)
+{
+    struct store *st = s->store;
+    struct batch *b = &st->inflight;
+    struct io_uring_sqe *sqe = shard_sqe(s);
+    io_uring_prep_write(sqe, st->seg_fd, b->buf + st->write_done,
+                        (unsigned)(b->len - st->write_done), st->write_off);
+    io_uring_sqe_set_data64(sqe, UD_STORE_WRITE);
+    st->ops = 1;
+    if (s->cfg->fsync_interval_ms == 0) {
+        sqe->flags |= IOSQE_IO_LINK;
+        sqe = shard_sqe(s);
+        io_uring_prep_fsync(sqe, st->seg_fd, IORING_FSYNC_DATASYNC);
+        io_uring_sqe_set_data64(sqe, UD_STORE_SYNC);
+        st->ops = 2;
+    }
+}
+
+/* --fsync interval:MS: an fdatasync once MS have passed since the last, or a timeout that
+ * comes back here when they will have (an idle shard sleeps, so the tick is not enough). */
+static void store_interval_sync(struct shard *s)
+{
+    struct store *st = s->store;
+    int64_t ms = s->cfg->fsync_interval_ms;
+    if (!ms || !st->sync_pending || st->isync_inflight || st->refusal)
+        return;
+    int64_t wait = st->last_sync_ns + ms * 1000000 - shard_now_ns();
+    if (wait > 0) {
+        if (!st->timer_armed) {
+            st->timer_ts.tv_sec = wait / 1000000000;
+            st->timer_ts.tv_nsec = wait % 1000000000;
+            struct io_uring_sqe *sqe = shard_sqe(s);
+            io_uring_prep_timeout(sqe, &st->timer_ts, 0, 0);
+            io_uring_sqe_set_data64(sqe, UD_STORE_TIMER);
+            st->timer_armed = true;
+        }
+        return;
+    }
+    struct io_uring_sqe *sqe = shard_sqe(s);
+    io_uring_prep_fsync(sqe, st->seg_fd, IORING_FSYNC_DATASYNC);
+    io_uring_sqe_set_data64(sqe, UD_STORE_ISYNC);
+    st->isync_inflight = true;
+    st->sync_pending = false;
+    st->last_sync_ns = shard_now_ns();
+}
+
+void store_flush(struct shard *s)
+{
+    struct store *st = s->store;
+    if (!st)
+        return;
+    if (!st->writing && (st->cur.records || st->cur.nd)) {
+        if (!st->cur.records || st->refusal) {
+            /* Nothing to write (or nothing can be): what waits goes at once. Released from a
+             * detached list, since a release may defer more (a hook publishing). */
+            struct batch b = st->cur;
+            st->cur.d = NULL;
+            st->cur.nd = st->cur.cap_d = 0;
+            st->cur.len = 0;
+            st->cur.records = 0;
+            release(s, &b, st->refusal != NULL && b.records);
+            if (!st->cur.d) {
+                st->cur.d = b.d;
+                st->cur.cap_d = b.cap_d;
+            } else {
+                free(b.d);
+            }
+        } else {
+            if (st->seg_len >= s->cfg->segment_bytes &&
+                open_segment(s, st->seg_base + st->seg_len) < 0)
+                store_fail(s, -EIO, "opening a new segment");
+            struct batch t = st->inflight;
+            st->inflight = st->cur;
+            st->cur = (struct batch){.buf = t.buf, .cap = t.cap, .d = t.d, .cap_d = t.cap_d};
+            st->writing = true;
+            st->write_done = 0;
+            st->write_off = st->seg_len;
+            st->seg_len += st->inflight.len;
+            submit_write(s);
+        }
+    }
+    store_interval_sync(s);
+}
+
+/* The inflight batch is on disk (or failed): release what waited for it. */
+static void batch_done(struct shard *s, bool failed)
+{
+    struct store *st = s->store;
+    st->writing = false;
+    stat_bump(s, st_records, st->inflight.records);
+    stat_bump(s, st_bytes, st->inflight.len);
+    release(s, &st->inflight, failed);
+    store_flush(s); /* the next batch, gathered meanwhile */
+}
+
+void store_cqe(struct shard *s, uint64_t ud, int res)
+{
+    struct store *st = s->store;
+    if (!st)
+        return;
+    if (ud == UD_STORE_TIMER) {
+        st->timer_armed = false;
+        store_interval_sync(s);
+        return;
+    }
+    if (ud == UD_STORE_ISYNC) {
+        st->isync_inflight = false;
+        stat_bump(s, st_syncs, 1);
+        if (g_fail_sync && res >= 0 && ++st->syncs == g_fail_sync)
+            res = -EIO;
+        if (res < 0)
+            store_fail(s, res, "an interval fdatasync");
+        return;
+    }
+    if (ud == UD_STORE_WRITE) {
+        if (g_fail_write && ++st->writes == g_fail_write)
+            res = -EIO;
+        if (res < 0) {
+            store_fail(s, res, "a write");
+            st->batch_failed = true;
+        } else if ((st->write_done += (size_t)res) < st->inflight.len) {
+            st->write_off += (uint64_t)res; /* short: the rest once the linked sync is back */
+            st->resubmit = res > 0;
+            if (res == 0) {
+                store_fail(s, -EIO, "a write (no progress)");
+                st->batch_failed = true;
+            }
+        }
+    } else if (ud == UD_STORE_SYNC && res != -ECANCELED) {
+        stat_bump(s, st_syncs, 1);
+        if (g_fail_sync && res >= 0 && ++st->syncs == g_fail_sync)
+            res = -EIO;
+        if (res < 0) {
+            store_fail(s, res, "an fdatasync");
+            st->batch_failed = true;
+        }
+    }
+    if (--st->ops > 0)
+        return;
+    bool failed = st->batch_failed || st->refusal != NULL;
+    if (st->resubmit && !failed) {
+        st->resubmit = false;
+        submit_write(s);
+        return;
+    }
+    st->resubmit = false;
+    st->batch_failed = false;
+    if (s->cfg->fsync_interval_ms && !failed)
+        st->sync_pending = true;
+    batch_done(s, failed);
+}
+
+void store_close(struct shard *s)
+{
+    struct store *st = s->store;
+    if (!st)
+        return;
+    /* The loop has ended and the ring is gone: whatever is batched is written here, blocking,
+     * so that nothing sequenced is lost; what waited for it is dropped (its connections are
+     * closed). */
+    if (st->cur.records && !st->refusal && st->seg_fd >= 0) {
+        ssize_t w = pwrite(st->seg_fd, st->cur.buf, st->cur.len, (off_t)st->seg_len);
+        if (w != (ssize_t)st->cur.len)
+            log_error((int)s->index, "log: writing the last batch at shutdown failed");
+    }
+    if (st->seg_fd >= 0 && fdatasync(st->seg_fd) != 0)
+        log_error((int)s->index, "log: fdatasync at shutdown failed: %s", strerror(errno));
+    struct batch *bs[2] = {&st->cur, &st->inflight};
+    for (int k = 0; k < 2; k++) {
+        for (uint32_t i = 0; i < bs[k]->nd; i++)
+            oframe_unref(bs[k]->d[i].f);
+        free(bs[k]->d);
+        free(bs[k]->buf);
+    }
+    if (st->seg_fd >= 0)
+        close(st->seg_fd);
+    if (st->dir_fd >= 0)
+        close(st->dir_fd);
+    map_free(&st->floor);
+    free(st);
+    s->store = NULL;
+}

@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The shard's event log (docs/ARCHITECTURE.md, "The event log"; docs/OPERATIONS.md, "Data
+// directory"): with --data-dir, every event the shard sequences is appended to its own
+// segment files (codec/logrec.h records) through the shard's io_uring, in one batch per loop
+// pass, and nothing that follows an event out of the shard — its deliveries, its
+// acknowledgement, any later frame — leaves before the batch holding it is written (with
+// --fsync always: and fdatasync'ed). So whatever a client may have seen is in the log, and a
+// sequence is never given to two events, across kill -9 too. At start the log is scanned:
+// checksums verified, a torn tail cut, each campaign's last sequence recovered.
+// Threading: a shard's store belongs to its thread.
+#ifndef NEXUS_BROKER_STORE_H
+#define NEXUS_BROKER_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct shard;
+struct oframe;
+
+/* Start-up, before the shards: counters, and DIR/meta checked or written (the shard count a
+ * log was written with must not change). Returns 0, or <0 after printing why to stderr. */
+int store_global_init(const char *data_dir, uint32_t shard_count);
+
+/* In shard_init: recovers the shard's log and opens it for appending. 0, or <0 after logging
+ * why (the shard refuses to start). A no-op without --data-dir. */
+int store_open(struct shard *s);
+/* At the shard's end: writes what is batched (blocking), syncs, closes. */
+void store_close(struct shard *s);
+
+/* The last sequence the log holds for a campaign this shard owns (0: none). */
+uint64_t store_floor(struct shard *s, int64_t campaign_id);
+/* A campaign is about to be freed: its sequence must continue from seq when it comes back.
+ * 0, or -ENOMEM (then keep the campaign). */
+int store_note_freed(struct shard *s, int64_t campaign_id, uint64_t seq);
+
+/* Why emits are refused: 0 while the log works, else "storage_failed" / "storage_full". */
+const char *store_refusal(const struct shard *s);
+
+/* Appends the sequenced event f to the current batch. 0, or -ENOMEM. */
+int store_append(struct shard *s, const struct oframe *f);
+/* True while something waits for a batch: every later send must wait behind it. */
+bool store_holding(const struct shard *s);
+/* Defers the fan-out of f (takes the reference) until the current batch is durable. */
+int store_defer_fanout(struct shard *s, int64_t campaign_id, struct oframe *f, uint64_t direct,
+                       uint64_t direct2, bool unsequenced);
+/* Defers a frame to a connection (takes the reference). ack: an emit acknowledgement, turned
+ * into error{storage_failed} if the batch fails. */
+int store_defer_frame(struct shard *s, uint64_t conn_id, struct oframe *f, uint64_t ack_corr);
+/* End of a loop pass: starts writing the current batch (one write in flight per shard). */
+void store_flush(struct shard *s);
+/* Completion of a store operation (user_data UD_STORE_*). */
+void store_cqe(struct shard *s, uint64_t ud, int res);
+/* True when nothing is batched or being written (the drain waits for it). */
+bool store_idle(const struct shard *s);
+
+#endif
