@@ -4,7 +4,9 @@
 // with the openssl command at test time; pub/sub over TLS; wrong trust, plain TCP and missing
 // client certificates refused; stalled handshakes do not hold up the shard; a burst of 1000
 // events of mixed sizes (some spanning several TLS records) arrives whole and in order in both
-// directions; bad certificate files stop nexusd at start-up.
+// directions; bad certificate files stop nexusd at start-up; with --accounts, a client
+// certificate logs in (without a token) as the account whose `cert` names its CN, and only as
+// that account.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +17,7 @@
 #include <poll.h>
 #include <sys/stat.h>
 
+#include "auth_util.h"
 #include "harness.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -30,7 +33,7 @@
 
 static char dir[256];
 static char ca_crt[300], other_ca_crt[300], srv_crt[300], srv_key[300], cli_crt[300], cli_key[300],
-    other_cli_crt[300], other_cli_key[300];
+    other_cli_crt[300], other_cli_key[300], nobody_crt[300], nobody_key[300];
 
 /* ---- the throwaway PKI -------------------------------------------------------------------- */
 
@@ -88,7 +91,8 @@ static int setup_pki(void **state)
                   "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
                   "extendedKeyUsage=serverAuth\n") ||
         make_cert("alice", "alice", "ca", "extendedKeyUsage=clientAuth\n") ||
-        make_cert("mallory", "mallory", "otherca", "extendedKeyUsage=clientAuth\n"))
+        make_cert("mallory", "mallory", "otherca", "extendedKeyUsage=clientAuth\n") ||
+        make_cert("nobody", "nobody", "ca", "extendedKeyUsage=clientAuth\n"))
         return -1;
     snprintf(ca_crt, sizeof(ca_crt), "%s/ca.crt", dir);
     snprintf(other_ca_crt, sizeof(other_ca_crt), "%s/otherca.crt", dir);
@@ -98,6 +102,8 @@ static int setup_pki(void **state)
     snprintf(cli_key, sizeof(cli_key), "%s/alice.key", dir);
     snprintf(other_cli_crt, sizeof(other_cli_crt), "%s/mallory.crt", dir);
     snprintf(other_cli_key, sizeof(other_cli_key), "%s/mallory.key", dir);
+    snprintf(nobody_crt, sizeof(nobody_crt), "%s/nobody.crt", dir);
+    snprintf(nobody_key, sizeof(nobody_key), "%s/nobody.key", dir);
     return 0;
 }
 
@@ -464,6 +470,154 @@ static void test_tls_burst(void **state)
     assert_int_equal(h_stop(&b), 0);
 }
 
+/* ---- (f) certificate logins with --accounts ------------------------------------------------- */
+
+#define TOK_BOB "bob-tls-token-3e91d07a52c8"
+
+/* A TLS client with the certificate crt/key (NULL: none) whose hello names user with token
+ * (either may be NULL). Returns nexus_hello_user_sync's result (1: welcome; -EPROTO: *f is the
+ * error); *out receives the client, or NULL when TLS itself failed (r is then -1). */
+static int cert_hello(const struct broker_proc *b, const char *crt, const char *key,
+                      const char *user, const char *token, struct nexus_client **out,
+                      struct nexus_frame *f)
+{
+    char err[512];
+    struct nexus_tls_opts o = good_opts();
+    o.cert_file = crt;
+    o.key_file = key;
+    *out = tls_connect(b, &o, err, sizeof(err));
+    if (!*out) {
+        fprintf(stderr, "TLS with %s: %s\n", crt ? crt : "(no certificate)", err);
+        return -1;
+    }
+    return nexus_hello_user_sync(*out, user, token, "tls-cert-test", f, PV_T);
+}
+
+/* Must be welcomed; returns the client. */
+static struct nexus_client *cert_login(const struct broker_proc *b, const char *crt,
+                                       const char *key, const char *user, const char *token,
+                                       int line)
+{
+    struct nexus_client *c;
+    struct nexus_frame f;
+    int r = cert_hello(b, crt, key, user, token, &c, &f);
+    if (r != 1)
+        fail_msg("line %d: login with %s as %s (%s token): r=%d %.*s: %.*s", line, crt,
+                 user ? user : "(no user)", token ? "a" : "no", r,
+                 r == -EPROTO ? (int)f.u.error.code.len : 0,
+                 r == -EPROTO ? (const char *)f.u.error.code.ptr : "",
+                 r == -EPROTO ? (int)f.u.error.message.len : 0,
+                 r == -EPROTO ? (const char *)f.u.error.message.ptr : "");
+    assert_int_equal(f.kind, CODEC_KIND_WELCOME);
+    return c;
+}
+
+/* Must be refused with error{unauthorized}, then closed. */
+static void cert_refused(const struct broker_proc *b, const char *crt, const char *key,
+                         const char *user, const char *token, int line)
+{
+    struct nexus_client *c;
+    struct nexus_frame f;
+    int r = cert_hello(b, crt, key, user, token, &c, &f);
+    if (r != -EPROTO || f.kind != CODEC_KIND_ERROR)
+        fail_msg("line %d: hello with %s as %s (%s token): r=%d kind %u, expected "
+                 "error{unauthorized}",
+                 line, crt, user ? user : "(no user)", token ? "a" : "no", r,
+                 r == 1 || r == -EPROTO ? f.kind : 0u);
+    if (!h_slice_eq(f.u.error.code, "unauthorized"))
+        fail_msg("line %d: hello with %s as %s: error %.*s (%.*s), expected unauthorized", line,
+                 crt, user ? user : "(no user)", (int)f.u.error.code.len,
+                 (const char *)f.u.error.code.ptr, (int)f.u.error.message.len,
+                 (const char *)f.u.error.message.ptr);
+    hx_expect_closed(c, PV_T);
+    nexus_close(c);
+}
+
+/* Emits type into campaign 77 as c (no user id) with event id `id`; sub must receive it
+ * stamped with user id `uid`. */
+static void emit_stamped(struct nexus_client *c, struct nexus_client *sub, const char *id,
+                         const char *uid)
+{
+    PV_EMIT_OK(c, "order:placed:v1:success", 77, id, NULL, NULL, 0);
+    struct pv_ev e;
+    au_expect_id(sub, id, &e);
+    assert_string_equal(e.type, "order:placed:v1:success");
+    char got[160];
+    assert_string_equal(au_md_user(e.md, e.md_len, got, sizeof(got)), uid);
+}
+
+/* --tls-client-ca and --accounts: alice logs in by her certificate (CN alice), no token;
+ * bob by his token (his certificate's CN, nobody, names no account).
+ *  1. alice's certificate, a hello without token naming no user or "alice": welcomed; her
+ *     emits without a user id reach bob stamped u-alice.
+ *  2. alice's certificate, a hello naming bob without a token: unauthorized (a certificate
+ *     logs in as its own account only).
+ *  3. the nobody certificate, user bob and his token: welcomed; his emits stamped "bob".
+ *  4. the nobody certificate without a token (no user, user nobody, user alice): unauthorized;
+ *     with bob's name and a wrong token too. */
+static void test_cert_login(void **state)
+{
+    (void)state;
+    char hash[160], acc[300], text[1024];
+    au_hash(TOK_BOB, hash, sizeof(hash));
+    snprintf(acc, sizeof(acc), "%s/accounts", dir);
+    snprintf(text, sizeof(text),
+             "user alice\n"
+             "  cert alice          # the CN of the client certificate the test's CA signs\n"
+             "  id u-alice\n"
+             "  publish * *\n"
+             "  subscribe * *\n"
+             "user bob\n"
+             "  token %s\n"
+             "  publish * *\n"
+             "  subscribe * *\n",
+             hash);
+    au_write(acc, text);
+    const char *flags[] = {"--tls-cert", srv_crt,      "--tls-key", srv_key, "--tls-client-ca",
+                           ca_crt,       "--accounts", acc,         NULL};
+    struct broker_proc b = h_track(h_start_flags(2, 0, flags));
+
+    /* 3. bob: the nobody certificate, his name and his token. He is the subscriber. */
+    struct nexus_client *bob = cert_login(&b, nobody_crt, nobody_key, "bob", TOK_BOB, __LINE__);
+    const char *pat[] = {"order:*:*:*"};
+    assert_int_equal(nexus_subscribe_sync(bob, 77, pat, 1, NULL, NULL, NULL, PV_T), 1);
+
+    /* 1. alice by her certificate: no user, or her own name; no token either way. */
+    struct nexus_client *a1 = cert_login(&b, cli_crt, cli_key, NULL, NULL, __LINE__);
+    struct nexus_client *a2 = cert_login(&b, cli_crt, cli_key, "alice", NULL, __LINE__);
+    emit_stamped(a1, bob, "cert-1", "u-alice");
+    emit_stamped(a2, bob, "cert-2", "u-alice");
+    /* Her identity is the broker's word: an emit carrying another user id is refused. */
+    struct pv_ev e;
+    int r = pv_emit(a1, "order:placed:v1:success", 77, "cert-forged", NULL, "bob", NULL, 0, &e);
+    PV_EXPECT_ERROR(&e, r, "permission_denied");
+    AU_QUIET(bob, "cert-forged");
+
+    /* 2. her certificate does not make her bob. */
+    cert_refused(&b, cli_crt, cli_key, "bob", NULL, __LINE__);
+
+    /* bob's own emits carry his id (the user name, as his block has no `id`). */
+    struct nexus_client *bob_pub = cert_login(&b, nobody_crt, nobody_key, "bob", TOK_BOB, __LINE__);
+    emit_stamped(bob_pub, bob, "cert-3", "bob");
+
+    /* 4. a certificate naming no account is no login: a token is needed. */
+    cert_refused(&b, nobody_crt, nobody_key, NULL, NULL, __LINE__);
+    cert_refused(&b, nobody_crt, nobody_key, "nobody", NULL, __LINE__);
+    cert_refused(&b, nobody_crt, nobody_key, "alice", NULL, __LINE__);
+    cert_refused(&b, nobody_crt, nobody_key, "bob", NULL, __LINE__);
+    cert_refused(&b, nobody_crt, nobody_key, "bob", "bob-tls-token-000000000000", __LINE__);
+
+    /* The logged-in connections are unaffected by the refusals. */
+    assert_int_equal(h_ping(a1, PV_T), 1);
+    assert_int_equal(h_ping(a2, PV_T), 1);
+    emit_stamped(a1, bob, "cert-4", "u-alice");
+    nexus_close(a1);
+    nexus_close(a2);
+    nexus_close(bob_pub);
+    nexus_close(bob);
+    assert_int_equal(h_stop(&b), 0);
+}
+
 /* ---- start-up ------------------------------------------------------------------------------- */
 
 static void test_tls_bad_files(void **state)
@@ -504,6 +658,7 @@ int main(void)
         cmocka_unit_test_teardown(test_tls_client_certs, h_teardown),
         cmocka_unit_test_teardown(test_tls_stalled_handshakes, h_teardown),
         cmocka_unit_test_teardown(test_tls_burst, h_teardown),
+        cmocka_unit_test_teardown(test_cert_login, h_teardown),
         cmocka_unit_test(test_tls_bad_files),
     };
     return cmocka_run_group_tests(tests, setup_pki, teardown_pki);
