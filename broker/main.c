@@ -20,6 +20,8 @@ int main(int argc, char **argv)
 {
     struct config cfg;
     config_defaults(&cfg);
+    /* Peer resets are handled per connection, and `nexusd --help | head` must not kill us. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc == 2 && !strcmp(argv[1], "--hash-token"))
         return auth_hash_token_main();
     provider_register_settings();
@@ -44,7 +46,6 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     /* One handler table: the built-in rows, plus the test rows when asked for. */
     static struct handler_row rows[64];

@@ -29,6 +29,7 @@
 #include "broker/stats.h"
 #include "broker/ud.h"
 #include "codec/envelope.h"
+#include "codec/evtype.h"
 #include "codec/logrec.h"
 
 enum defer_kind { DEFER_FANOUT, DEFER_FRAME };
@@ -197,6 +198,7 @@ static int list_segments(int dir_fd, uint64_t **out)
             close(fd);
         return -errno;
     }
+    rewinddir(d); /* the descriptor's position is shared with dir_fd's: start at the top */
     uint64_t *v = NULL;
     int n = 0, cap = 0;
     struct dirent *e;
@@ -620,39 +622,67 @@ static void store_interval_sync(struct shard *s)
     st->last_sync_ns = shard_now_ns();
 }
 
+/* Moves appending to a new segment. The old one is synced first (blocking, once per
+ * --segment-bytes): with --fsync interval its last records may not be yet, and no later sync
+ * would reach them. 0, or -EIO. */
+static int roll(struct shard *s)
+{
+    struct store *st = s->store;
+    if (s->cfg->fsync_interval_ms && st->sync_pending) {
+        if (fdatasync(st->seg_fd) != 0)
+            return -errno;
+        stat_bump(s, st_syncs, 1);
+        st->sync_pending = false;
+        st->last_sync_ns = shard_now_ns();
+    }
+    return open_segment(s, st->seg_base + st->seg_len) < 0 ? -EIO : 0;
+}
+
+/* Releases the current batch without writing it: it holds no record (what waits may go at
+ * once), or the log has failed (its events are dropped, their acknowledgements refused). */
+static void release_cur(struct shard *s)
+{
+    struct store *st = s->store;
+    /* From a detached list: a release may defer more (a hook publishing). */
+    struct batch b = st->cur;
+    st->cur.d = NULL;
+    st->cur.nd = st->cur.cap_d = 0;
+    st->cur.len = 0;
+    st->cur.records = 0;
+    release(s, &b, st->refusal != NULL && b.records);
+    if (!st->cur.d) {
+        st->cur.d = b.d;
+        st->cur.cap_d = b.cap_d;
+    } else {
+        free(b.d);
+    }
+}
+
 void store_flush(struct shard *s)
 {
     struct store *st = s->store;
     if (!st)
         return;
     if (!st->writing && (st->cur.records || st->cur.nd)) {
-        if (!st->cur.records || st->refusal) {
-            /* Nothing to write (or nothing can be): what waits goes at once. Released from a
-             * detached list, since a release may defer more (a hook publishing). */
-            struct batch b = st->cur;
-            st->cur.d = NULL;
-            st->cur.nd = st->cur.cap_d = 0;
-            st->cur.len = 0;
-            st->cur.records = 0;
-            release(s, &b, st->refusal != NULL && b.records);
-            if (!st->cur.d) {
-                st->cur.d = b.d;
-                st->cur.cap_d = b.cap_d;
-            } else {
-                free(b.d);
-            }
+        bool full = st->cur.records && !st->refusal && st->seg_len >= s->cfg->segment_bytes;
+        if (full && st->isync_inflight) {
+            /* An interval sync of the old segment is in flight: roll once it is back. */
         } else {
-            if (st->seg_len >= s->cfg->segment_bytes &&
-                open_segment(s, st->seg_base + st->seg_len) < 0)
-                store_fail(s, -EIO, "opening a new segment");
-            struct batch t = st->inflight;
-            st->inflight = st->cur;
-            st->cur = (struct batch){.buf = t.buf, .cap = t.cap, .d = t.d, .cap_d = t.cap_d};
-            st->writing = true;
-            st->write_done = 0;
-            st->write_off = st->seg_len;
-            st->seg_len += st->inflight.len;
-            submit_write(s);
+            int r = full ? roll(s) : 0;
+            if (r < 0)
+                store_fail(s, r, "rolling to a new segment");
+            if (!st->cur.records || st->refusal) {
+                release_cur(s);
+            } else {
+                struct batch t = st->inflight;
+                st->inflight = st->cur;
+                st->cur = (struct batch){.buf = t.buf, .cap = t.cap, .d = t.d, .cap_d = t.cap_d};
+                st->writing = true;
+                st->write_done = 0;
+                st->write_off = st->seg_len;
+                st->seg_len += st->inflight.len;
+                submit_write(s);
+            }
         }
     }
     store_interval_sync(s);
@@ -755,4 +785,100 @@ void store_close(struct shard *s)
     map_free(&st->floor);
     free(st);
     s->store = NULL;
+}
+
+/* ---- replay ------------------------------------------------------------------------------- */
+
+static void replay_gap(struct shard *s, int64_t campaign_id, uint64_t first, uint64_t last,
+                       uint64_t conn_id)
+{
+    uint8_t buf[CODEC_CONTROL_BYTES_MAX];
+    int n =
+        codec_gap_encode(buf, sizeof(buf), campaign_id, first, last, last - first + 1, "retention");
+    struct oframe *f = n > 0 ? oframe_alloc((uint32_t)n) : NULL;
+    if (!f)
+        return;
+    memcpy(f->data, buf, (size_t)n);
+    core_to_conn_now(s, conn_id, f);
+}
+
+/* A logged frame as a delivered one: its routing fields, type and user filled for matching. */
+static struct oframe *replay_frame(const struct logrec *r)
+{
+    struct oframe *f = oframe_alloc(r->len);
+    if (!f)
+        return NULL;
+    memcpy(f->data, r->frame, r->len);
+    f->is_event = true;
+    f->campaign_id = r->campaign_id;
+    f->sequence = r->sequence;
+    f->ts_ns = r->ts_ns;
+    struct codec_envelope env;
+    struct codec_event_in ev;
+    char err[CODEC_ERR_BYTES];
+    if (r->len < 4 || codec_envelope_decode(f->data + 4, r->len - 4, &env, err) < 0 ||
+        codec_event_decode(env.body.ptr, env.body.len, &ev, err) < 0 ||
+        evtype_parse(&f->type, (const char *)ev.event_type.ptr, ev.event_type.len, NULL, 0) < 0) {
+        oframe_unref(f);
+        return NULL;
+    }
+    f->type_str = (const char *)ev.event_type.ptr;
+    struct codec_slice u = {0};
+    if (ev.has_metadata && codec_metadata_user_id(ev.metadata.ptr, ev.metadata.len, &u) == 0 &&
+        u.len) {
+        f->user_id = u.ptr;
+        f->user_id_len = u.len;
+    }
+    return f;
+}
+
+/* Long: walks the segments in order; a campaign's records are in sequence order in them. */
+int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, uint64_t conn_id,
+                 bool (*match)(const void *arg, const struct oframe *f), const void *arg)
+{
+    struct store *st = s->store;
+    if (!st || from > to)
+        return 0;
+    uint64_t *segs = NULL;
+    int n = list_segments(st->dir_fd, &segs);
+    if (n < 0)
+        return n;
+    uint64_t next = from;
+    int sent = 0;
+    for (int i = 0; i < n && next <= to; i++) {
+        uint8_t *buf = NULL;
+        size_t len = 0, pos = 0, used;
+        if (read_segment(st->dir_fd, segs[i], &buf, &len) < 0)
+            continue;
+        struct logrec r;
+        while (next <= to && pos < len &&
+               logrec_decode(buf + pos, len - pos, &r, &used) == LOGREC_OK) {
+            pos += used;
+            if (r.campaign_id != campaign_id || r.sequence < next)
+                continue;
+            if (r.sequence > to)
+                break;
+            if (r.sequence > next)
+                replay_gap(s, campaign_id, next, r.sequence - 1, conn_id);
+            next = r.sequence + 1;
+            struct oframe *f = replay_frame(&r);
+            if (f && match(arg, f)) {
+                core_to_conn_now(s, conn_id, f);
+                sent++;
+            } else if (f) {
+                oframe_unref(f);
+            } else {
+                log_error((int)s->index,
+                          "replay: campaign %lld sequence %llu could not be read back (memory, "
+                          "or a record that is not an event): announced as a gap",
+                          (long long)campaign_id, (unsigned long long)r.sequence);
+                replay_gap(s, campaign_id, r.sequence, r.sequence, conn_id);
+            }
+        }
+        free(buf);
+    }
+    free(segs);
+    if (next <= to)
+        replay_gap(s, campaign_id, next, to, conn_id);
+    return sent;
 }

@@ -47,6 +47,14 @@ int store_defer_fanout(struct shard *s, int64_t campaign_id, struct oframe *f, u
 /* Defers a frame to a connection (takes the reference). ack: an emit acknowledgement, turned
  * into error{storage_failed} if the batch fails. */
 int store_defer_frame(struct shard *s, uint64_t conn_id, struct oframe *f, uint64_t ack_corr);
+/* Sends connection conn_id the logged events of campaign_id with sequences from..to that
+ * match (match(arg, f) with f's type and user filled), in order, read from the shard's log; a
+ * range the log no longer holds is announced with a gap frame (reason "retention"). The
+ * caller makes to the campaign's last released sequence (what later deliveries will not
+ * repeat). Returns the events sent, or -errno. Reads the segments synchronously. */
+struct oframe;
+int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, uint64_t conn_id,
+                 bool (*match)(const void *arg, const struct oframe *f), const void *arg);
 /* End of a loop pass: starts writing the current batch (one write in flight per shard). */
 void store_flush(struct shard *s);
 /* Completion of a store operation (user_data UD_STORE_*). */

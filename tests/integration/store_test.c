@@ -1,0 +1,1025 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The event log (broker/store.h, docs/OPERATIONS.md "Data directory") with the real nexusd on a
+// data directory in a fresh temporary directory. The log is checked by reading the segment files
+// here (codec/logrec.h), not through the broker:
+// - kill -9 loop: publishers stream acked emits to 8 campaigns on 2 shards and a subscriber
+//   reads them; nexusd is killed at a random moment, restarted, killed again (20 cycles, or
+//   NEXUS_KILL9_CYCLES). After every kill every acknowledged event and every delivered event is
+//   in the log at its (campaign, sequence) exactly once, each campaign holds 1..max without gap
+//   or repeat, recovery counts every record, and after the restart each campaign goes on at
+//   max + 1.
+// - a torn tail (last segment cut mid-record, or its last record's byte flipped) is cut at
+//   start; damage followed by valid records refuses the start, naming file and offset, unless
+//   --recover truncate; the same across segments (--segment-bytes 1M).
+// - one nexusd per directory (lock); the shard count cannot change.
+// - NEXUS_TEST_LOG_FAIL=fsync:3 / write:3 and a full filesystem (a 2 MiB tmpfs, when root):
+//   storage_failed / storage_full, never an ack for an event not in the log, ping and subscribe
+//   still served.
+// Environment: NEXUS_KILL9_CYCLES (default 20), NEXUS_KILL9_SEED (default: time), NEXUS_STORE_ONLY
+// (run only the test whose name contains it, e.g. "kill9": scripts/kill9-loop).
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <sys/mount.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "hostile_util.h"
+#include "store_util.h"
+
+#define SHARDS 2
+#define NCAMP  8
+#define WINDOW 64
+
+/* ---- kill -9 loop ------------------------------------------------------------------------ */
+
+struct seen_vec {
+    struct st_seen *v;
+    size_t n, cap;
+};
+
+static void seen_add(struct seen_vec *s, int64_t camp, uint64_t seq, uint64_t key)
+{
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 4096;
+        s->v = realloc(s->v, sizeof(*s->v) * s->cap);
+        if (!s->v)
+            abort();
+    }
+    s->v[s->n++] = (struct st_seen){camp, seq, key};
+}
+
+static void seen_append(struct seen_vec *to, const struct seen_vec *from)
+{
+    for (size_t i = 0; i < from->n; i++)
+        seen_add(to, from->v[i].camp, from->v[i].seq, from->v[i].key);
+}
+
+struct publisher {
+    const struct broker_proc *b;
+    const int64_t *camps;
+    uint64_t key_base; /* cycle and publisher in the high bits */
+    unsigned seed;
+    struct seen_vec acked;
+    uint64_t sent, errors, bad;
+    char first_error[64];
+};
+
+/* Emits with acks, WINDOW in flight, to random campaigns, until the broker goes away. Every
+ * ack is checked against what was sent with its correlation. */
+static void *publisher_main(void *arg)
+{
+    struct publisher *p = arg;
+    struct nexus_client *c = h_connect(p->b, NULL);
+    if (!c)
+        return NULL; /* killed before we connected */
+    uint8_t pl[256];
+    size_t pl_len = st_payload(pl, 40 + rand_r(&p->seed) % 200);
+    /* correlation -> (campaign index, key); correlations are 1, 2, ... */
+    size_t cap = 1 << 16;
+    uint8_t *camp_of = malloc(cap);
+    uint32_t inflight = 0;
+    uint64_t corr = 0;
+    for (;;) {
+        while (inflight < WINDOW) {
+            if (corr + 1 >= cap) {
+                cap *= 2;
+                camp_of = realloc(camp_of, cap);
+            }
+            corr++;
+            camp_of[corr] = (uint8_t)(rand_r(&p->seed) % NCAMP);
+            char id[24];
+            st_id_of(id, p->key_base + corr);
+            struct codec_emit_in e;
+            nexus_emit_init(&e, ST_TYPE, p->camps[camp_of[corr]], id, pl, pl_len);
+            e.correlation = corr;
+            if (nexus_send_emit(c, &e) < 0)
+                goto out;
+            inflight++;
+            p->sent++;
+        }
+        if (nexus_flush(c) < 0)
+            goto out;
+        struct nexus_frame f;
+        if (nexus_recv(c, &f, 5000) != 1)
+            goto out;
+        if (f.kind == CODEC_KIND_EMIT_ACK) {
+            inflight--;
+            uint64_t k = st_key_of(f.u.event.event_id);
+            if (f.correlation == 0 || f.correlation > corr ||
+                f.u.event.campaign_id != p->camps[camp_of[f.correlation]] ||
+                k != p->key_base + f.correlation || f.u.event.sequence == 0)
+                p->bad++;
+            else
+                seen_add(&p->acked, f.u.event.campaign_id, f.u.event.sequence, k);
+        } else if (f.kind == CODEC_KIND_ERROR) {
+            inflight--;
+            if (!p->errors++)
+                snprintf(p->first_error, sizeof(p->first_error), "%.*s: %.*s",
+                         (int)f.u.error.code.len, (const char *)f.u.error.code.ptr,
+                         (int)(f.u.error.message.len > 30 ? 30 : f.u.error.message.len),
+                         (const char *)f.u.error.message.ptr);
+        }
+    }
+out:
+    free(camp_of);
+    nexus_close(c);
+    return NULL;
+}
+
+struct subscriber {
+    struct nexus_client *c;
+    struct seen_vec got;
+    uint64_t other;
+};
+
+static void *subscriber_main(void *arg)
+{
+    struct subscriber *s = arg;
+    for (;;) {
+        struct nexus_frame f;
+        if (nexus_recv(s->c, &f, 5000) != 1)
+            break;
+        if (f.kind == CODEC_KIND_EVENT)
+            seen_add(&s->got, f.u.event.campaign_id, f.u.event.sequence,
+                     st_key_of(f.u.event.event_id));
+        else
+            s->other++;
+    }
+    return NULL;
+}
+
+/* The log holds exactly the sequences 1..max per campaign, every acked and every delivered
+ * event; fills max_seq. Returns the record count. */
+static size_t verify_log(const char *dir, const int64_t *camps, uint64_t *max_seq,
+                         const struct seen_vec *acked, const struct seen_vec *delivered, int *torn)
+{
+    struct st_log L;
+    st_scan(&L, dir, SHARDS);
+    if (L.stopped) {
+        /* kill -9 can interrupt a buffered write between pages: a torn tail, never damage. */
+        if (!L.stop_is_last || L.stops != 1)
+            fail_msg("the log is damaged, not torn: %s at %" PRIu64 " (%d segments stopped)",
+                     L.segs[L.stop_seg].path, L.stop_pos, L.stops);
+        (*torn)++;
+    }
+    st_check_sequences(&L);
+    st_check_seen(&L, acked->v, acked->n, "acknowledged");
+    st_check_seen(&L, delivered->v, delivered->n, "delivered");
+    for (int i = 0; i < NCAMP; i++)
+        max_seq[i] = st_max_seq(&L, camps[i]);
+    size_t n = L.n;
+    st_log_free(&L);
+    return n;
+}
+
+static int kill9_cycles(void)
+{
+    const char *e = getenv("NEXUS_KILL9_CYCLES");
+    int n = e && *e ? atoi(e) : 20;
+    return n > 0 ? n : 20;
+}
+
+/* The flags of cycle i: the fsync mode and segment size vary (the log's format does not), so
+ * that the loop covers group commit, interval syncs and segments rolling under kill -9. With
+ * NEXUS_KILL9_FLAGS set (space-separated), every cycle uses those instead. */
+static const char *const *cycle_flags(int i)
+{
+    static const char *const modes[][5] = {
+        {NULL},
+        {"--fsync", "interval:5", NULL},
+        {"--segment-bytes", "1M", NULL},
+        {"--fsync", "interval:20", "--segment-bytes", "1M", NULL},
+    };
+    static char buf[512];
+    static const char *env[16];
+    const char *e = getenv("NEXUS_KILL9_FLAGS");
+    if (e && *e) {
+        if (!env[0]) {
+            snprintf(buf, sizeof(buf), "%s", e);
+            int n = 0;
+            for (char *t = strtok(buf, " "); t && n < 15; t = strtok(NULL, " "))
+                env[n++] = t;
+            env[n] = NULL;
+        }
+        return env;
+    }
+    return modes[i % 4];
+}
+
+/* The flags as one string, for the log ("defaults" when none). */
+static const char *flags_text(const char *const *flags)
+{
+    static char buf[256];
+    size_t n = 0;
+    buf[0] = 0;
+    for (int i = 0; flags[i] && n < sizeof(buf); i++)
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s%s", i ? " " : "", flags[i]);
+    return flags[0] ? buf : "defaults";
+}
+
+/* A data directory takes at most this many cycles: the log is read back whole after every
+ * kill, so a long run (scripts/kill9-loop) goes on in a fresh directory every so often rather
+ * than growing the cost of each check without bound. */
+#define KILL9_CYCLES_PER_DIR 25
+
+/* `cycles` kill -9 cycles on one fresh data directory, then a last start and a clean stop. */
+static void kill9_run(int first_cycle, int cycles, unsigned *seedp)
+{
+    unsigned seed = *seedp;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    print_message("kill -9 loop: cycles %d..%d in %s\n", first_cycle, first_cycle + cycles - 1,
+                  dir);
+    int64_t camps[NCAMP];
+    for (int i = 0; i < NCAMP; i++)
+        camps[i] = h_campaign_on((uint32_t)(i % SHARDS), SHARDS, 91000 + 100 * i);
+    uint64_t max_seq[NCAMP] = {0};
+    struct seen_vec acked = {0}, delivered = {0};
+    uint64_t total_sent = 0, records = 0;
+    int torn = 0;
+    int64_t t0 = h_now_ms();
+    for (int cycle = first_cycle; cycle < first_cycle + cycles; cycle++) {
+        uint16_t mport;
+        const char *const *flags = cycle_flags(cycle);
+        struct broker_proc b = st_start(dir, SHARDS, &mport, flags);
+        /* Recovery found every record the previous kill left (and no more). */
+        double rec = hx_metric(mport, "nexus_log_recovered_records");
+        if (rec != (double)records)
+            fail_msg("cycle %d: recovery counted %.0f records, the files hold %zu", cycle, rec,
+                     (size_t)records);
+        /* Each campaign goes on where its log left off: never a sequence already used. */
+        struct nexus_client *ctl = h_connect(&b, NULL);
+        assert_non_null(ctl);
+        for (int i = 0; i < NCAMP; i++) {
+            uint64_t key = ((uint64_t)(cycle + 1) << 40) | (0xffull << 32) | (uint64_t)i, seq = 0;
+            char code[64] = "";
+            int r = st_emit(ctl, camps[i], key, NULL, 0, &seq, code, sizeof(code));
+            if (r != 1)
+                fail_msg("cycle %d: first emit to campaign %" PRId64 ": r=%d %s", cycle, camps[i],
+                         r, code);
+            if (seq != max_seq[i] + 1)
+                fail_msg("cycle %d: campaign %" PRId64 " restarted at sequence %" PRIu64
+                         ", its log ends at %" PRIu64,
+                         cycle, camps[i], seq, max_seq[i]);
+            seen_add(&acked, camps[i], seq, key);
+        }
+        nexus_close(ctl);
+        /* A subscriber to every campaign, on a random shard. */
+        struct subscriber sub = {0};
+        sub.c = h_connect(&b, NULL);
+        assert_non_null(sub.c);
+        for (int i = 0; i < NCAMP; i++)
+            assert_int_equal(nexus_subscribe_sync(sub.c, camps[i], NULL, 0, NULL, NULL, NULL, 5000),
+                             1);
+        int npub = 2 + (int)(rand_r(&seed) % 3);
+        struct publisher pubs[4];
+        pthread_t tp[4], ts;
+        for (int k = 0; k < npub; k++) {
+            pubs[k] =
+                (struct publisher){.b = &b,
+                                   .camps = camps,
+                                   .key_base = ((uint64_t)(cycle + 1) << 40) | ((uint64_t)k << 32),
+                                   .seed = rand_r(&seed)};
+            assert_int_equal(pthread_create(&tp[k], NULL, publisher_main, &pubs[k]), 0);
+        }
+        assert_int_equal(pthread_create(&ts, NULL, subscriber_main, &sub), 0);
+        int ms = 50 + (int)(rand_r(&seed) % 251);
+        usleep((useconds_t)ms * 1000);
+        assert_int_equal(kill(b.pid, SIGKILL), 0);
+        int st = h_wait_exit(&b, 10000);
+        assert_int_equal(st, 128 + SIGKILL);
+        uint64_t acks = 0;
+        for (int k = 0; k < npub; k++) {
+            pthread_join(tp[k], NULL);
+            if (pubs[k].errors || pubs[k].bad)
+                fail_msg("cycle %d publisher %d: %llu errors (%s), %llu acks not matching "
+                         "their emit",
+                         cycle, k, (unsigned long long)pubs[k].errors, pubs[k].first_error,
+                         (unsigned long long)pubs[k].bad);
+            acks += pubs[k].acked.n;
+            total_sent += pubs[k].sent;
+            seen_append(&acked, &pubs[k].acked);
+            free(pubs[k].acked.v);
+        }
+        pthread_join(ts, NULL);
+        nexus_close(sub.c);
+        seen_append(&delivered, &sub.got);
+        size_t got = sub.got.n;
+        free(sub.got.v);
+        records = verify_log(dir, camps, max_seq, &acked, &delivered, &torn);
+        if (cycles <= 20 || cycle % 10 == 0 || cycle + 1 == first_cycle + cycles)
+            print_message("cycle %2d: %d publishers killed after %3d ms: %6llu acks, %6zu "
+                          "delivered; log %zu records (%s)\n",
+                          cycle, npub, ms, (unsigned long long)acks, got, (size_t)records,
+                          flags_text(flags));
+    }
+    /* A last start and a clean stop: the log is whole and goes on at max + 1. */
+    uint16_t mport;
+    struct broker_proc b = st_start(dir, SHARDS, &mport, NULL);
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_recovered_records"), records);
+    struct nexus_client *ctl = h_connect(&b, NULL);
+    assert_non_null(ctl);
+    for (int i = 0; i < NCAMP; i++) {
+        uint64_t key = (0xfffffull << 40) | (uint64_t)i, seq = 0;
+        assert_int_equal(st_emit(ctl, camps[i], key, NULL, 0, &seq, NULL, 0), 1);
+        assert_int_equal(seq, max_seq[i] + 1);
+        seen_add(&acked, camps[i], seq, key);
+    }
+    nexus_close(ctl);
+    assert_int_equal(h_stop(&b), 0);
+    struct seen_vec none = {0};
+    records = verify_log(dir, camps, max_seq, &acked, &none, &torn);
+    print_message("kill -9 loop: %d cycles in %lld ms, %llu emits sent, %zu acknowledged, %zu "
+                  "delivered, all in the log (%zu records); torn tails seen after a kill: %d\n",
+                  cycles, (long long)(h_now_ms() - t0), (unsigned long long)total_sent, acked.n,
+                  delivered.n, (size_t)records, torn);
+    free(acked.v);
+    free(delivered.v);
+    st_rmtree(dir);
+    *seedp = seed;
+}
+
+static void test_kill9_loop(void **state)
+{
+    (void)state;
+    const int cycles = kill9_cycles();
+    const char *se = getenv("NEXUS_KILL9_SEED");
+    unsigned seed = se && *se ? (unsigned)strtoul(se, NULL, 10) : (unsigned)time(NULL);
+    print_message("kill -9 loop: %d cycles, seed %u (NEXUS_KILL9_SEED)\n", cycles, seed);
+    for (int c = 0; c < cycles; c += KILL9_CYCLES_PER_DIR)
+        kill9_run(c, cycles - c < KILL9_CYCLES_PER_DIR ? cycles - c : KILL9_CYCLES_PER_DIR, &seed);
+}
+
+/* ---- torn tails and damage --------------------------------------------------------------- */
+
+/* n acked emits to camp, keys key0 + 1.. ; returns the last sequence. */
+static uint64_t emit_n(struct nexus_client *c, int64_t camp, uint64_t key0, int n, size_t pl_bytes)
+{
+    static uint8_t pl[4200];
+    size_t pl_len = pl_bytes ? st_payload(pl, pl_bytes) : 0;
+    uint64_t seq = 0;
+    for (int i = 1; i <= n; i++) {
+        char code[64] = "";
+        uint64_t got = 0;
+        int r = st_emit(c, camp, key0 + (uint64_t)i, pl_bytes ? pl : NULL, pl_len, &got, code,
+                        sizeof(code));
+        if (r != 1)
+            fail_msg("emit %d to %" PRId64 ": r=%d %s", i, camp, r, code);
+        if (seq && got != seq + 1)
+            fail_msg("emit %d to %" PRId64 ": sequence %" PRIu64 " after %" PRIu64, i, camp, got,
+                     seq);
+        seq = got;
+    }
+    return seq;
+}
+
+/* Starts nexusd on dir with stderr captured; returns the broker, *log_fd the capture. */
+static struct broker_proc start_captured(const char *dir, uint16_t *mport, const char *const *extra,
+                                         int *log_fd)
+{
+    int saved = hx_stderr_capture(log_fd);
+    struct broker_proc b = st_start(dir, SHARDS, mport, extra);
+    hx_stderr_restore(saved);
+    return b;
+}
+
+/* The next emit to camp is sequence want. */
+static void expect_next(struct broker_proc *b, int64_t camp, uint64_t want, uint64_t key)
+{
+    struct nexus_client *c = h_connect(b, NULL);
+    assert_non_null(c);
+    uint64_t seq = 0;
+    char code[64] = "";
+    int r = st_emit(c, camp, key, NULL, 0, &seq, code, sizeof(code));
+    if (r != 1 || seq != want)
+        fail_msg("campaign %" PRId64 ": next emit r=%d %s sequence %" PRIu64 ", want %" PRIu64,
+                 camp, r, code, seq, want);
+    nexus_close(c);
+}
+
+/* The records of one shard, in file order. */
+static size_t shard_recs(const char *dir, uint32_t shard, struct st_rec *out, size_t cap,
+                         struct st_log *L)
+{
+    st_scan(L, dir, SHARDS);
+    return st_shard_records(L, shard, out, cap);
+}
+
+/* A torn tail — the last segment cut 7 bytes short, then the last record's frame flipped — is
+ * cut at start ("torn tail" logged, nexus_log_truncated_bytes_total counts the bytes) and the
+ * campaign goes on at the last intact sequence + 1. */
+static void test_torn_tail(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    int64_t camp = h_campaign_on(0, SHARDS, 93000);
+    uint16_t mport;
+    struct broker_proc b = st_start(dir, SHARDS, &mport, NULL);
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    assert_int_equal(emit_n(c, camp, 0x100, 10, 100), 10);
+    nexus_close(c);
+    assert_int_equal(h_stop(&b), 0);
+
+    /* 1. The last segment loses its last 7 bytes: record 10 is incomplete. */
+    struct st_log L;
+    struct st_rec recs[64];
+    assert_int_equal(shard_recs(dir, 0, recs, 64, &L), 10);
+    const char *path = L.segs[recs[9].seg].path;
+    char seg[1200];
+    snprintf(seg, sizeof(seg), "%s", path);
+    uint64_t size = st_file_size(seg);
+    assert_int_equal(size, recs[9].pos + recs[9].size);
+    assert_int_equal(truncate(seg, (off_t)(size - 7)), 0);
+    st_log_free(&L);
+    int log_fd;
+    b = start_captured(dir, &mport, NULL, &log_fd);
+    double cut = hx_metric(mport, "nexus_log_truncated_bytes_total");
+    char *text = hx_file_text(log_fd);
+    if (!strstr(text, "torn tail") || !strstr(text, "cut at offset"))
+        fail_msg("no torn tail logged:\n%s", text);
+    print_message("torn tail (7 bytes short): %.*s", (int)strcspn(strstr(text, "log:"), "\n") + 1,
+                  strstr(text, "log:"));
+    free(text);
+    close(log_fd);
+    assert_int_equal((uint64_t)cut, recs[9].size - 7);
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_recovered_records"), 9);
+    assert_int_equal(st_file_size(seg), recs[9].pos);
+    expect_next(&b, camp, 10, 0x200);
+    assert_int_equal(h_stop(&b), 0);
+
+    /* 2. A byte of the last record's frame flipped: its checksum fails, nothing follows. */
+    assert_int_equal(shard_recs(dir, 0, recs, 64, &L), 10);
+    assert_false(L.stopped);
+    st_flip(seg, recs[9].pos + LOGREC_HEADER + recs[9].size / 3);
+    st_log_free(&L);
+    b = start_captured(dir, &mport, NULL, &log_fd);
+    text = hx_file_text(log_fd);
+    if (!strstr(text, "torn tail"))
+        fail_msg("no torn tail logged:\n%s", text);
+    free(text);
+    close(log_fd);
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_truncated_bytes_total"), recs[9].size);
+    assert_int_equal(st_file_size(seg), recs[9].pos);
+    expect_next(&b, camp, 10, 0x300);
+    assert_int_equal(h_stop(&b), 0);
+
+    /* 3. A flipped header byte (the sequence) of the last record: the same. */
+    assert_int_equal(shard_recs(dir, 0, recs, 64, &L), 10);
+    st_flip(seg, recs[9].pos + 17);
+    st_log_free(&L);
+    b = start_captured(dir, &mport, NULL, &log_fd);
+    close(log_fd);
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_truncated_bytes_total"), recs[9].size);
+    expect_next(&b, camp, 10, 0x400);
+    assert_int_equal(h_stop(&b), 0);
+
+    /* The log is whole again: 1..10 for the campaign. */
+    st_scan(&L, dir, SHARDS);
+    assert_false(L.stopped);
+    st_check_sequences(&L);
+    assert_int_equal(st_max_seq(&L, camp), 10);
+    const struct st_rec *r10 = st_find(&L, camp, 10);
+    assert_int_equal(r10 ? r10->key : 0, 0x400);
+    st_log_free(&L);
+    st_rmtree(dir);
+}
+
+/* Damage followed by valid records: nexusd refuses to start, naming the file and the offset;
+ * --recover truncate cuts the log there. */
+static void test_damage_in_the_middle(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    int64_t camp = h_campaign_on(1, SHARDS, 94000);
+    uint16_t mport;
+    struct broker_proc b = st_start(dir, SHARDS, &mport, NULL);
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    assert_int_equal(emit_n(c, camp, 0x100, 10, 100), 10);
+    nexus_close(c);
+    assert_int_equal(h_stop(&b), 0);
+
+    struct st_log L;
+    struct st_rec recs[64];
+    assert_int_equal(shard_recs(dir, 1, recs, 64, &L), 10);
+    char seg[1200];
+    snprintf(seg, sizeof(seg), "%s", L.segs[recs[4].seg].path);
+    uint64_t size = st_file_size(seg);
+    st_log_free(&L);
+    /* Record 5 (of 10) gets a flipped frame byte. */
+    st_flip(seg, recs[4].pos + LOGREC_HEADER + 20);
+    struct h_child ch;
+    int st = st_run_refused(&ch, dir, SHARDS, NULL, 10000);
+    char where[64];
+    snprintf(where, sizeof(where), "offset %" PRIu64, recs[4].pos);
+    const char *name = strrchr(seg, '/') + 1;
+    if (st <= 0 || !strstr(ch.err, name) || !strstr(ch.err, "shard-001") || !strstr(ch.err, where))
+        fail_msg("nexusd on a damaged log: exit %d (want > 0), stderr naming %s and \"%s\":\n%s",
+                 st, name, where, ch.err);
+    print_message("damaged log: exit %d: %.*s\n", st, (int)strcspn(strstr(ch.err, "log:"), "\n"),
+                  strstr(ch.err, "log:"));
+    h_child_free(&ch);
+    assert_int_equal(st_file_size(seg), size); /* refused: nothing was cut */
+
+    /* --recover truncate: it starts, the segment is cut at the damage. */
+    int log_fd;
+    const char *trunc[] = {"--recover", "truncate", NULL};
+    b = start_captured(dir, &mport, trunc, &log_fd);
+    char *text = hx_file_text(log_fd);
+    if (!strstr(text, "--recover truncate") || !strstr(text, where))
+        fail_msg("no cut logged:\n%s", text);
+    free(text);
+    close(log_fd);
+    assert_int_equal(st_file_size(seg), recs[4].pos);
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_truncated_bytes_total"),
+                     size - recs[4].pos);
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_recovered_records"), 4);
+    expect_next(&b, camp, 5, 0x200);
+    assert_int_equal(h_stop(&b), 0);
+    st_rmtree(dir);
+}
+
+/* ---- one nexusd per directory; the layout cannot change ---------------------------------- */
+
+static void test_lock_and_shards(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    int64_t camp = h_campaign_on(0, SHARDS, 95000);
+    struct broker_proc b = st_start(dir, SHARDS, NULL, NULL);
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    assert_int_equal(emit_n(c, camp, 0x100, 3, 0), 3);
+
+    struct h_child ch;
+    int st = st_run_refused(&ch, dir, SHARDS, NULL, 10000);
+    if (st <= 0 || !strstr(ch.err, "in use"))
+        fail_msg("a second nexusd on the same --data-dir: exit %d, stderr:\n%s", st, ch.err);
+    print_message("second nexusd: exit %d: %s", st, ch.err);
+    h_child_free(&ch);
+    /* The first one is unharmed. */
+    assert_int_equal(emit_n(c, camp, 0x200, 1, 0), 4);
+    nexus_close(c);
+    assert_int_equal(h_stop(&b), 0);
+
+    /* Another --shards: refused (with the directory free). */
+    st = st_run_refused(&ch, dir, 3, NULL, 10000);
+    if (st <= 0 || !strstr(ch.err, "shards"))
+        fail_msg("--shards 3 on a 2-shard log: exit %d, stderr:\n%s", st, ch.err);
+    print_message("--shards 3: exit %d: %.120s...\n", st, ch.err);
+    h_child_free(&ch);
+    st = st_run_refused(&ch, dir, 1, NULL, 10000);
+    assert_true(st > 0);
+    h_child_free(&ch);
+    /* And the right count still works, going on at 5. */
+    b = st_start(dir, SHARDS, NULL, NULL);
+    expect_next(&b, camp, 5, 0x300);
+    assert_int_equal(h_stop(&b), 0);
+    st_rmtree(dir);
+}
+
+/* ---- segments ---------------------------------------------------------------------------- */
+
+/* Pipelined acked emits of ~1 KiB to camp until `bytes` were logged for it; returns the count. */
+static uint64_t emit_bytes(struct nexus_client *c, int64_t camp, uint64_t key0, size_t bytes)
+{
+    static uint8_t pl[1100];
+    size_t pl_len = st_payload(pl, 1000);
+    uint64_t sent = 0, acked = 0, n = bytes / 1100 + 1;
+    while (acked < n) {
+        while (sent < n && sent - acked < WINDOW) {
+            char id[24];
+            st_id_of(id, key0 + ++sent);
+            struct codec_emit_in e;
+            nexus_emit_init(&e, ST_TYPE, camp, id, pl, pl_len);
+            e.correlation = sent;
+            assert_int_equal(nexus_send_emit(c, &e), 0);
+        }
+        assert_int_equal(nexus_flush(c), 0);
+        struct nexus_frame f;
+        assert_int_equal(nexus_recv(c, &f, 10000), 1);
+        if (f.kind != CODEC_KIND_EMIT_ACK)
+            fail_msg("frame kind %u while streaming emits", f.kind);
+        acked++;
+        assert_int_equal(f.u.event.sequence, f.correlation);
+    }
+    return n;
+}
+
+static void test_segments_roll(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    int64_t camp = h_campaign_on(0, SHARDS, 96000);
+    const char *seg1m[] = {"--segment-bytes", "1M", NULL};
+    uint16_t mport;
+    struct broker_proc b = st_start(dir, SHARDS, &mport, seg1m);
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    uint64_t n = emit_bytes(c, camp, 0x10000, 3u << 20);
+    nexus_close(c);
+    /* Below the flag's minimum: refused at parse time. */
+    struct h_child ch;
+    const char *small[] = {"--segment-bytes", "65536", NULL};
+    char other[256];
+    st_mkdtemp(other, sizeof(other));
+    int st = st_run_refused(&ch, other, SHARDS, small, 10000);
+    assert_true(st > 0);
+    h_child_free(&ch);
+    st_rmtree(other);
+    assert_int_equal(h_stop(&b), 0);
+
+    struct st_log L;
+    st_scan(&L, dir, SHARDS);
+    assert_false(L.stopped);
+    uint32_t segs[64];
+    size_t ns = st_shard_segs(&L, 0, segs, 64);
+    print_message("segments: %" PRIu64 " events of ~1 KiB in %zu segments of shard 0\n", n, ns);
+    assert_true(ns >= 3);
+    /* Each segment is named by its logical offset: the bytes of those before it; every one
+     * but the last is at least --segment-bytes (rolled past it), none much more. */
+    uint64_t off = 0;
+    for (size_t i = 0; i < ns; i++) {
+        const struct st_seg *s = &L.segs[segs[i]];
+        assert_int_equal(s->base, off);
+        if (i + 1 < ns) {
+            assert_true(s->size >= 1u << 20);
+            assert_true(s->size < (1u << 20) + 512 * 1024);
+        }
+        off += s->size;
+    }
+    struct st_rec recs[8];
+    size_t nr = 0;
+    for (size_t i = 0; i < L.n; i++)
+        nr += L.r[i].shard == 0;
+    assert_int_equal(nr, n);
+    /* The first record of segment 2 and the last of segment 1, for the damage below. */
+    uint64_t last_of_first = 0, last_pos = 0, last_size = 0, first_seg_records = 0;
+    for (size_t i = 0; i < L.n; i++) {
+        if (L.r[i].seg == segs[0]) {
+            first_seg_records++;
+            last_of_first = L.r[i].seq;
+            last_pos = L.r[i].pos;
+            last_size = L.r[i].size;
+        }
+    }
+    (void)recs;
+    char first[1200];
+    snprintf(first, sizeof(first), "%s", L.segs[segs[0]].path);
+    st_check_sequences(&L);
+    assert_int_equal(st_max_seq(&L, camp), n);
+    st_log_free(&L);
+
+    /* Recovery across the segments. */
+    b = st_start(dir, SHARDS, &mport, seg1m);
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_recovered_records"), n);
+    expect_next(&b, camp, n + 1, 0x20000);
+    assert_int_equal(h_stop(&b), 0);
+
+    /* The last record of the first segment damaged: valid records follow in later segments,
+     * so this is no torn tail. Refused; then --recover truncate cuts there and deletes the
+     * later segments. */
+    st_flip(first, last_pos + LOGREC_HEADER + 8);
+    st = st_run_refused(&ch, dir, SHARDS, seg1m, 10000);
+    char where[64];
+    snprintf(where, sizeof(where), "offset %" PRIu64, last_pos);
+    if (st <= 0 || !strstr(ch.err, strrchr(first, '/') + 1) || !strstr(ch.err, where))
+        fail_msg("damage at the end of a non-last segment: exit %d, stderr:\n%s", st, ch.err);
+    h_child_free(&ch);
+    const char *trunc[] = {"--segment-bytes", "1M", "--recover", "truncate", NULL};
+    b = st_start(dir, SHARDS, &mport, trunc);
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_recovered_records"),
+                     first_seg_records - 1);
+    assert_int_equal(st_file_size(first), last_pos);
+    expect_next(&b, camp, last_of_first, 0x30000);
+    assert_int_equal(h_stop(&b), 0);
+    (void)last_size;
+    st_scan(&L, dir, SHARDS);
+    assert_false(L.stopped);
+    ns = st_shard_segs(&L, 0, segs, 64);
+    /* What is left: the first segment, cut, plus (perhaps) a fresh one after it. */
+    assert_true(ns <= 2);
+    st_check_sequences(&L);
+    assert_int_equal(st_max_seq(&L, camp), last_of_first);
+    st_log_free(&L);
+    st_rmtree(dir);
+}
+
+/* ---- failures ---------------------------------------------------------------------------- */
+
+/* Streams `n` acked emits to camp (WINDOW in flight) on c; collects acks into acked and counts
+ * errors with `code`. Checks that no ack follows an error (the shard stops acknowledging). */
+static void stream_until_refused(struct nexus_client *c, int64_t camp, uint64_t key0, int n,
+                                 int window, size_t pl_bytes, const char *code,
+                                 struct seen_vec *acked, int *errors)
+{
+    static uint8_t pl[70000];
+    size_t pl_len = st_payload(pl, pl_bytes);
+    int sent = 0, answered = 0;
+    *errors = 0;
+    while (answered < n) {
+        while (sent < n && sent - answered < window) {
+            char id[24];
+            st_id_of(id, key0 + (uint64_t)++sent);
+            struct codec_emit_in e;
+            nexus_emit_init(&e, ST_TYPE, camp, id, pl, pl_len);
+            e.correlation = (uint64_t)sent;
+            assert_int_equal(nexus_send_emit(c, &e), 0);
+        }
+        assert_int_equal(nexus_flush(c), 0);
+        struct nexus_frame f;
+        int r = nexus_recv(c, &f, 10000);
+        if (r != 1)
+            fail_msg("after %d answers of %d: r=%d", answered, n, r);
+        answered++;
+        if (f.kind == CODEC_KIND_EMIT_ACK) {
+            if (*errors)
+                fail_msg("an ack (seq %" PRIu64 ") after %d %s errors", f.u.event.sequence, *errors,
+                         code);
+            seen_add(acked, camp, f.u.event.sequence, st_key_of(f.u.event.event_id));
+        } else if (f.kind == CODEC_KIND_ERROR) {
+            if (!h_slice_eq(f.u.error.code, code))
+                fail_msg("error %.*s (%.*s), want %s", (int)f.u.error.code.len,
+                         (const char *)f.u.error.code.ptr, (int)f.u.error.message.len,
+                         (const char *)f.u.error.message.ptr, code);
+            ++*errors;
+        } else {
+            fail_msg("frame kind %u", f.kind);
+        }
+    }
+}
+
+/* --fsync interval with segments rolling under load from 4 publishers: nothing fails (a roll
+ * must not pull the segment from under an interval fdatasync), every ack is in the log, and a
+ * SIGTERM stop is clean. */
+static void test_interval_sync_and_roll(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    int64_t camps[NCAMP];
+    for (int i = 0; i < NCAMP; i++)
+        camps[i] = h_campaign_on((uint32_t)(i % SHARDS), SHARDS, 96500 + 100 * i);
+    const char *flags[] = {"--fsync", "interval:1", "--segment-bytes", "1M", NULL};
+    uint16_t mport;
+    struct broker_proc b = st_start(dir, SHARDS, &mport, flags);
+    struct publisher pubs[4];
+    pthread_t tp[4];
+    for (int k = 0; k < 4; k++) {
+        pubs[k] = (struct publisher){
+            .b = &b, .camps = camps, .key_base = (uint64_t)(k + 1) << 40, .seed = 7u + (unsigned)k};
+        assert_int_equal(pthread_create(&tp[k], NULL, publisher_main, &pubs[k]), 0);
+    }
+    usleep(1500 * 1000);
+    double syncs = hx_metric(mport, "nexus_log_syncs_total");
+    double errs = hx_metric(mport, "nexus_log_errors_total");
+    assert_int_equal(h_stop(&b), 0);
+    struct seen_vec acked = {0};
+    uint64_t errors = 0;
+    char first[64] = "";
+    for (int k = 0; k < 4; k++) {
+        pthread_join(tp[k], NULL);
+        errors += pubs[k].errors;
+        if (pubs[k].errors && !first[0])
+            snprintf(first, sizeof(first), "%s", pubs[k].first_error);
+        seen_append(&acked, &pubs[k].acked);
+        free(pubs[k].acked.v);
+    }
+    struct st_log L;
+    st_scan(&L, dir, SHARDS);
+    assert_false(L.stopped);
+    uint32_t segs[1024];
+    size_t ns = st_shard_segs(&L, 0, segs, 1024) + st_shard_segs(&L, 1, segs, 1024);
+    st_check_sequences(&L);
+    st_check_seen(&L, acked.v, acked.n, "acknowledged");
+    print_message("interval:1 + 1M segments, 1.5 s of 4 publishers: %zu acked, %zu segments, "
+                  "%.0f syncs, %.0f log errors, %llu emits refused%s%s\n",
+                  acked.n, ns, syncs, errs, (unsigned long long)errors, errors ? ": " : "", first);
+    st_log_free(&L);
+    free(acked.v);
+    st_rmtree(dir);
+    assert_int_equal(errs, 0);
+    assert_int_equal(errors, 0);
+}
+
+/* After a log failure: non-durable things still work (ping, subscribe, stats), emits are
+ * refused with code. */
+static void check_still_serving(struct broker_proc *b, int64_t camp, const char *code)
+{
+    hx_assert_up(b);
+    struct nexus_client *c = h_connect(b, NULL);
+    assert_non_null(c);
+    assert_int_equal(nexus_subscribe_sync(c, camp + 1000000, NULL, 0, NULL, NULL, NULL, 5000), 1);
+    struct codec_shard_stats stt[SHARDS];
+    assert_int_equal(h_stats(c, stt, SHARDS, 5000), SHARDS);
+    uint64_t seq;
+    char got[64] = "";
+    assert_int_equal(st_emit(c, camp, 0xdead, NULL, 0, &seq, got, sizeof(got)), -EPROTO);
+    assert_string_equal(got, code);
+    assert_int_equal(h_ping(c, 5000), 1);
+    nexus_close(c);
+}
+
+static void run_injected_failure(const char *spec)
+{
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    int64_t camp = h_campaign_on(0, SHARDS, 97000);
+    int64_t other = h_campaign_on(1, SHARDS, 97000);
+    setenv("NEXUS_TEST_LOG_FAIL", spec, 1);
+    uint16_t mport;
+    int log_fd;
+    struct broker_proc b = start_captured(dir, &mport, NULL, &log_fd);
+    unsetenv("NEXUS_TEST_LOG_FAIL");
+    /* A subscriber on the owner's shard: it must see exactly the acknowledged events. */
+    struct nexus_client *sub = h_connect_on(&b, 0);
+    assert_non_null(sub);
+    assert_int_equal(nexus_subscribe_sync(sub, camp, NULL, 0, NULL, NULL, NULL, 5000), 1);
+    struct nexus_client *c = h_connect_on(&b, 0);
+    assert_non_null(c);
+    /* One at a time: one batch, one write, one sync each — the first two are acked. */
+    struct seen_vec acked = {0};
+    for (int i = 1; i <= 5; i++) {
+        uint64_t seq = 0;
+        char code[64] = "";
+        int r = st_emit(c, camp, (uint64_t)i, NULL, 0, &seq, code, sizeof(code));
+        if (i < 3) {
+            if (r != 1 || seq != (uint64_t)i)
+                fail_msg("%s: emit %d: r=%d %s seq %" PRIu64, spec, i, r, code, seq);
+            seen_add(&acked, camp, seq, (uint64_t)i);
+        } else if (r != -EPROTO || strcmp(code, "storage_failed") != 0) {
+            fail_msg("%s: emit %d: r=%d code \"%s\", want storage_failed", spec, i, r, code);
+        }
+    }
+    /* Then pipelined: all refused. */
+    int errors = 0;
+    stream_until_refused(c, camp, 100, 200, WINDOW, 100, "storage_failed", &acked, &errors);
+    assert_int_equal(errors, 200);
+    assert_int_equal(acked.n, 2);
+    /* The subscriber got the two acked events and nothing of the failed batches. */
+    assert_int_equal(h_ping(sub, 5000), 1);
+    struct seen_vec got = {0};
+    struct nexus_frame f;
+    while (nexus_recv(sub, &f, 0) == 1)
+        if (f.kind == CODEC_KIND_EVENT)
+            seen_add(&got, f.u.event.campaign_id, f.u.event.sequence,
+                     st_key_of(f.u.event.event_id));
+    if (got.n != 2)
+        fail_msg("%s: the subscriber got %zu events, want the 2 acknowledged", spec, got.n);
+    check_still_serving(&b, camp, "storage_failed");
+    /* The other shard's log still works (its own 3rd operation fails later). */
+    uint64_t seq = 0;
+    assert_int_equal(st_emit(c, other, 1000, NULL, 0, &seq, NULL, 0), 1);
+    seen_add(&acked, other, seq, 1000);
+    nexus_close(c);
+    nexus_close(sub);
+    double errs = hx_metric(mport, "nexus_log_errors_total");
+    assert_true(errs >= 1);
+    assert_int_equal(h_stop(&b), 0);
+    char *text = hx_file_text(log_fd);
+    close(log_fd);
+    if (!strstr(text, "NEXUS_TEST_LOG_FAIL") || !strstr(text, "storage_failed"))
+        fail_msg("%s: stderr:\n%s", spec, text);
+    free(text);
+
+    /* Every acknowledged event is in the log; the campaign goes on after the log's end. */
+    struct st_log L;
+    st_scan(&L, dir, SHARDS);
+    assert_false(L.stopped);
+    st_check_sequences(&L);
+    st_check_seen(&L, acked.v, acked.n, "acknowledged");
+    uint64_t max = st_max_seq(&L, camp);
+    print_message("%s: 2 acked, 203 storage_failed, nexus_log_errors_total %.0f; the log holds "
+                  "campaign %" PRId64 " up to %" PRIu64 " (refused events that were written "
+                  "before the failure may be there)\n",
+                  spec, errs, camp, max);
+    st_log_free(&L);
+    b = st_start(dir, SHARDS, NULL, NULL);
+    expect_next(&b, camp, max + 1, 0x5000);
+    assert_int_equal(h_stop(&b), 0);
+    free(acked.v);
+    free(got.v);
+    st_rmtree(dir);
+}
+
+static void test_fsync_fails(void **state)
+{
+    (void)state;
+    run_injected_failure("fsync:3");
+}
+
+static void test_write_fails(void **state)
+{
+    (void)state;
+    run_injected_failure("write:3");
+}
+
+/* The tmpfs test_disk_full mounted, unmounted by its teardown even when it fails. */
+static char g_mnt[300];
+
+static int disk_full_teardown(void **state)
+{
+    h_teardown(state);
+    if (g_mnt[0] && umount(g_mnt) != 0)
+        fprintf(stderr, "umount %s: %s\n", g_mnt, strerror(errno));
+    g_mnt[0] = 0;
+    return st_teardown(state);
+}
+
+/* A full disk: a 2 MiB tmpfs (root only). */
+static void test_disk_full(void **state)
+{
+    (void)state;
+    char dir[256], mnt[300], data[320];
+    st_mkdtemp(dir, sizeof(dir));
+    snprintf(mnt, sizeof(mnt), "%s/mnt", dir);
+    snprintf(data, sizeof(data), "%s/data", mnt);
+    assert_int_equal(mkdir(mnt, 0700), 0);
+    if (mount("tmpfs", mnt, "tmpfs", 0, "size=2m") != 0) {
+        print_message("disk full: SKIPPED: cannot mount a tmpfs on %s (%s; needs root / "
+                      "CAP_SYS_ADMIN)\n",
+                      mnt, strerror(errno));
+        st_rmtree(dir);
+        skip();
+        return;
+    }
+    snprintf(g_mnt, sizeof(g_mnt), "%s", mnt);
+    int64_t camp = h_campaign_on(0, SHARDS, 98000);
+    uint16_t mport;
+    struct broker_proc b = st_start(data, SHARDS, &mport, NULL);
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    struct seen_vec acked = {0};
+    int errors = 0;
+    /* 16 KiB events, one at a time (a batch that does not fit fails whole): 2 MiB is full
+     * after ~120. */
+    stream_until_refused(c, camp, 1, 200, 1, 16000, "storage_full", &acked, &errors);
+    print_message("disk full: %zu acked, %d storage_full, nexus_log_errors_total %.0f\n", acked.n,
+                  errors, hx_metric(mport, "nexus_log_errors_total"));
+    assert_true(acked.n > 50);
+    assert_true(errors > 0);
+    check_still_serving(&b, camp, "storage_full");
+    nexus_close(c);
+    assert_int_equal(h_stop(&b), 0);
+    struct st_log L;
+    st_scan(&L, data, SHARDS);
+    bool torn = L.stopped;
+    assert_true(!L.stopped || (L.stop_is_last && L.stops == 1));
+    st_check_sequences(&L);
+    st_check_seen(&L, acked.v, acked.n, "acknowledged");
+    uint64_t max = st_max_seq(&L, camp);
+    st_log_free(&L);
+    /* A restart on the still nearly full disk: recovery cuts what the failed write left
+     * (a torn tail), and the campaign goes on after the log's end. */
+    int log_fd;
+    b = start_captured(data, &mport, NULL, &log_fd);
+    close(log_fd);
+    double cut = hx_metric(mport, "nexus_log_truncated_bytes_total");
+    print_message("disk full, restart: the failed write left %s; %.0f bytes cut; log ends at "
+                  "%" PRIu64 "\n",
+                  torn ? "a torn tail" : "nothing", cut, max);
+    assert_true(torn ? cut > 0 : cut == 0);
+    expect_next(&b, camp, max + 1, 0x9000);
+    int st = h_stop(&b);
+    free(acked.v);
+    if (umount(mnt) != 0)
+        print_message("umount %s: %s\n", mnt, strerror(errno));
+    g_mnt[0] = 0;
+    st_rmtree(dir);
+    assert_int_equal(st, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_kill9_loop, st_teardown),
+        cmocka_unit_test_teardown(test_torn_tail, st_teardown),
+        cmocka_unit_test_teardown(test_damage_in_the_middle, st_teardown),
+        cmocka_unit_test_teardown(test_lock_and_shards, st_teardown),
+        cmocka_unit_test_teardown(test_segments_roll, st_teardown),
+        cmocka_unit_test_teardown(test_interval_sync_and_roll, st_teardown),
+        cmocka_unit_test_teardown(test_fsync_fails, st_teardown),
+        cmocka_unit_test_teardown(test_write_fails, st_teardown),
+        cmocka_unit_test_teardown(test_disk_full, disk_full_teardown),
+    };
+    const char *only = getenv("NEXUS_STORE_ONLY");
+    if (only && *only) {
+        struct CMUnitTest pick[16];
+        size_t n = 0;
+        for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
+            if (strstr(tests[i].name, only))
+                pick[n++] = tests[i];
+        return _cmocka_run_group_tests("store_test", pick, n, NULL, NULL);
+    }
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
