@@ -40,6 +40,7 @@ struct interest_msg {
     uint64_t conn_id;
     uint64_t sub_id;
     uint64_t correlation;
+    uint64_t from_seq; /* +1: replay the campaign from this sequence before the ack (0: none) */
     /* +1 only: a copy of the subscription's filter, kept by the owner (ownership moves) so it
      * can tell whether any subscription matches a request (no_handler, docs/DESIGN.md §3.1). */
     struct evpattern *patterns;

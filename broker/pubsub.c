@@ -40,7 +40,8 @@ static struct campaign *campaign_get(struct shard *s, int64_t id, bool create, b
     if (!cp)
         return NULL;
     cp->id = id;
-    cp->sequence = store_floor(s, id);     /* with a log: where the campaign left off */
+    cp->sequence = store_floor(s, id); /* with a log: where the campaign left off */
+    cp->released = cp->sequence;
     cp->last_event_ns = shard_clock_ns(s); /* idle from its creation on */
     dedup_init(&cp->dedup, s->cfg->dedup_entries_max);
     if (map_put(&s->campaigns, (uint64_t)id, cp) < 0) {
@@ -292,6 +293,7 @@ void pubsub_fanout(struct shard *s, int64_t campaign_id, struct oframe *f, uint6
         core_to_conn_now(s, direct2, f);
     }
     if (!unsequenced && cp) {
+        cp->released = f->sequence;
         /* Fan out: shards with interest get one reference each, then our own subscribers. */
         uint64_t mask = (cp->interest_mask | s->firehose_mask) & ~(1ull << s->index);
         while (mask) {
@@ -335,6 +337,24 @@ static bool sub_matches(const struct sub *sb, const struct oframe *f)
 {
     return filter_matches(sb->patterns, sb->pattern_count, sb->user_id, sb->user_id_len, &f->type,
                           f->type_str, f->user_id, f->user_id_len);
+}
+
+static bool match_sub(const void *arg, const struct oframe *f)
+{
+    return sub_matches(arg, f);
+}
+
+/* Owner side: the campaign's logged events from `from` up to the last one already fanned out
+ * (the later ones reach the new subscription live), to the subscriber's connection. */
+static void replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t conn_id,
+                   bool (*match)(const void *, const struct oframe *), const void *arg)
+{
+    struct campaign *cp = campaign_get(s, campaign_id, false, NULL);
+    uint64_t to = cp ? cp->released : store_floor(s, campaign_id);
+    int r = store_replay(s, campaign_id, from, to, conn_id, match, arg);
+    if (r < 0)
+        log_error((int)s->index, "replay of campaign %lld for connection %llu failed: %s",
+                  (long long)campaign_id, (unsigned long long)conn_id, strerror(-r));
 }
 
 static bool list_any_match(const struct sub_list *l, const struct evtype *t, const char *ts,
@@ -384,7 +404,7 @@ static void deliver_list(struct sub_list *l, struct oframe *f, uint64_t stamp)
             struct sub *sb = l->v[i];
             struct conn *c = sb->conn;
             if (c->last_delivery == stamp || (c->flags & CONN_DEAD) || c->id == f->skip_conn_id ||
-                c->id == f->skip_conn_id2 || !sub_matches(sb, f))
+                c->id == f->skip_conn_id2 || sb->replaying || !sub_matches(sb, f))
                 continue;
             c->last_delivery = stamp;
             batch[n++] = c;
@@ -459,6 +479,7 @@ static int interest_send(struct shard *s, uint32_t d, const struct sub *sb, int3
     im->conn_id = sb->conn->id;
     im->sub_id = sb->id;
     im->correlation = corr;
+    im->from_seq = delta > 0 ? sb->from_seq : 0;
     if (delta > 0) {
         if (sb->pattern_count) {
             im->patterns = malloc(sizeof(struct evpattern) * sb->pattern_count);
@@ -500,6 +521,11 @@ static int interest_send_all(struct shard *s, const struct sub *sb, uint64_t own
     return r;
 }
 
+static bool s_has_log(const struct conn *c)
+{
+    return c->shard->store != NULL; /* every shard has one, or none */
+}
+
 static void sub_free(struct sub *sb)
 {
     free(sb->patterns);
@@ -515,6 +541,13 @@ static struct sub *sub_parse(struct conn *c, uint64_t corr, const uint8_t *body,
     int r = codec_subscribe_decode(body, len, &req, err);
     if (r < 0) {
         conn_error(c, corr, r == -E2BIG ? "limit_exceeded" : "bad_protobuf", "%s", err);
+        return NULL;
+    }
+    if (req.from_sequence && (req.campaign_id == 0 || !s_has_log(c))) {
+        conn_error(c, corr, "bad_request",
+                   req.campaign_id == 0
+                       ? "from_sequence replays one campaign: give campaign_id"
+                       : "from_sequence needs a broker with an event log (--data-dir)");
         return NULL;
     }
     if (req.user_id.len > SUB_USER_ID_BYTES_MAX) {
@@ -549,6 +582,7 @@ static struct sub *sub_parse(struct conn *c, uint64_t corr, const uint8_t *body,
         memcpy(sb->user_id, req.user_id.ptr, req.user_id.len);
     sb->user_id_len = req.user_id.len;
     sb->campaign_id = req.campaign_id;
+    sb->from_seq = req.from_sequence;
     sb->conn = c;
     sb->correlation = corr;
     return sb;
@@ -654,7 +688,10 @@ void pubsub_subscribe(struct conn *c, uint64_t corr, const uint8_t *body, uint32
      * here; events sequenced after the ack are then certain to arrive. */
     uint64_t owners = sub_owners(s, sb);
     sb->acks_pending = (uint32_t)__builtin_popcountll(owners);
+    sb->replaying = owners && sb->from_seq;
     if (owners == 0) {
+        if (sb->from_seq)
+            replay(s, sb->campaign_id, sb->from_seq, c->id, match_sub, sb);
         send_sub_ack(c, corr, sb->id);
     } else if (interest_send_all(s, sb, owners, +1, corr) < 0) {
         sub_drop(c, c->sub_count - 1);
@@ -734,6 +771,13 @@ static void interest_count(uint32_t *count, uint64_t *mask, uint32_t from, int32
         *mask &= ~(1ull << from);
 }
 
+static bool match_interest(const void *arg, const struct oframe *f)
+{
+    const struct interest_msg *im = arg;
+    return filter_matches(im->patterns, im->pattern_count, im->user_id, im->user_id_len, &f->type,
+                          f->type_str, f->user_id, f->user_id_len);
+}
+
 void pubsub_interest(struct shard *s, struct interest_msg *im)
 {
     uint32_t from = im->from_shard;
@@ -761,6 +805,8 @@ void pubsub_interest(struct shard *s, struct interest_msg *im)
         interest_msg_free(im);
         return;
     }
+    if (im->status == 0 && im->from_seq)
+        replay(s, im->campaign_id, im->from_seq, im->conn_id, match_interest, im);
     struct ring_msg m = {.kind = MSG_INTEREST_ACK, .ptr = im};
     if (shard_send(s, from, CORE_DELIVERY, &m) < 0)
         interest_msg_free(im); /* logged by shard_send; the subscriber waits for its ack */
@@ -785,6 +831,7 @@ void pubsub_interest_ack(struct shard *s, struct interest_msg *im)
                 conn_error(c, im->correlation, "internal",
                            "out of memory registering the subscription");
         } else if (sb->acks_pending && --sb->acks_pending == 0) {
+            sb->replaying = false; /* the owner's replay came before this ack */
             send_sub_ack(c, im->correlation, sb->id);
         }
         break;

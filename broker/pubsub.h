@@ -37,6 +37,7 @@ struct remote_subs {
 struct campaign {
     int64_t id;
     uint64_t sequence;
+    uint64_t released;      /* last sequence fanned out (with a log: once durable) */
     uint64_t interest_mask; /* bit per shard with interest > 0 */
     struct dedup dedup;
     struct remote_subs remote;
@@ -57,6 +58,8 @@ struct sub {
     uint32_t acks_pending; /* shards yet to confirm (firehose: every other shard) */
     uint32_t filter_bytes; /* pattern and user filter bytes (the connection's bound) */
     uint64_t correlation;
+    uint64_t from_seq; /* replay from this sequence first (0: live only) */
+    bool replaying;    /* live events skip it until its owner's replay is through (the ack) */
 };
 
 struct sub_list {

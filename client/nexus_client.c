@@ -189,13 +189,20 @@ int nexus_send_emit(struct nexus_client *c, const struct codec_emit_in *e)
 int nexus_send_subscribe(struct nexus_client *c, uint64_t corr, int64_t campaign_id,
                          const char *const *patterns, uint32_t pattern_count, const char *user_id)
 {
+    return nexus_send_subscribe_from(c, corr, campaign_id, patterns, pattern_count, user_id, 0);
+}
+
+int nexus_send_subscribe_from(struct nexus_client *c, uint64_t corr, int64_t campaign_id,
+                              const char *const *patterns, uint32_t pattern_count,
+                              const char *user_id, uint64_t from_sequence)
+{
     size_t need = 64 + (user_id ? strlen(user_id) : 0);
     for (uint32_t i = 0; i < pattern_count; i++)
         need += strlen(patterns[i]) + 12;
     if (wreserve(c, need) < 0)
         return -ENOMEM;
-    int n = codec_subscribe_encode(c->wbuf + c->wlen, need, corr, campaign_id, patterns,
-                                   pattern_count, user_id);
+    int n = codec_subscribe_from_encode(c->wbuf + c->wlen, need, corr, campaign_id, patterns,
+                                        pattern_count, user_id, from_sequence);
     if (n < 0)
         return n;
     c->wlen += (size_t)n;

@@ -71,6 +71,11 @@ int nexus_send_raw(struct nexus_client *c, const void *buf, size_t len);
 int nexus_send_emit(struct nexus_client *c, const struct codec_emit_in *e);
 int nexus_send_subscribe(struct nexus_client *c, uint64_t correlation, int64_t campaign_id,
                          const char *const *patterns, uint32_t pattern_count, const char *user_id);
+/* With --data-dir: campaign_id's events from from_sequence are replayed from the broker's log
+ * (before the subscribe_ack), then the live ones follow with no gap and no duplicate. */
+int nexus_send_subscribe_from(struct nexus_client *c, uint64_t correlation, int64_t campaign_id,
+                              const char *const *patterns, uint32_t pattern_count,
+                              const char *user_id, uint64_t from_sequence);
 int nexus_send_unsubscribe(struct nexus_client *c, uint64_t correlation, uint64_t sub_id);
 int nexus_send_hello(struct nexus_client *c, uint64_t correlation, const char *token,
                      const char *name);

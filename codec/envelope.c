@@ -302,6 +302,14 @@ static int metadata_scan(const uint8_t *md, size_t len, struct codec_slice *user
     return 0;
 }
 
+int codec_metadata_user_id(const uint8_t *md, size_t len, struct codec_slice *user_id)
+{
+    char err[CODEC_ERR_BYTES];
+    user_id->ptr = NULL;
+    user_id->len = 0;
+    return metadata_scan(md, len, user_id, NULL, err) < 0 ? -EBADMSG : 0;
+}
+
 int codec_emit_decode(const uint8_t *body, size_t len, struct codec_emit *e,
                       char err[CODEC_ERR_BYTES])
 {
@@ -439,6 +447,7 @@ int codec_subscribe_decode(const uint8_t *body, size_t len, struct codec_subscri
     struct wire_field f;
     int r;
     s->campaign_id = 0;
+    s->from_sequence = 0;
     s->pattern_count = 0;
     s->user_id.ptr = NULL;
     s->user_id.len = 0;
@@ -463,6 +472,10 @@ int codec_subscribe_decode(const uint8_t *body, size_t len, struct codec_subscri
             if (want(&f, WIRE_VARINT, "SubscribeRequest", err) < 0)
                 return -EBADMSG;
             s->campaign_id = (int64_t)f.value;
+        } else if (f.number == 4) {
+            if (want(&f, WIRE_VARINT, "SubscribeRequest", err) < 0)
+                return -EBADMSG;
+            s->from_sequence = f.value;
         }
     }
     if (r < 0)
@@ -798,6 +811,14 @@ int codec_metadata_build(uint8_t *out, size_t cap, const char *user_id, const ch
 int codec_subscribe_encode(uint8_t *out, size_t cap, uint64_t correlation, int64_t campaign_id,
                            const char *const *patterns, uint32_t pattern_count, const char *user_id)
 {
+    return codec_subscribe_from_encode(out, cap, correlation, campaign_id, patterns, pattern_count,
+                                       user_id, 0);
+}
+
+int codec_subscribe_from_encode(uint8_t *out, size_t cap, uint64_t correlation, int64_t campaign_id,
+                                const char *const *patterns, uint32_t pattern_count,
+                                const char *user_id, uint64_t from_sequence)
+{
     /* Patterns may be long: size exactly rather than using the control scratch. */
     uint8_t md[CODEC_CONTROL_BYTES_MAX];
     int mdl = 0;
@@ -811,6 +832,7 @@ int codec_subscribe_encode(uint8_t *out, size_t cap, uint64_t correlation, int64
         body += wire_len_field_len(1, strlen(patterns[i]));
     body += mdl ? wire_len_field_len(2, (size_t)mdl) : 0;
     body += u64_field_len(3, (uint64_t)campaign_id);
+    body += u64_field_len(4, from_sequence);
     size_t frame = u64_field_len(1, correlation) + wire_len_field_len(CODEC_KIND_SUBSCRIBE, body);
     if (4 + frame > cap)
         return -ENOSPC;
@@ -825,6 +847,7 @@ int codec_subscribe_encode(uint8_t *out, size_t cap, uint64_t correlation, int64
     if (mdl)
         p = wire_put_len_field(p, 2, md, (size_t)mdl);
     p = put_u64(p, 3, (uint64_t)campaign_id);
+    p = put_u64(p, 4, from_sequence);
     return (int)(p - out);
 }
 

@@ -100,6 +100,7 @@ struct codec_subscribe {
     uint32_t pattern_count;
     struct codec_slice patterns[CODEC_SUBSCRIBE_PATTERNS_MAX];
     struct codec_slice user_id; /* metadata.global_context.user_id, len 0 if none */
+    uint64_t from_sequence;     /* 0: live only */
 };
 
 /* The bytes codec_emit_stamp_user writes at most for an emit body of len bytes and a user id
@@ -216,6 +217,10 @@ size_t codec_emit_encode(const struct codec_emit_in *e, uint8_t *out);
 int codec_subscribe_encode(uint8_t *out, size_t cap, uint64_t correlation, int64_t campaign_id,
                            const char *const *patterns, uint32_t pattern_count,
                            const char *user_id);
+/* The same, replaying campaign_id's events from from_sequence (0: none) first. */
+int codec_subscribe_from_encode(uint8_t *out, size_t cap, uint64_t correlation, int64_t campaign_id,
+                                const char *const *patterns, uint32_t pattern_count,
+                                const char *user_id, uint64_t from_sequence);
 int codec_unsubscribe_encode(uint8_t *out, size_t cap, uint64_t correlation,
                              uint64_t subscription_id);
 int codec_hello_encode(uint8_t *out, size_t cap, uint64_t correlation, uint32_t protocol_version,
@@ -243,6 +248,8 @@ struct codec_event_in {
 };
 int codec_event_decode(const uint8_t *body, size_t len, struct codec_event_in *ev,
                        char err[CODEC_ERR_BYTES]);
+/* metadata.global_context.user_id of common.Metadata bytes (len 0 if none). 0 or -EBADMSG. */
+int codec_metadata_user_id(const uint8_t *md, size_t len, struct codec_slice *user_id);
 
 struct codec_gap_in {
     int64_t campaign_id;

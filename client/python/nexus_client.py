@@ -273,12 +273,16 @@ class Client:
             return None
         return self._call(f).emit_ack
 
-    def subscribe(self, patterns=(), campaign_id=0, user_id=None):
+    def subscribe(self, patterns=(), campaign_id=0, user_id=None, from_sequence=0):
         """Subscribes; returns the subscription id. Events emitted after this returns are
-        delivered (docs/PROTOCOL.md, subscribe)."""
+        delivered (docs/PROTOCOL.md, subscribe). from_sequence (a broker with --data-dir, one
+        campaign): the campaign's logged events from that sequence come first (next_event
+        returns them), then the live ones, with no gap and no duplicate."""
         f = self.nexus_pb2.Frame()
         f.subscribe.event_types.extend(patterns)
         f.subscribe.campaign_id = campaign_id
+        if from_sequence:
+            f.subscribe.from_sequence = from_sequence
         if user_id:
             f.subscribe.metadata.global_context.user_id = user_id
         return self._call(f).subscribe_ack.subscription_id
