@@ -47,7 +47,9 @@
 
 struct ssl_st; /* OpenSSL's SSL, used through tls.c */
 
-enum bench_broker { BENCH_NEXUS, BENCH_NATS, BENCH_REDIS };
+/* JETSTREAM (NATS JetStream) and RSTREAM (Redis Streams) are spoken by the durable preset
+ * only (durable.h). */
+enum bench_broker { BENCH_NEXUS, BENCH_NATS, BENCH_REDIS, BENCH_JETSTREAM, BENCH_RSTREAM };
 
 struct bench_cfg {
     enum bench_broker broker;
@@ -83,6 +85,7 @@ struct bench_cfg {
     char tls_cert[1024];
     char tls_key[1024];
     char tls_server_name[256]; /* the name the certificate must carry; default: host */
+    bool no_replay;            /* durable preset: skip reading the events back */
 };
 
 /* Parses argv into cfg. Returns 0, 1 after --help (exit 0), or -EINVAL after printing the

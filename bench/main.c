@@ -10,6 +10,7 @@
 // disorder, duplicate, corruption, gap notice, broker error or disconnect fails the run
 // (exit 1) and the report says so instead of presenting a throughput.
 #include "bench/bench.h"
+#include "bench/durable.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -449,6 +450,17 @@ int main(int argc, char **argv)
     if (rc)
         return rc > 0 ? 0 : 2;
     struct bench_cfg *c = &r->cfg;
+    bool durable = !strcmp(c->preset, "durable");
+    if (!durable && (c->broker == BENCH_JETSTREAM || c->broker == BENCH_RSTREAM)) {
+        fprintf(stderr, "nexus-bench: --broker %s is spoken by the durable preset only\n",
+                bench_broker_name(c->broker));
+        return 2;
+    }
+    if (durable && !c->port)
+        c->port = c->broker == BENCH_NEXUS       ? dur_proto_nexus.port_default
+                  : c->broker == BENCH_JETSTREAM ? dur_proto_jetstream.port_default
+                  : c->broker == BENCH_RSTREAM   ? dur_proto_rstream.port_default
+                                                 : 0;
     r->proto = c->broker == BENCH_NEXUS  ? &bench_proto_nexus
                : c->broker == BENCH_NATS ? &bench_proto_nats
                                          : &bench_proto_redis;
@@ -474,6 +486,8 @@ int main(int argc, char **argv)
         return bench_lifecycle_main(c, &interrupted);
     if (!strcmp(c->preset, "streams"))
         return bench_streams_main(c, &interrupted);
+    if (durable)
+        return bench_durable_main(c, &interrupted);
 
     if (bench_payload_build(&r->pl, c->payload_bytes) < 0) {
         fprintf(stderr, "nexus-bench: cannot build a %u-byte payload\n", c->payload_bytes);

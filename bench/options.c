@@ -40,11 +40,22 @@ static const struct preset presets[] = {
      "                   1000), each with a stream event and a heartbeat every second;\n"
      "                   checks every tick and heartbeat, then cancels them all",
      1000},
+    {"durable", 4, 0, 4, 64, 0,
+     "acknowledged durable publishes: --publishers (default 4) each keep\n"
+     "                   --window (default 64) publishes unacknowledged; acked events/s and\n"
+     "                   send-to-ack latency; --broker nexus (emit_ack), jetstream (PubAck\n"
+     "                   of a file stream) or redis-stream (XADD); then reads them back\n"
+     "                   (jetstream, redis-stream; --no-replay skips it)",
+     64},
 };
 
 const char *bench_broker_name(enum bench_broker b)
 {
-    return b == BENCH_NEXUS ? "nexus" : b == BENCH_NATS ? "nats" : "redis";
+    return b == BENCH_NEXUS       ? "nexus"
+           : b == BENCH_NATS      ? "nats"
+           : b == BENCH_REDIS     ? "redis"
+           : b == BENCH_JETSTREAM ? "jetstream"
+                                  : "redis-stream";
 }
 
 static void usage(void)
@@ -54,7 +65,8 @@ static void usage(void)
            "in-flight window) or at a fixed rate, checks every delivery (loss, order,\n"
            "duplicates) and reports rates, latency percentiles and CPU.\n\n"
            "Flags:\n"
-           "  --broker nexus|nats|redis  protocol to speak (default nexus)\n"
+           "  --broker nexus|nats|redis  protocol to speak (default nexus); the durable preset\n"
+           "                             also speaks jetstream and redis-stream\n"
            "  --host HOST                broker host (default 127.0.0.1)\n"
            "  --port PORT                broker port (default 7400 / 4222 / 6379)\n"
            "  --publishers N             publisher connections\n"
@@ -99,6 +111,7 @@ static void usage(void)
            "  --tls-key FILE             its private key (default $NEXUS_TLS_KEY)\n"
            "  --tls-server-name NAME     name the server certificate must carry (default:\n"
            "                             --host; an IP address matches an IP entry)\n"
+           "  --no-replay                durable preset: do not read the events back\n"
            "  --json                     print the result as one JSON line on stdout\n"
            "  --quiet                    no progress lines\n"
            "  --preset NAME              a workload of docs/BENCHMARKS.md:\n",
@@ -197,6 +210,7 @@ enum {
     O_TLS_CERT,
     O_TLS_KEY,
     O_TLS_NAME,
+    O_NO_REPLAY,
 };
 
 static const struct option longopts[] = {
@@ -230,6 +244,7 @@ static const struct option longopts[] = {
     {"tls-cert", required_argument, NULL, O_TLS_CERT},
     {"tls-key", required_argument, NULL, O_TLS_KEY},
     {"tls-server-name", required_argument, NULL, O_TLS_NAME},
+    {"no-replay", no_argument, NULL, O_NO_REPLAY},
     {NULL, 0, NULL, 0},
 };
 
@@ -308,8 +323,15 @@ static int set_flag(struct bench_cfg *cfg, int opt, const char *arg)
             cfg->broker = BENCH_NATS;
         else if (!strcmp(arg, "redis"))
             cfg->broker = BENCH_REDIS;
+        else if (!strcmp(arg, "jetstream"))
+            cfg->broker = BENCH_JETSTREAM;
+        else if (!strcmp(arg, "redis-stream"))
+            cfg->broker = BENCH_RSTREAM;
         else {
-            fprintf(stderr, "nexus-bench: --broker wants nexus, nats or redis, got \"%s\"\n", arg);
+            fprintf(stderr,
+                    "nexus-bench: --broker wants nexus, nats, redis, jetstream or redis-stream, "
+                    "got \"%s\"\n",
+                    arg);
             return -EINVAL;
         }
         return 0;
@@ -382,6 +404,9 @@ static int set_flag(struct bench_cfg *cfg, int opt, const char *arg)
         if (parse_u64(name, arg, 1, 1ull << 52, &v) < 0)
             return -EINVAL;
         cfg->campaign_base = v;
+        return 0;
+    case O_NO_REPLAY:
+        cfg->no_replay = true;
         return 0;
     case O_JSON:
         cfg->json = true;
