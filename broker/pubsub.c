@@ -781,6 +781,7 @@ static bool match_interest(const void *arg, const struct oframe *f)
 void pubsub_interest(struct shard *s, struct interest_msg *im)
 {
     uint32_t from = im->from_shard;
+    struct evpattern *pats = im->patterns; /* for the replay: still alive in the summary */
     NX_ASSERT(from < s->broker->shard_count && from != s->index);
     NX_ASSERT(im->delta == 1 || im->delta == -1);
     if (im->campaign_id == 0) {
@@ -805,8 +806,13 @@ void pubsub_interest(struct shard *s, struct interest_msg *im)
         interest_msg_free(im);
         return;
     }
-    if (im->status == 0 && im->from_seq)
+    if (im->status == 0 && im->from_seq) {
+        /* remote_update moved the filter into the campaign's summary (where it stays): match
+         * the replay against it there. */
+        im->patterns = pats;
         replay(s, im->campaign_id, im->from_seq, im->conn_id, match_interest, im);
+        im->patterns = NULL;
+    }
     struct ring_msg m = {.kind = MSG_INTEREST_ACK, .ptr = im};
     if (shard_send(s, from, CORE_DELIVERY, &m) < 0)
         interest_msg_free(im); /* logged by shard_send; the subscriber waits for its ack */

@@ -999,6 +999,617 @@ static void test_disk_full(void **state)
     assert_int_equal(st, 0);
 }
 
+/* ---- resume: subscribe with from_sequence ------------------------------------------------ */
+
+/* One acked emit of type to camp (key in the event id); returns the sequence (fails the test
+ * otherwise). */
+static uint64_t emit_typed(struct nexus_client *c, int64_t camp, const char *type, uint64_t key)
+{
+    char id[24];
+    st_id_of(id, key);
+    struct codec_emit_in e;
+    nexus_emit_init(&e, type, camp, id, "", 0);
+    struct nexus_frame f;
+    int r = nexus_emit_sync(c, &e, &f, 10000);
+    if (r != 1 || f.kind != CODEC_KIND_EMIT_ACK)
+        fail_msg("emit %s to %" PRId64 ": r=%d kind %u", type, camp, r, f.kind);
+    assert_int_equal(st_key_of(f.u.event.event_id), key);
+    return f.u.event.sequence;
+}
+
+/* A connection whose welcome named shard sh (fails the test otherwise). */
+static struct nexus_client *connect_on(struct broker_proc *b, uint32_t sh)
+{
+    struct nexus_client *c = h_connect_on(b, sh);
+    if (!c)
+        fail_msg("no connection landed on shard %u", sh);
+    return c;
+}
+
+/* Subscribes c to camp from from_seq into s; fails the test unless the subscribe_ack came. */
+static struct broker_proc *g_resume_broker; /* for sub_from's diagnosis */
+
+static void sub_from(struct nexus_client *c, int64_t camp, const char *const *pats, uint32_t npat,
+                     uint64_t from_seq, struct st_stream *s, const char *what)
+{
+    char code[64] = "";
+    int r = st_subscribe_from(c, camp, pats, npat, from_seq, s, code, sizeof(code), 10000);
+    if (r == 1)
+        return;
+    int st = g_resume_broker ? h_wait_exit(g_resume_broker, 2000) : 0;
+    fail_msg("%s: subscribe to %" PRId64 " from %" PRIu64 ": r=%d %s%s (nexusd: %s %d)", what, camp,
+             from_seq, r, code, r == -ECONNRESET ? " connection reset" : "",
+             st < 0 ? "still running, status" : "exited with", st);
+}
+
+/* 1. After a kill -9 and a restart, from 1 and from the middle: exactly the logged events, in
+ * order, before the subscribe_ack, with the ids that were acked; then live ones follow. Both
+ * the owner's own shard and the other one subscribe. */
+static void test_resume_after_restart(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    enum { N = 40, MID = 17 };
+    int64_t camps[SHARDS];
+    uint64_t want[SHARDS][N + 16];
+    memset(want, 0, sizeof(want));
+    for (uint32_t o = 0; o < SHARDS; o++)
+        camps[o] = h_campaign_on(o, SHARDS, 99000);
+    struct broker_proc b = st_start(dir, SHARDS, NULL, NULL);
+    g_resume_broker = &b;
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    for (uint32_t o = 0; o < SHARDS; o++) {
+        for (uint64_t k = 1; k <= N; k++) {
+            uint64_t key = (uint64_t)(o + 1) << 32 | k, seq = 0;
+            assert_int_equal(st_emit(c, camps[o], key, NULL, 0, &seq, NULL, 0), 1);
+            assert_int_equal(seq, k);
+            want[o][seq] = key;
+        }
+    }
+    nexus_close(c);
+    assert_int_equal(kill(b.pid, SIGKILL), 0);
+    assert_int_equal(h_wait_exit(&b, 10000), 128 + SIGKILL);
+    b = st_start(dir, SHARDS, NULL, NULL);
+    g_resume_broker = &b;
+    struct nexus_client *ctl = h_connect(&b, NULL);
+    assert_non_null(ctl);
+    uint64_t last[SHARDS] = {N, N};
+    for (uint32_t sh = 0; sh < SHARDS; sh++) {
+        for (uint32_t o = 0; o < SHARDS; o++) {
+            char what[128];
+            struct nexus_client *a = connect_on(&b, sh), *m = connect_on(&b, sh);
+            struct st_stream sa = {0}, sm = {0};
+            snprintf(what, sizeof(what), "subscriber on shard %u, campaign of shard %u, from 1", sh,
+                     o);
+            sub_from(a, camps[o], NULL, 0, 1, &sa, what);
+            st_check_stream(&sa, camps[o], 1, last[o], want[o], N + 16, what);
+            snprintf(what, sizeof(what), "subscriber on shard %u, campaign of shard %u, from %d",
+                     sh, o, MID);
+            sub_from(m, camps[o], NULL, 0, MID, &sm, what);
+            st_check_stream(&sm, camps[o], MID, last[o], want[o], N + 16, what);
+            /* Live: the next event follows the replay, once. */
+            uint64_t key = 0xa0000000ull | (uint64_t)(sh * SHARDS + o), seq = 0;
+            assert_int_equal(st_emit(ctl, camps[o], key, NULL, 0, &seq, NULL, 0), 1);
+            assert_int_equal(seq, last[o] + 1);
+            want[o][seq] = key;
+            last[o] = seq;
+            assert_int_equal(st_stream_until(a, &sa, camps[o], seq, 5000), 1);
+            assert_int_equal(st_stream_until(m, &sm, camps[o], seq, 5000), 1);
+            assert_int_equal(h_ping(a, 5000), 1);
+            assert_int_equal(h_ping(m, 5000), 1);
+            struct nexus_frame f;
+            while (nexus_recv(a, &f, 100) == 1)
+                st_stream_take(&sa, &f);
+            while (nexus_recv(m, &f, 100) == 1)
+                st_stream_take(&sm, &f);
+            st_check_stream(&sa, camps[o], 1, last[o], want[o], N + 16, "from 1, then live");
+            st_check_stream(&sm, camps[o], MID, last[o], want[o], N + 16, "from MID, then live");
+            st_stream_free(&sa);
+            st_stream_free(&sm);
+            nexus_close(a);
+            nexus_close(m);
+        }
+    }
+    /* The client as documented: nexus_wait_reply keeps the replayed events for nexus_recv. */
+    struct nexus_client *w = connect_on(&b, 1);
+    uint64_t corr = nexus_next_correlation(w);
+    assert_int_equal(nexus_send_subscribe_from(w, corr, camps[0], NULL, 0, NULL, 1), 0);
+    struct nexus_frame f;
+    memset(&f, 0, sizeof(f));
+    assert_int_equal(nexus_wait_reply(w, corr, &f, 10000), 1);
+    assert_int_equal(f.kind, CODEC_KIND_SUBSCRIBE_ACK);
+    struct st_stream sw = {0};
+    sw.acked = true;
+    while (nexus_recv(w, &f, 200) == 1)
+        st_stream_take(&sw, &f);
+    st_check_stream(&sw, camps[0], 1, last[0], want[0], N + 16, "nexus_wait_reply, then recv");
+    st_stream_free(&sw);
+    nexus_close(w);
+    print_message("resume after kill -9: from 1 and from %d on both shards for campaigns of "
+                  "both shards: exact, before the ack, then live\n",
+                  MID);
+    nexus_close(ctl);
+    g_resume_broker = NULL;
+    assert_int_equal(h_stop(&b), 0);
+    st_rmtree(dir);
+}
+
+/* A publisher streaming acked emits (window 16) to one campaign: n events, or until the
+ * broker goes away (n = 0). acked[seq] = key. */
+struct stream_pub {
+    const struct broker_proc *b;
+    int64_t camp;
+    uint64_t key_base;
+    uint64_t n;
+    uint64_t *acked; /* indexed by sequence, cap entries */
+    size_t cap;
+    _Atomic uint64_t n_acked;
+    _Atomic uint64_t last_seq;
+    uint64_t errors, bad;
+};
+
+static void *stream_pub_main(void *arg)
+{
+    struct stream_pub *p = arg;
+    struct nexus_client *c = h_connect(p->b, NULL);
+    if (!c)
+        return NULL;
+    uint8_t pl[128];
+    size_t pl_len = st_payload(pl, 60);
+    uint64_t sent = 0, answered = 0;
+    for (;;) {
+        while ((!p->n || sent < p->n) && sent - answered < 16) {
+            char id[24];
+            st_id_of(id, p->key_base + ++sent);
+            struct codec_emit_in e;
+            nexus_emit_init(&e, ST_TYPE, p->camp, id, pl, pl_len);
+            e.correlation = sent;
+            if (nexus_send_emit(c, &e) < 0)
+                goto out;
+        }
+        if (p->n && answered == p->n)
+            break;
+        if (nexus_flush(c) < 0)
+            goto out;
+        struct nexus_frame f;
+        if (nexus_recv(c, &f, 5000) != 1)
+            goto out;
+        if (f.kind == CODEC_KIND_EMIT_ACK) {
+            answered++;
+            uint64_t seq = f.u.event.sequence, k = st_key_of(f.u.event.event_id);
+            if (k != p->key_base + f.correlation || f.u.event.campaign_id != p->camp || !seq ||
+                seq >= p->cap) {
+                p->bad++;
+                continue;
+            }
+            p->acked[seq] = k;
+            if (seq > atomic_load(&p->last_seq))
+                atomic_store(&p->last_seq, seq);
+            atomic_fetch_add(&p->n_acked, 1);
+        } else if (f.kind == CODEC_KIND_ERROR) {
+            answered++;
+            p->errors++;
+        }
+    }
+out:
+    nexus_close(c);
+    return NULL;
+}
+
+/* 2. A subscriber joins from sequence 1 while a publisher streams into the campaign: it gets
+ * 1..N contiguous, no gap, no duplicate at the join between replay and live, ids as acked.
+ * Each of the 4 (owner shard, subscriber shard) pairs, twice: the join on the owner's shard
+ * and across shards. */
+static void test_resume_concurrent(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    struct broker_proc b = st_start(dir, SHARDS, NULL, NULL);
+    g_resume_broker = &b;
+    enum { N = 3000 };
+    uint64_t *acked = calloc(N + 16, sizeof(uint64_t));
+    assert_non_null(acked);
+    int round = 0;
+    for (int rep = 0; rep < 2; rep++) {
+        for (uint32_t o = 0; o < SHARDS; o++) {
+            for (uint32_t sh = 0; sh < SHARDS; sh++, round++) {
+                int64_t camp = h_campaign_on(o, SHARDS, 99500 + 100 * round);
+                memset(acked, 0, sizeof(uint64_t) * (N + 16));
+                struct stream_pub p = {.b = &b,
+                                       .camp = camp,
+                                       .key_base = (uint64_t)(round + 1) << 32,
+                                       .n = N,
+                                       .acked = acked,
+                                       .cap = N + 16};
+                struct nexus_client *sub = connect_on(&b, sh);
+                pthread_t t;
+                assert_int_equal(pthread_create(&t, NULL, stream_pub_main, &p), 0);
+                /* Join somewhere in the first half of the stream. */
+                uint64_t join_at = 200 + (uint64_t)(round * 173) % (N / 2);
+                int64_t t0 = h_now_ms();
+                while (atomic_load(&p.n_acked) < join_at && h_now_ms() - t0 < 10000)
+                    usleep(200);
+                uint64_t at_join = atomic_load(&p.last_seq);
+                struct st_stream s = {0};
+                char what[160];
+                snprintf(what, sizeof(what),
+                         "join from 1 at ~%" PRIu64 " of %d, campaign of shard %u, subscriber "
+                         "on shard %u (%s)",
+                         at_join, N, o, sh, o == sh ? "same shard" : "across shards");
+                sub_from(sub, camp, NULL, 0, 1, &s, what);
+                size_t before = s.n_before_ack;
+                int r = st_stream_until(sub, &s, camp, N, 5000);
+                pthread_join(t, NULL);
+                if (p.errors || p.bad || atomic_load(&p.n_acked) != N)
+                    fail_msg("%s: publisher: %" PRIu64 " acked, %" PRIu64 " errors, %" PRIu64
+                             " bad acks",
+                             what, (uint64_t)atomic_load(&p.n_acked), p.errors, p.bad);
+                if (r != 1)
+                    fail_msg("%s: the stream stopped at %zu events (r=%d), last seq %" PRIu64, what,
+                             s.n, r, s.n ? s.ev[s.n - 1].seq : 0);
+                st_check_stream(&s, camp, 1, N, acked, N + 16, what);
+                print_message("%s: %zu replayed before the ack, %zu after it: 1..%d exact\n", what,
+                              before, s.n - before, N);
+                st_stream_free(&s);
+                nexus_close(sub);
+            }
+        }
+    }
+    free(acked);
+    g_resume_broker = NULL;
+    assert_int_equal(h_stop(&b), 0);
+    st_rmtree(dir);
+}
+
+/* Reads frames into s until the connection fails (the broker was killed). */
+static void *stream_reader_main(void *arg)
+{
+    void **a = arg;
+    struct nexus_client *c = a[0];
+    struct st_stream *s = a[1];
+    const int64_t *stop_at = a[2]; /* stops reading then (0: never) */
+    struct nexus_frame f;
+    for (;;) {
+        int64_t left = *stop_at ? *stop_at - h_now_ms() : 5000;
+        if (left <= 0 || nexus_recv(c, &f, left < 5000 ? (int)left : 5000) != 1)
+            break;
+        st_stream_take(s, &f);
+    }
+    return NULL;
+}
+
+/* The key of the logged event (camp, seq) (fails the test if the log lacks it). */
+static uint64_t logged_key(const struct st_log *L, int64_t camp, uint64_t seq)
+{
+    const struct st_rec *r = st_find(L, camp, seq);
+    if (!r)
+        fail_msg("campaign %" PRId64 " sequence %" PRIu64 " is not in the log", camp, seq);
+    return r ? r->key : 0;
+}
+
+/* 3. The kill -9 loop's acceptance for resume: a subscriber that had events up to k when nexusd
+ * was killed resumes, after the restart, with from_sequence k + 1 and gets exactly k + 1 to
+ * the log's end (every acked event, and whatever was logged but not acked), then live ones; over
+ * all the cycles it has seen 1..max once each, with the logged ids. */
+static void test_resume_after_kill9(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    int64_t camp = h_campaign_on(1, SHARDS, 99900);
+    enum { CAP = 1 << 20, CYCLES = 5 };
+    uint64_t *acked = calloc(CAP, sizeof(uint64_t));
+    assert_non_null(acked);
+    struct st_stream all = {0}; /* everything the subscriber saw, over every cycle */
+    all.acked = true;
+    unsigned seed = (unsigned)time(NULL);
+    print_message("resume after kill -9: seed %u\n", seed);
+    uint64_t k = 0; /* the last sequence the subscriber has */
+    for (int cycle = 0; cycle < CYCLES; cycle++) {
+        struct broker_proc b = st_start(dir, SHARDS, NULL, NULL);
+        g_resume_broker = &b;
+        /* Resume, alternately on the owner's shard and the other one. */
+        uint32_t sh = (uint32_t)cycle % SHARDS;
+        struct nexus_client *sub = connect_on(&b, sh);
+        struct st_stream s = {0};
+        char what[128];
+        snprintf(what, sizeof(what), "cycle %d: resume from %" PRIu64 " on shard %u", cycle, k + 1,
+                 sh);
+        sub_from(sub, camp, NULL, 0, k + 1, &s, what);
+        if (cycle) {
+            /* Nothing is published yet: the replay is the log's k+1..end, before the ack. */
+            struct st_log L;
+            st_scan(&L, dir, SHARDS);
+            st_check_sequences(&L);
+            uint64_t max = st_max_seq(&L, camp);
+            uint64_t *logged = calloc(max + 2, sizeof(uint64_t));
+            assert_non_null(logged);
+            for (uint64_t q = 1; q <= max; q++)
+                logged[q] = logged_key(&L, camp, q);
+            for (uint64_t q = 1; q <= max && q < CAP; q++)
+                if (acked[q] && acked[q] != logged[q])
+                    fail_msg("%s: acked k%016" PRIx64 " at %" PRIu64 ", logged k%016" PRIx64, what,
+                             acked[q], q, logged[q]);
+            st_check_stream(&s, camp, k + 1, max, logged, max + 1, what);
+            uint64_t last_acked = 0;
+            for (uint64_t q = 1; q < CAP; q++)
+                if (acked[q])
+                    last_acked = q;
+            print_message("%s: replayed %zu (%" PRIu64 "..%" PRIu64 "), last acked %" PRIu64
+                          ", %" PRIu64 " logged but not acked\n",
+                          what, s.n, k + 1, max, last_acked, max - last_acked);
+            assert_true(max >= last_acked);
+            free(logged);
+            st_log_free(&L);
+        }
+        for (size_t i = 0; i < s.n; i++) {
+            st_stream_take(&all, &(struct nexus_frame){.kind = CODEC_KIND_EVENT,
+                                                       .u.event = {.campaign_id = s.ev[i].camp,
+                                                                   .sequence = s.ev[i].seq}});
+            all.ev[all.n - 1].key = s.ev[i].key;
+        }
+        st_stream_free(&s);
+        s.acked = true;
+        /* Live: a publisher streams until the kill; the subscriber reads until it. */
+        struct stream_pub p = {.b = &b,
+                               .camp = camp,
+                               .key_base = (uint64_t)(cycle + 1) << 40,
+                               .acked = acked,
+                               .cap = CAP};
+        pthread_t tp, ts;
+        /* Odd cycles: the subscriber stops reading well before the kill, so that what it
+         * misses includes acknowledged events. */
+        int kill_ms = 100 + (int)(rand_r(&seed) % 300);
+        int64_t stop_at = cycle % 2 ? h_now_ms() + kill_ms / 3 : 0;
+        void *targ[3] = {sub, &s, &stop_at};
+        assert_int_equal(pthread_create(&tp, NULL, stream_pub_main, &p), 0);
+        assert_int_equal(pthread_create(&ts, NULL, stream_reader_main, targ), 0);
+        usleep((useconds_t)kill_ms * 1000);
+        assert_int_equal(kill(b.pid, SIGKILL), 0);
+        assert_int_equal(h_wait_exit(&b, 10000), 128 + SIGKILL);
+        pthread_join(tp, NULL);
+        pthread_join(ts, NULL);
+        nexus_close(sub);
+        if (p.bad || p.errors)
+            fail_msg("cycle %d: publisher: %" PRIu64 " errors, %" PRIu64 " bad acks", cycle,
+                     p.errors, p.bad);
+        for (size_t i = 0; i < s.n; i++) {
+            st_stream_take(&all, &(struct nexus_frame){.kind = CODEC_KIND_EVENT,
+                                                       .u.event = {.campaign_id = s.ev[i].camp,
+                                                                   .sequence = s.ev[i].seq}});
+            all.ev[all.n - 1].key = s.ev[i].key;
+        }
+        if (s.gaps)
+            fail_msg("cycle %d: %" PRIu64 " gap frames live", cycle, s.gaps);
+        print_message("cycle %d: %" PRIu64 " acked live, the subscriber got %zu live\n", cycle,
+                      (uint64_t)atomic_load(&p.n_acked), s.n);
+        st_stream_free(&s);
+        k = all.n ? all.ev[all.n - 1].seq : 0;
+        st_check_stream(&all, camp, 1, k, acked, CAP, "the subscriber over the cycles so far");
+    }
+    /* A last start: resume once more; the whole history seen is the log, 1..max. */
+    struct broker_proc b = st_start(dir, SHARDS, NULL, NULL);
+    g_resume_broker = &b;
+    struct nexus_client *sub = connect_on(&b, 0);
+    struct st_stream s = {0};
+    sub_from(sub, camp, NULL, 0, k + 1, &s, "last resume");
+    for (size_t i = 0; i < s.n; i++) {
+        st_stream_take(&all, &(struct nexus_frame){.kind = CODEC_KIND_EVENT,
+                                                   .u.event = {.campaign_id = s.ev[i].camp,
+                                                               .sequence = s.ev[i].seq}});
+        all.ev[all.n - 1].key = s.ev[i].key;
+    }
+    st_stream_free(&s);
+    nexus_close(sub);
+    g_resume_broker = NULL;
+    assert_int_equal(h_stop(&b), 0);
+    struct st_log L;
+    st_scan(&L, dir, SHARDS);
+    st_check_sequences(&L);
+    uint64_t max = st_max_seq(&L, camp);
+    uint64_t *logged = calloc(max + 2, sizeof(uint64_t));
+    assert_non_null(logged);
+    for (uint64_t q = 1; q <= max; q++)
+        logged[q] = logged_key(&L, camp, q);
+    st_check_stream(&all, camp, 1, max, logged, max + 1, "the subscriber over every cycle");
+    for (uint64_t q = 1; q <= max && q < CAP; q++)
+        if (acked[q] && acked[q] != logged[q])
+            fail_msg("acked k%016" PRIx64 " at %" PRIu64 ", logged k%016" PRIx64, acked[q], q,
+                     logged[q]);
+    print_message("resume after kill -9: %d cycles, the subscriber saw 1..%" PRIu64
+                  " once each, as logged\n",
+                  CYCLES, max);
+    free(logged);
+    st_log_free(&L);
+    st_stream_free(&all);
+    free(acked);
+    st_rmtree(dir);
+}
+
+/* 4. The subscription's patterns apply to the replay too (and to the live events after it),
+ * on the owner's shard and across shards. */
+static void test_resume_pattern_filter(void **state)
+{
+    (void)state;
+    static const char *const types[] = {"order:placed:v1:success", "order:shipped:v2:failed",
+                                        "chat:typing:v1:stream"};
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    struct broker_proc b = st_start(dir, SHARDS, NULL, NULL);
+    g_resume_broker = &b;
+    struct nexus_client *ctl = h_connect(&b, NULL);
+    assert_non_null(ctl);
+    enum { N = 30 };
+    for (uint32_t o = 0; o < SHARDS; o++) {
+        int64_t camp = h_campaign_on(o, SHARDS, 99700);
+        uint64_t keys[N + 16] = {0}; /* the replayed N, then 3 live per round (4 rounds) */
+        for (uint64_t i = 1; i <= N; i++)
+            assert_int_equal(emit_typed(ctl, camp, types[i % 3], i | 0x100), i);
+        for (uint64_t i = 1; i <= N; i++)
+            keys[i] = i | 0x100;
+        for (uint32_t sh = 0; sh < SHARDS; sh++) {
+            static const char *const pats[] = {"*:*:v1:*"};
+            static const char *const pats2[] = {"order:shipped:*:*", "nomatch:x:v1:*"};
+            for (int which = 0; which < 2; which++) {
+                const char *const *pp = which ? pats2 : pats;
+                uint32_t np = which ? 2 : 1;
+                uint64_t from = which ? 10 : 1;
+                struct nexus_client *sub = connect_on(&b, sh);
+                struct st_stream s = {0};
+                char what[160];
+                snprintf(what, sizeof(what),
+                         "pattern %s%s from %" PRIu64 ", campaign of shard %u, subscriber on "
+                         "shard %u",
+                         pp[0], which ? " +1" : "", from, o, sh);
+                sub_from(sub, camp, pp, np, from, &s, what);
+                /* Live: one of each type; only the matching ones come. */
+                uint64_t lk = 0x900 + (uint64_t)(sh * 2 + which) * 4;
+                uint64_t base = emit_typed(ctl, camp, types[0], lk);
+                emit_typed(ctl, camp, types[1], lk + 1);
+                emit_typed(ctl, camp, types[2], lk + 2);
+                keys[base] = lk;
+                keys[base + 1] = lk + 1;
+                keys[base + 2] = lk + 2;
+                assert_int_equal(h_ping(sub, 5000), 1);
+                struct nexus_frame f;
+                while (nexus_recv(sub, &f, 200) == 1)
+                    st_stream_take(&s, &f);
+                /* Expected: every sequence >= from whose type matches (seq % 3; the live ones,
+                 * of earlier rounds too, in the order above), those below base replayed. */
+                size_t j = 0;
+                for (uint64_t q = from; q <= base + 2; q++) {
+                    int t = q <= N ? (int)(q % 3) : (int)((q - N - 1) % 3);
+                    bool m = which ? t == 1 : t != 1;
+                    if (!m)
+                        continue;
+                    if (j >= s.n || s.ev[j].seq != q || s.ev[j].key != keys[q])
+                        fail_msg("%s: event %zu is %s%" PRIu64 " (k%016" PRIx64 "), want sequence "
+                                 "%" PRIu64 " (k%016" PRIx64 ") of type %s",
+                                 what, j, j < s.n ? "seq " : "missing", j < s.n ? s.ev[j].seq : 0,
+                                 j < s.n ? s.ev[j].key : 0, q, keys[q], types[t]);
+                    if ((q < base) != s.before_ack[j])
+                        fail_msg("%s: sequence %" PRIu64 " came %s the subscribe_ack", what, q,
+                                 s.before_ack[j] ? "before" : "after");
+                    j++;
+                }
+                if (j != s.n || s.gaps)
+                    fail_msg("%s: %zu events (want %zu), %" PRIu64 " gaps", what, s.n, j, s.gaps);
+                st_stream_free(&s);
+                nexus_close(sub);
+            }
+        }
+    }
+    print_message("pattern filters honoured by the replay, same shard and across shards\n");
+    nexus_close(ctl);
+    g_resume_broker = NULL;
+    assert_int_equal(h_stop(&b), 0);
+    st_rmtree(dir);
+}
+
+/* 5. from_sequence past the log's end: no event replayed; the live ones still come. */
+static void test_resume_beyond_end(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    struct broker_proc b = st_start(dir, SHARDS, NULL, NULL);
+    g_resume_broker = &b;
+    struct nexus_client *ctl = h_connect(&b, NULL);
+    assert_non_null(ctl);
+    for (uint32_t o = 0; o < SHARDS; o++) {
+        int64_t camp = h_campaign_on(o, SHARDS, 99800);
+        assert_int_equal(emit_n(ctl, camp, 0x100, 10, 0), 10);
+        uint64_t next = 11;
+        for (uint32_t sh = 0; sh < SHARDS; sh++) {
+            struct nexus_client *sub = connect_on(&b, sh);
+            struct st_stream s = {0};
+            char what[128];
+            snprintf(what, sizeof(what),
+                     "from 110 (log ends at %" PRIu64 "), campaign of shard "
+                     "%u, subscriber on shard %u",
+                     next - 1, o, sh);
+            sub_from(sub, camp, NULL, 0, 110, &s, what);
+            if (s.n)
+                fail_msg("%s: %zu events replayed (the first: %" PRIu64 ")", what, s.n,
+                         s.ev[0].seq);
+            uint64_t key = 0x500 + sh, seq = 0;
+            assert_int_equal(st_emit(ctl, camp, key, NULL, 0, &seq, NULL, 0), 1);
+            assert_int_equal(seq, next);
+            next++;
+            if (st_stream_until(sub, &s, camp, seq, 5000) != 1)
+                fail_msg("%s: the live event %" PRIu64 " did not arrive (%zu events)", what, seq,
+                         s.n);
+            assert_int_equal(s.n, 1);
+            assert_int_equal(s.ev[0].key, key);
+            print_message("%s: nothing replayed, %" PRIu64 " gap frame(s)%s%s; live sequence "
+                          "%" PRIu64 " delivered (below from_sequence)\n",
+                          what, s.gaps, s.gaps ? ", reason " : "", s.gap_reason, seq);
+            st_stream_free(&s);
+            nexus_close(sub);
+        }
+    }
+    hx_assert_up(&b);
+    nexus_close(ctl);
+    g_resume_broker = NULL;
+    assert_int_equal(h_stop(&b), 0);
+    st_rmtree(dir);
+}
+
+/* 6. from_sequence with campaign_id 0, or on a broker without --data-dir: bad_request; the
+ * connection and the broker keep serving. */
+static void test_resume_errors(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    struct broker_proc b = st_start(dir, SHARDS, NULL, NULL);
+    g_resume_broker = &b;
+    for (uint32_t sh = 0; sh < SHARDS; sh++) {
+        struct nexus_client *c = connect_on(&b, sh);
+        struct st_stream s = {0};
+        char code[64] = "";
+        assert_int_equal(st_subscribe_from(c, 0, NULL, 0, 5, &s, code, sizeof(code), 5000),
+                         -EPROTO);
+        assert_string_equal(code, "bad_request");
+        assert_int_equal(s.n, 0);
+        assert_int_equal(h_ping(c, 5000), 1);
+        /* The firehose without from_sequence is still fine. */
+        assert_int_equal(nexus_subscribe_sync(c, 0, NULL, 0, NULL, NULL, NULL, 5000), 1);
+        nexus_close(c);
+    }
+    hx_assert_up(&b);
+    g_resume_broker = NULL;
+    assert_int_equal(h_stop(&b), 0);
+    st_rmtree(dir);
+
+    struct broker_proc m = h_track(h_start_flags(SHARDS, 0, NULL));
+    g_resume_broker = &m;
+    int64_t camp = h_campaign_on(1, SHARDS, 99600);
+    for (uint32_t sh = 0; sh < SHARDS; sh++) {
+        struct nexus_client *c = connect_on(&m, sh);
+        struct st_stream s = {0};
+        char code[64] = "";
+        assert_int_equal(st_subscribe_from(c, camp, NULL, 0, 1, &s, code, sizeof(code), 5000),
+                         -EPROTO);
+        assert_string_equal(code, "bad_request");
+        assert_int_equal(st_subscribe_from(c, 0, NULL, 0, 1, &s, code, sizeof(code), 5000),
+                         -EPROTO);
+        assert_string_equal(code, "bad_request");
+        assert_int_equal(s.n, 0);
+        /* from_sequence 0 is a plain subscription. */
+        assert_int_equal(st_subscribe_from(c, camp, NULL, 0, 0, &s, code, sizeof(code), 5000), 1);
+        assert_int_equal(h_ping(c, 5000), 1);
+        nexus_close(c);
+    }
+    hx_assert_up(&m);
+    print_message("from_sequence: campaign 0 and no --data-dir answered bad_request\n");
+    g_resume_broker = NULL;
+    assert_int_equal(h_stop(&m), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1011,10 +1622,16 @@ int main(void)
         cmocka_unit_test_teardown(test_fsync_fails, st_teardown),
         cmocka_unit_test_teardown(test_write_fails, st_teardown),
         cmocka_unit_test_teardown(test_disk_full, disk_full_teardown),
+        cmocka_unit_test_teardown(test_resume_after_restart, st_teardown),
+        cmocka_unit_test_teardown(test_resume_concurrent, st_teardown),
+        cmocka_unit_test_teardown(test_resume_after_kill9, st_teardown),
+        cmocka_unit_test_teardown(test_resume_pattern_filter, st_teardown),
+        cmocka_unit_test_teardown(test_resume_beyond_end, st_teardown),
+        cmocka_unit_test_teardown(test_resume_errors, st_teardown),
     };
     const char *only = getenv("NEXUS_STORE_ONLY");
     if (only && *only) {
-        struct CMUnitTest pick[16];
+        struct CMUnitTest pick[32];
         size_t n = 0;
         for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
             if (strstr(tests[i].name, only))

@@ -490,4 +490,139 @@ static inline uint64_t st_file_size(const char *path)
     return (uint64_t)sb.st_size;
 }
 
+/* ---- resume: subscribe with from_sequence --------------------------------------------------- */
+
+/* What one subscription received, in arrival order: events (with whether each came before the
+ * subscribe_ack) and gap frames. */
+struct st_stream {
+    struct st_seen *ev;
+    bool *before_ack;
+    size_t n, cap;
+    size_t n_before_ack; /* events received before the subscribe_ack */
+    uint64_t gaps;       /* gap frames */
+    uint64_t gap_first, gap_last;
+    char gap_reason[32];
+    uint64_t other; /* other frames (not for the subscription) */
+    bool acked;
+    uint64_t sub_id;
+};
+
+static inline void st_stream_free(struct st_stream *s)
+{
+    free(s->ev);
+    free(s->before_ack);
+    memset(s, 0, sizeof(*s));
+}
+
+/* Files one received frame into s. */
+static inline void st_stream_take(struct st_stream *s, const struct nexus_frame *f)
+{
+    if (f->kind == CODEC_KIND_EVENT) {
+        if (s->n == s->cap) {
+            s->cap = s->cap ? s->cap * 2 : 1024;
+            s->ev = realloc(s->ev, sizeof(*s->ev) * s->cap);
+            s->before_ack = realloc(s->before_ack, sizeof(*s->before_ack) * s->cap);
+            assert_non_null(s->ev);
+            assert_non_null(s->before_ack);
+        }
+        s->before_ack[s->n] = !s->acked;
+        s->ev[s->n++] = (struct st_seen){f->u.event.campaign_id, f->u.event.sequence,
+                                         st_key_of(f->u.event.event_id)};
+        if (!s->acked)
+            s->n_before_ack++;
+    } else if (f->kind == CODEC_KIND_GAP) {
+        if (!s->gaps++) {
+            s->gap_first = f->u.gap.first_sequence;
+            s->gap_last = f->u.gap.last_sequence;
+            snprintf(s->gap_reason, sizeof(s->gap_reason), "%.*s", (int)f->u.gap.reason.len,
+                     (const char *)f->u.gap.reason.ptr);
+        }
+    } else {
+        s->other++;
+    }
+}
+
+/* Subscribes c to camp from from_seq (patterns may be NULL) and reads every frame up to its
+ * answer, in order, into s (events before the subscribe_ack are marked so). Returns 1 on the
+ * subscribe_ack, -EPROTO on an error answer (its code copied to code), 0 on timeout, or <0. */
+static inline int st_subscribe_from(struct nexus_client *c, int64_t camp, const char *const *pats,
+                                    uint32_t npat, uint64_t from_seq, struct st_stream *s,
+                                    char *code, size_t code_cap, int timeout_ms)
+{
+    uint64_t corr = nexus_next_correlation(c);
+    int r = nexus_send_subscribe_from(c, corr, camp, pats, npat, NULL, from_seq);
+    if (r < 0 || (r = nexus_flush(c)) < 0)
+        return r;
+    int64_t deadline = h_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - h_now_ms();
+        if (left <= 0)
+            return 0;
+        struct nexus_frame f;
+        r = nexus_recv(c, &f, (int)left);
+        if (r != 1)
+            return r;
+        if (f.correlation == corr && f.kind == CODEC_KIND_SUBSCRIBE_ACK) {
+            s->acked = true;
+            s->sub_id = f.u.subscription_id;
+            return 1;
+        }
+        if (f.correlation == corr && f.kind == CODEC_KIND_ERROR) {
+            if (code)
+                snprintf(code, code_cap, "%.*s", (int)f.u.error.code.len,
+                         (const char *)f.u.error.code.ptr);
+            return -EPROTO;
+        }
+        st_stream_take(s, &f);
+    }
+}
+
+/* Reads frames into s until an event of camp with sequence >= until_seq arrived (returns 1), or
+ * nothing came for quiet_ms (returns 0), or the connection failed (<0). */
+static inline int st_stream_until(struct nexus_client *c, struct st_stream *s, int64_t camp,
+                                  uint64_t until_seq, int quiet_ms)
+{
+    for (;;) {
+        if (s->n && s->ev[s->n - 1].camp == camp && s->ev[s->n - 1].seq >= until_seq)
+            return 1;
+        struct nexus_frame f;
+        int r = nexus_recv(c, &f, quiet_ms);
+        if (r != 1)
+            return r;
+        st_stream_take(s, &f);
+    }
+}
+
+/* The events of s are exactly first..last of camp, in order, each once, with the keys the
+ * table want (want[seq] = key; 0: not known, not checked), and no gap frame came. */
+static inline void st_check_stream(const struct st_stream *s, int64_t camp, uint64_t first,
+                                   uint64_t last, const uint64_t *want, size_t want_n,
+                                   const char *what)
+{
+    if (s->gaps)
+        fail_msg("%s: %" PRIu64 " gap frame(s), the first %" PRIu64 "..%" PRIu64 " (%s)", what,
+                 s->gaps, s->gap_first, s->gap_last, s->gap_reason);
+    uint64_t expect = first;
+    for (size_t i = 0; i < s->n; i++) {
+        const struct st_seen *e = &s->ev[i];
+        if (e->camp != camp)
+            fail_msg("%s: event %zu is of campaign %" PRId64 ", want %" PRId64, what, i, e->camp,
+                     camp);
+        if (e->seq != expect)
+            fail_msg("%s: event %zu has sequence %" PRIu64 ", want %" PRIu64 " (%s; %zu events, "
+                     "%zu before the ack)",
+                     what, i, e->seq, expect,
+                     e->seq < expect ? "a duplicate / out of order" : "a hole", s->n,
+                     s->n_before_ack);
+        if (e->seq < want_n && want[e->seq] && want[e->seq] != e->key)
+            fail_msg("%s: sequence %" PRIu64 " carries id k%016" PRIx64 ", it was acked as "
+                     "k%016" PRIx64,
+                     what, e->seq, e->key, want[e->seq]);
+        expect++;
+    }
+    if (expect != last + 1)
+        fail_msg("%s: got %" PRIu64 "..%" PRIu64 " (%zu events), want %" PRIu64 "..%" PRIu64, what,
+                 first, expect - 1, s->n, first, last);
+}
+
 #endif
