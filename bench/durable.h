@@ -5,7 +5,8 @@
 // the broker's acknowledgements: Nexus emit_ack frames (emits with a correlation id), NATS
 // JetStream PubAcks (publishes with a reply subject into a file-backed stream), Redis Streams
 // XADD replies. Measured: acknowledged events/s in the measured window and the latency from
-// the send to the ack. Optionally the events are then read back (replay). durable.c holds the
+// the send to the ack. Optionally the events are then read back (replay: Nexus subscribes with
+// from_sequence 1 per campaign). durable.c holds the
 // loop, the report and the Nexus driver; proto_jetstream.c and proto_rstream.c the others.
 // One thread drives every connection with epoll.
 #ifndef NEXUS_BENCH_DURABLE_H
@@ -34,6 +35,8 @@ struct dconn {
     uint64_t acked;
     /* redis-stream: the last entry id acknowledged (ms-seq), strictly increasing */
     uint64_t last_ms, last_sub;
+    /* nexus: the highest campaign sequence in this publisher's emit_acks */
+    uint64_t seq_max;
 };
 
 enum dur_counter {
@@ -81,8 +84,9 @@ struct dur_proto {
     /* Consumes the complete replies at the start of buf (calling dur_ack / dur_nack / dur_bad).
      * Returns the bytes consumed or -EPROTO. */
     long (*parse)(struct dur_run *r, struct dconn *c, const uint8_t *buf, size_t len);
-    /* Reads every acknowledged event back, bounded by deadline_ns; fills r->replayed and
-     * returns 0, or -errno with err filled. NULL: no replay for this broker. */
+    /* Reads every acknowledged event back, bounded by deadline_ns; fills r->replayed (and may
+     * set r->replay_s, else the whole call is timed) and returns 0, or -errno with err filled.
+     * NULL: no replay for this broker. */
     int (*replay)(struct dur_run *r, int64_t deadline_ns, char *err, size_t cap);
 };
 
