@@ -64,8 +64,8 @@ static bool parse_u64(const uint8_t *p, size_t n, uint64_t *v)
 /* Splits "MSG subj sid [reply] size" / "HMSG subj sid [reply] hdr total". */
 static bool split_msg(const uint8_t *p, long l, struct js_msg *m)
 {
-    const uint8_t *tok[6];
-    size_t tl[6];
+    const uint8_t *tok[6] = {0};
+    size_t tl[6] = {0};
     int n = 0;
     long i = 0;
     while (i < l && n < 6) {
@@ -79,6 +79,8 @@ static bool split_msg(const uint8_t *p, long l, struct js_msg *m)
         tl[n] = (size_t)(p + i - tok[n]);
         n++;
     }
+    if (n == 0)
+        return false;
     bool h = tl[0] == 4; /* HMSG */
     if (n < (h ? 5 : 4) || n > (h ? 6 : 5))
         return false;

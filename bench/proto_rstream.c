@@ -217,7 +217,7 @@ static int rs_replay(struct dur_run *r, int64_t deadline_ns, char *err, size_t c
 {
     for (uint32_t p = 0; p < r->n; p++) {
         struct dconn *c = &r->conns[p];
-        char key[64], start[64] = "-", cmd[256];
+        char key[64], start[72] = "-", cmd[256];
         int kl = key_of(r, p, key, sizeof(key));
         uint64_t got = 0;
         c->in_len = 0;
