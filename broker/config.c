@@ -26,7 +26,8 @@ enum opt_type {
     OPT_ADDR,
     OPT_MADDR,
     OPT_FSYNC,
-    OPT_RECOVER
+    OPT_RECOVER,
+    OPT_AGE
 };
 
 struct opt {
@@ -105,6 +106,10 @@ static const struct opt opts[] = {
      "always (ack after fdatasync, group commit) | interval:MS (ack after write; sync every MS)"},
     {"segment-bytes", OPT_SIZE, OFF(segment_bytes), 1u << 20, 1ull << 40,
      "roll a log segment file past this size"},
+    {"retain-bytes", OPT_SIZE, OFF(retain_bytes), 0, 1ull << 50,
+     "per shard: delete the oldest log segments past this size (0 = keep everything)"},
+    {"retain-age", OPT_AGE, 0, 0, 0,
+     "delete log segments whose newest event is older: N[s|m|h|d] (0 = keep everything)"},
     {"recover", OPT_RECOVER, 0, 0, 0,
      "refuse | truncate: what to do with a log corrupt before its end (see docs)"},
     {"log-level", OPT_LEVEL, OFF(log_level), 0, 0, "debug | info | warn | error"},
@@ -194,6 +199,9 @@ void config_defaults(struct config *c)
     /* 64 MiB segments: retention deletes whole files, and a recovery scan reads one at a
      * time; ~500k small events each. */
     c->segment_bytes = 64u << 20;
+    /* 16 GiB of log per shard: days of a busy campaign set, and a bound on a disk that would
+     * otherwise fill (docs/OPERATIONS.md, "Data directory"). */
+    c->retain_bytes = 16ull << 30;
     /* 10 s for a frame to complete once started: a 1 MiB frame then needs 100 KiB/s, which any
      * live client sustains, while a trickler holding a frame buffer is cut off. */
     c->frame_timeout_ms = 10000;
@@ -348,6 +356,25 @@ static int set_ext(const struct config_setting *o, const char *val, const char *
 /* --fsync always|interval:MS and --recover refuse|truncate (the event log). */
 static int set_log_opt(struct config *c, const struct opt *o, const char *val, const char *where)
 {
+    if (o->type == OPT_AGE) {
+        char *e;
+        unsigned long long v = strtoull(val, &e, 10);
+        unsigned long long mul = !*e               ? 1
+                                 : !strcmp(e, "s") ? 1
+                                 : !strcmp(e, "m") ? 60
+                                 : !strcmp(e, "h") ? 3600
+                                 : !strcmp(e, "d") ? 86400
+                                                   : 0;
+        if (e == val || !mul || v * mul > 10ull * 365 * 86400) {
+            fprintf(stderr,
+                    "nexusd: %s: --retain-age wants N, Ns, Nm, Nh or Nd (at most 10 "
+                    "years), got \"%s\"\n",
+                    where, val);
+            return -EINVAL;
+        }
+        c->retain_age_s = (uint32_t)(v * mul);
+        return 0;
+    }
     if (o->type == OPT_RECOVER) {
         if (strcmp(val, "refuse") && strcmp(val, "truncate")) {
             fprintf(stderr, "nexusd: %s: --recover wants refuse or truncate, got \"%s\"\n", where,
@@ -384,7 +411,8 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
         if (parse_number(o->name, o->type == OPT_SIZE, o->min, o->max, val, where, &v) < 0)
             return -EINVAL;
         if (o->off == OFF(outbound_bytes_max) || o->off == OFF(assembly_bytes_max) ||
-            o->off == OFF(memory_bytes_max) || o->off == OFF(segment_bytes))
+            o->off == OFF(memory_bytes_max) || o->off == OFF(segment_bytes) ||
+            o->off == OFF(retain_bytes))
             *(uint64_t *)(base + o->off) = v;
         else
             *(uint32_t *)(base + o->off) = (uint32_t)v;
@@ -414,6 +442,7 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
         return 0;
     case OPT_FSYNC:
     case OPT_RECOVER:
+    case OPT_AGE:
         return set_log_opt(c, o, val, where);
     case OPT_LEVEL: {
         int l = log_level_parse(val);

@@ -58,10 +58,12 @@ struct config {
     char tls_key[1024];       /* PEM private key of tls_cert */
     char tls_client_ca[1024]; /* non-empty: client certificates verified against this CA */
     /* The event log (docs/OPERATIONS.md, "Data directory"). */
-    char data_dir[1024];      /* non-empty: every sequenced event is logged under it */
+    char data_dir[1024];        /* non-empty: every sequenced event is logged under it */
     uint32_t fsync_interval_ms; /* 0: --fsync always (group commit); else interval:MS */
     uint64_t segment_bytes;     /* a segment file is rolled past this size */
     bool recover_truncate;      /* --recover truncate: cut a corrupt log at the damage */
+    uint64_t retain_bytes;      /* per shard: delete the oldest segments past it (0 = never) */
+    uint32_t retain_age_s;      /* delete segments whose newest event is older (0 = never) */
     int log_level;
     bool log_json;
     uint16_t metrics_port; /* 0 = metrics off */

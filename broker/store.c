@@ -21,6 +21,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "broker/log.h"
 #include "broker/map.h"
@@ -47,6 +48,7 @@ struct batch {
     uint8_t *buf;
     size_t len, cap;
     uint32_t records;
+    int64_t max_ts;
     struct deferred *d;
     uint32_t nd, cap_d;
 };
@@ -70,6 +72,16 @@ struct store {
     bool resubmit;       /* the inflight batch was written short: write the rest */
     bool batch_failed;   /* a write or sync of the inflight batch failed */
     struct map floor;    /* campaign id -> last sequence of a campaign not in the table */
+    /* Retention (--retain-bytes, --retain-age): the segments, oldest first. */
+    struct seginfo *segs;
+    uint32_t nsegs, cap_segs;
+    uint64_t total_bytes;
+    int64_t retain_check_ns;
+};
+
+struct seginfo {
+    uint64_t base, bytes;
+    int64_t max_ts; /* newest event in it */
 };
 
 static char g_dir[1024];
@@ -78,7 +90,7 @@ static bool g_on;
  * write or fdatasync of each shard complete with EIO, as a failing disk would. */
 static int g_fail_write, g_fail_sync;
 static int st_records = -1, st_bytes = -1, st_syncs = -1, st_recovered = -1, st_cut = -1,
-           st_errors = -1;
+           st_errors = -1, st_retained = -1;
 
 static const struct stats_def defs[] = {
     {"nexus_log_records_total", NULL, "events appended to the log", 0, STATS_NO_FRAME_FIELD},
@@ -88,6 +100,8 @@ static const struct stats_def defs[] = {
      STATS_NO_FRAME_FIELD},
     {"nexus_log_truncated_bytes_total", NULL,
      "bytes cut from the log at start (a torn tail, or --recover truncate)", 0,
+     STATS_NO_FRAME_FIELD},
+    {"nexus_log_segments_deleted_total", NULL, "segments deleted by --retain-bytes/--retain-age", 0,
      STATS_NO_FRAME_FIELD},
     {"nexus_log_errors_total", NULL, "failed log writes or syncs (the shard stops acknowledging)",
      0, STATS_NO_FRAME_FIELD},
@@ -141,7 +155,8 @@ int store_global_init(const char *data_dir, uint32_t shard_count)
     st_syncs = stats_register(&defs[2]);
     st_recovered = stats_register(&defs[3]);
     st_cut = stats_register(&defs[4]);
-    st_errors = stats_register(&defs[5]);
+    st_retained = stats_register(&defs[5]);
+    st_errors = stats_register(&defs[6]);
     if (!data_dir || !data_dir[0])
         return 0;
     if (mkdir(data_dir, 0750) != 0 && errno != EEXIST) {
@@ -313,7 +328,7 @@ static int cut_log(struct shard *s, const uint64_t *segs, int n, int i, size_t p
 
 /* Scans one segment into the floors. Returns the valid prefix length in *good. */
 static int scan_segment(struct store *st, const uint8_t *buf, size_t len, size_t *good,
-                        uint64_t *records)
+                        uint64_t *records, int64_t *max_ts)
 {
     size_t pos = 0;
     while (pos < len) {
@@ -323,11 +338,147 @@ static int scan_segment(struct store *st, const uint8_t *buf, size_t len, size_t
             break;
         if (floor_raise(st, r.campaign_id, r.sequence) < 0)
             return -ENOMEM;
+        if (r.ts_ns > *max_ts)
+            *max_ts = r.ts_ns;
         (*records)++;
         pos += used;
     }
     *good = pos;
     return 0;
+}
+
+static int seg_push(struct store *st, uint64_t base, uint64_t bytes, int64_t max_ts)
+{
+    if (st->nsegs == st->cap_segs) {
+        uint32_t ncap = st->cap_segs ? st->cap_segs * 2 : 16;
+        struct seginfo *nv = realloc(st->segs, sizeof(*nv) * ncap);
+        if (!nv)
+            return -ENOMEM;
+        st->segs = nv;
+        st->cap_segs = ncap;
+    }
+    st->segs[st->nsegs++] = (struct seginfo){.base = base, .bytes = bytes, .max_ts = max_ts};
+    return 0;
+}
+
+/* The floors file: every campaign's last sequence, written before retention deletes a
+ * segment (the records it held can no longer tell recovery where a campaign was).
+ *   "NXF1", u32 count, count x (i64 campaign, u64 sequence), u64 XXH3 of all before. */
+#define FLOORS_MAGIC 0x3146584eu
+
+static int floors_read(struct shard *s)
+{
+    struct store *st = s->store;
+    int fd = openat(st->dir_fd, "floors", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -errno;
+    struct stat sb;
+    uint8_t *buf = NULL;
+    ssize_t got = -1;
+    if (fstat(fd, &sb) == 0 && sb.st_size >= 16 && sb.st_size < (1ll << 32) &&
+        (buf = malloc((size_t)sb.st_size)))
+        got = pread(fd, buf, (size_t)sb.st_size, 0);
+    close(fd);
+    uint32_t magic = 0, count = 0;
+    uint64_t check = 0;
+    if (got == sb.st_size && got >= 16) {
+        memcpy(&magic, buf, 4);
+        memcpy(&count, buf + 4, 4);
+        memcpy(&check, buf + got - 8, 8);
+    }
+    if (got < 16 || magic != FLOORS_MAGIC || (uint64_t)got != 16 + (uint64_t)count * 16 ||
+        XXH3_64bits(buf, (size_t)got - 8) != check) {
+        free(buf);
+        return -EBADMSG;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        int64_t id;
+        uint64_t seq;
+        memcpy(&id, buf + 8 + (size_t)i * 16, 8);
+        memcpy(&seq, buf + 16 + (size_t)i * 16, 8);
+        if (floor_raise(st, id, seq) < 0) {
+            free(buf);
+            return -ENOMEM;
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* Writes the floors file: the recovered floors and every campaign in the table (blocking: once
+ * per retention pass that deletes something). 0, or -errno. */
+static int floors_write(struct shard *s)
+{
+    struct store *st = s->store;
+    uint32_t count = st->floor.count + s->campaigns.count;
+    size_t len = 16 + (size_t)count * 16;
+    uint8_t *buf = malloc(len);
+    if (!buf)
+        return -ENOMEM;
+    uint32_t n = 0;
+    const struct map *maps[2] = {&st->floor, &s->campaigns};
+    for (int m = 0; m < 2; m++)
+        for (uint32_t i = 0; maps[m]->slots && i <= maps[m]->mask; i++) {
+            if (!maps[m]->slots[i].val)
+                continue;
+            int64_t id = (int64_t)maps[m]->slots[i].key;
+            uint64_t seq = m == 0 ? (uint64_t)(uintptr_t)maps[m]->slots[i].val
+                                  : ((struct campaign *)maps[m]->slots[i].val)->sequence;
+            memcpy(buf + 8 + (size_t)n * 16, &id, 8);
+            memcpy(buf + 16 + (size_t)n * 16, &seq, 8);
+            n++;
+        }
+    uint32_t magic = FLOORS_MAGIC;
+    memcpy(buf, &magic, 4);
+    memcpy(buf + 4, &n, 4);
+    len = 16 + (size_t)n * 16;
+    uint64_t check = XXH3_64bits(buf, len - 8);
+    memcpy(buf + len - 8, &check, 8);
+    int fd = openat(st->dir_fd, "floors.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    int r = fd < 0 || pwrite(fd, buf, len, 0) != (ssize_t)len || fdatasync(fd) != 0 ? -errno : 0;
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    if (r == 0 &&
+        (renameat(st->dir_fd, "floors.tmp", st->dir_fd, "floors") != 0 || fsync(st->dir_fd) != 0))
+        r = -errno;
+    return r;
+}
+
+/* Deletes the oldest segments past --retain-bytes or --retain-age (never the one being
+ * written), after saving every campaign's sequence in the floors file. */
+static void retain(struct shard *s)
+{
+    struct store *st = s->store;
+    uint64_t max_bytes = s->cfg->retain_bytes;
+    int64_t age_ns = (int64_t)s->cfg->retain_age_s * 1000000000;
+    int64_t now = shard_now_ns();
+    bool saved = false;
+    while (st->nsegs > 1 && ((max_bytes && st->total_bytes > max_bytes) ||
+                             (age_ns && st->segs[0].max_ts && st->segs[0].max_ts < now - age_ns))) {
+        if (!saved) {
+            int r = floors_write(s);
+            if (r < 0) {
+                log_error((int)s->index,
+                          "log: cannot save the campaigns' sequences before "
+                          "deleting old segments (%s): keeping them",
+                          strerror(-r));
+                return;
+            }
+            saved = true;
+        }
+        char name[32];
+        seg_name(name, st->segs[0].base);
+        if (unlinkat(st->dir_fd, name, 0) != 0 && errno != ENOENT) {
+            log_error((int)s->index, "log: cannot delete %s: %s", name, strerror(errno));
+            return;
+        }
+        log_info((int)s->index, "log: retention deleted %s (%llu bytes)", name,
+                 (unsigned long long)st->segs[0].bytes);
+        stat_bump(s, st_retained, 1);
+        st->total_bytes -= st->segs[0].bytes;
+        memmove(st->segs, st->segs + 1, sizeof(*st->segs) * --st->nsegs);
+    }
 }
 
 /* Long: one pass over the segments with the torn-tail and corruption rules of store.h. */
@@ -342,12 +493,25 @@ static int recover(struct shard *s, uint64_t **segs_out, int *n_out)
         return n;
     }
     uint64_t records = 0;
+    int fr = floors_read(s);
+    if (fr < 0 && !(fr == -EBADMSG && s->cfg->recover_truncate)) {
+        log_error((int)s->index,
+                  "log: %s/shard-%03u/floors is unreadable (%s): without it campaigns whose "
+                  "records retention deleted could reuse sequences. Refusing to start; "
+                  "--recover truncate ignores it",
+                  g_dir, s->index, strerror(-fr));
+        free(segs);
+        return -EIO;
+    }
     for (int i = 0; i < n; i++) {
         uint8_t *buf = NULL;
         size_t len = 0, good = 0;
+        int64_t max_ts = 0;
         int r = read_segment(st->dir_fd, segs[i], &buf, &len);
         if (r == 0)
-            r = scan_segment(st, buf, len, &good, &records);
+            r = scan_segment(st, buf, len, &good, &records, &max_ts);
+        if (r == 0)
+            r = seg_push(st, segs[i], good, max_ts);
         if (r < 0) {
             free(buf);
             free(segs);
@@ -384,6 +548,10 @@ static int recover(struct shard *s, uint64_t **segs_out, int *n_out)
         }
         free(buf);
     }
+    st->nsegs = st->nsegs > (uint32_t)n ? (uint32_t)n : st->nsegs; /* cut segments are gone */
+    st->total_bytes = 0;
+    for (uint32_t k = 0; k < st->nsegs; k++)
+        st->total_bytes += st->segs[k].bytes;
     stat_bump(s, st_recovered, records);
     log_info((int)s->index, "log: recovered %llu records in %d segments, %u campaigns",
              (unsigned long long)records, n, st->floor.count);
@@ -438,6 +606,8 @@ int store_open(struct shard *s)
     if (r < 0)
         return -EIO;
     r = open_segment(s, n ? segs[n - 1] : 0);
+    if (r == 0 && st->nsegs == 0)
+        r = seg_push(st, 0, 0, 0);
     free(segs);
     st->last_sync_ns = shard_now_ns();
     return r < 0 ? -EIO : 0;
@@ -489,6 +659,8 @@ int store_append(struct shard *s, const struct oframe *f)
                        .len = f->len};
     logrec_encode(b->buf + b->len, &r);
     b->len += need;
+    if (f->ts_ns > b->max_ts)
+        b->max_ts = f->ts_ns;
     b->records++;
     return 0;
 }
@@ -635,7 +807,11 @@ static int roll(struct shard *s)
         st->sync_pending = false;
         st->last_sync_ns = shard_now_ns();
     }
-    return open_segment(s, st->seg_base + st->seg_len) < 0 ? -EIO : 0;
+    uint64_t base = st->seg_base + st->seg_len;
+    if (open_segment(s, base) < 0 || seg_push(st, base, 0, 0) < 0)
+        return -EIO;
+    retain(s);
+    return 0;
 }
 
 /* Releases the current batch without writing it: it holds no record (what waits may go at
@@ -681,11 +857,24 @@ void store_flush(struct shard *s)
                 st->write_done = 0;
                 st->write_off = st->seg_len;
                 st->seg_len += st->inflight.len;
+                struct seginfo *cur = &st->segs[st->nsegs - 1];
+                cur->bytes += st->inflight.len;
+                st->total_bytes += st->inflight.len;
+                if (st->inflight.max_ts > cur->max_ts)
+                    cur->max_ts = st->inflight.max_ts;
+                st->inflight.max_ts = 0;
                 submit_write(s);
             }
         }
     }
     store_interval_sync(s);
+    if (s->cfg->retain_age_s && !st->writing) {
+        int64_t now = shard_now_ns();
+        if (now - st->retain_check_ns >= 1000000000) {
+            st->retain_check_ns = now;
+            retain(s);
+        }
+    }
 }
 
 /* The inflight batch is on disk (or failed): release what waited for it. */
@@ -783,6 +972,7 @@ void store_close(struct shard *s)
     if (st->dir_fd >= 0)
         close(st->dir_fd);
     map_free(&st->floor);
+    free(st->segs);
     free(st);
     s->store = NULL;
 }
