@@ -796,7 +796,11 @@ void shard_loop(struct shard *s)
         bool busy = shard_poll_rings(s);
         auth_poll(s);
         shard_run_lists(s);
+        /* The batch of this pass goes to the disk; what it released (frames held behind the
+         * log with nothing to write) is sent in this pass too, not after a sleep. */
         store_flush(s);
+        if (s->flush_head)
+            shard_run_lists(s);
         conn_reap(s);
         shard_flush_rings(s);
         if (s->cfg->busy_poll_us && (n > 0 || busy))
@@ -809,7 +813,7 @@ void shard_loop(struct shard *s)
             if (drained && s->conns.count == 0 && s->dead_count == 0)
                 break;
         }
-        shard_wait(s, busy || n == SHARD_PASS_CQES);
+        shard_wait(s, busy || n == SHARD_PASS_CQES || !store_idle_or_writing(s));
     }
 }
 

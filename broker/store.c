@@ -671,6 +671,12 @@ bool store_holding(const struct shard *s)
     return st && (st->cur.nd || st->cur.records || st->writing);
 }
 
+bool store_idle_or_writing(const struct shard *s)
+{
+    const struct store *st = s->store;
+    return !st || st->writing || (!st->cur.nd && !st->cur.records);
+}
+
 bool store_idle(const struct shard *s)
 {
     const struct store *st = s->store;

@@ -59,6 +59,9 @@ int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t t
 void store_flush(struct shard *s);
 /* Completion of a store operation (user_data UD_STORE_*). */
 void store_cqe(struct shard *s, uint64_t ud, int res);
+/* True unless something is batched but not yet handed to the kernel (the loop must not sleep
+ * on it). */
+bool store_idle_or_writing(const struct shard *s);
 /* True when nothing is batched or being written (the drain waits for it). */
 bool store_idle(const struct shard *s);
 
