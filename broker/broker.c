@@ -20,6 +20,7 @@
 #include "broker/log.h"
 #include "broker/metrics.h"
 #include "broker/shard.h"
+#include "broker/store.h"
 
 static int read_int_file(const char *path)
 {
@@ -159,6 +160,8 @@ static void *shard_thread(void *arg)
     int r = shard_init(s);
     if (r == 0 && core_hooks && core_hooks->shard_init)
         r = core_hooks->shard_init(s);
+    if (r == 0)
+        store_restore(s); /* the handlers' state, from the event log */
     if (r < 0) {
         char msg[512];
         explain(r, msg, sizeof(msg));

@@ -122,7 +122,14 @@ struct core_hooks {
      * campaign slot holds, leave it NULL, and return true. Without this hook a campaign whose
      * slot is set is kept. */
     bool (*campaign_idle)(struct shard *s, struct campaign *cp);
+    /* At start, with --data-dir: the last logged event of a type the handlers layer asked to
+     * have restored (core_restore_types) for a campaign this shard owns, after shard_init. */
+    void (*restore)(struct shard *s, struct campaign *cp, const struct oframe *f);
 };
+
+/* Event types whose last logged event per campaign is handed to the restore hook at start
+ * (the handlers' state snapshots). NULL-terminated; set before the broker starts. */
+extern const char *const *core_restore_types;
 
 void core_set_hooks(const struct core_hooks *h);
 

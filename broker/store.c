@@ -72,6 +72,7 @@ struct store {
     bool resubmit;       /* the inflight batch was written short: write the rest */
     bool batch_failed;   /* a write or sync of the inflight batch failed */
     struct map floor;    /* campaign id -> last sequence of a campaign not in the table */
+    struct map restore;  /* campaign id -> its last logged snapshot (core_restore_types) */
     /* Retention (--retain-bytes, --retain-age): the segments, oldest first. */
     struct seginfo *segs;
     uint32_t nsegs, cap_segs;
@@ -84,6 +85,7 @@ struct seginfo {
     int64_t max_ts; /* newest event in it */
 };
 
+const char *const *core_restore_types;
 static char g_dir[1024];
 static bool g_on;
 /* A test hook (docs/OPERATIONS.md): NEXUS_TEST_LOG_FAIL=write:N or fsync:N makes the N-th log
@@ -327,6 +329,34 @@ static int cut_log(struct shard *s, const uint64_t *segs, int n, int i, size_t p
 }
 
 /* Scans one segment into the floors. Returns the valid prefix length in *good. */
+static struct oframe *replay_frame(const struct logrec *r);
+
+/* Keeps r if it is a state snapshot the handlers restore from (the last one per campaign). */
+static int keep_snapshot(struct store *st, const struct logrec *r)
+{
+    for (size_t i = 0; core_restore_types && core_restore_types[i]; i++) {
+        size_t tl = strlen(core_restore_types[i]);
+        if (!memmem(r->frame, r->len, core_restore_types[i], tl))
+            continue; /* cheap test first: most records are not snapshots */
+        struct oframe *f = replay_frame(r);
+        if (!f)
+            return 0;
+        if (f->type.len != tl || memcmp(f->type_str, core_restore_types[i], tl) != 0) {
+            oframe_unref(f);
+            continue;
+        }
+        struct oframe *old = map_get(&st->restore, (uint64_t)r->campaign_id);
+        if (map_put(&st->restore, (uint64_t)r->campaign_id, f) < 0) {
+            oframe_unref(f);
+            return -ENOMEM;
+        }
+        if (old)
+            oframe_unref(old);
+        return 0;
+    }
+    return 0;
+}
+
 static int scan_segment(struct store *st, const uint8_t *buf, size_t len, size_t *good,
                         uint64_t *records, int64_t *max_ts)
 {
@@ -340,6 +370,8 @@ static int scan_segment(struct store *st, const uint8_t *buf, size_t len, size_t
             return -ENOMEM;
         if (r.ts_ns > *max_ts)
             *max_ts = r.ts_ns;
+        if (keep_snapshot(st, &r) < 0)
+            return -ENOMEM;
         (*records)++;
         pos += used;
     }
@@ -371,7 +403,7 @@ static int floors_read(struct shard *s)
     struct store *st = s->store;
     int fd = openat(st->dir_fd, "floors", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return errno == ENOENT ? 0 : -errno;
+        return errno == ENOENT ? 1 : -errno; /* 1: there is none */
     struct stat sb;
     uint8_t *buf = NULL;
     ssize_t got = -1;
@@ -494,7 +526,9 @@ static int recover(struct shard *s, uint64_t **segs_out, int *n_out)
     }
     uint64_t records = 0;
     int fr = floors_read(s);
-    if (fr < 0 && !(fr == -EBADMSG && s->cfg->recover_truncate)) {
+    if (fr == 1 && n > 0 && segs[0] > 0)
+        fr = -ENOENT; /* retention deleted segments: the floors must be there */
+    if (fr < 0 && !((fr == -EBADMSG || fr == -ENOENT) && s->cfg->recover_truncate)) {
         log_error((int)s->index,
                   "log: %s/shard-%03u/floors is unreadable (%s): without it campaigns whose "
                   "records retention deleted could reuse sequences. Refusing to start; "
@@ -513,10 +547,10 @@ static int recover(struct shard *s, uint64_t **segs_out, int *n_out)
         if (r == 0)
             r = seg_push(st, segs[i], good, max_ts);
         if (r < 0) {
-            free(buf);
-            free(segs);
             log_error((int)s->index, "log: cannot read segment %llu of shard %u: %s",
                       (unsigned long long)segs[i], s->index, strerror(-r));
+            free(buf);
+            free(segs);
             return r;
         }
         if (good < len) {
@@ -592,6 +626,7 @@ int store_open(struct shard *s)
         return -ENOMEM;
     st->seg_fd = st->dir_fd = -1;
     map_init(&st->floor);
+    map_init(&st->restore);
     s->store = st;
     char path[1200];
     snprintf(path, sizeof(path), "%s/shard-%03u", g_dir, s->index);
@@ -978,6 +1013,10 @@ void store_close(struct shard *s)
     if (st->dir_fd >= 0)
         close(st->dir_fd);
     map_free(&st->floor);
+    for (uint32_t i = 0; st->restore.slots && i <= st->restore.mask; i++)
+        if (st->restore.slots[i].val)
+            oframe_unref(st->restore.slots[i].val);
+    map_free(&st->restore);
     free(st->segs);
     free(st);
     s->store = NULL;
@@ -1077,4 +1116,35 @@ int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t t
     if (next <= to)
         replay_gap(s, campaign_id, next, to, conn_id);
     return sent;
+}
+
+/* ---- restoring the handlers' state -------------------------------------------------------- */
+
+void store_restore(struct shard *s)
+{
+    struct store *st = s->store;
+    if (!st)
+        return;
+    uint32_t n = 0;
+    for (uint32_t i = 0; st->restore.slots && i <= st->restore.mask; i++) {
+        struct oframe *f = st->restore.slots[i].val;
+        if (!f)
+            continue;
+        struct campaign *cp = core_campaign(s, f->campaign_id, true);
+        if (cp && core_hooks && core_hooks->restore) {
+            core_hooks->restore(s, cp, f);
+            n++;
+        } else if (!cp) {
+            log_error((int)s->index,
+                      "log: campaign %lld's state could not be restored (campaign "
+                      "limit or memory)",
+                      (long long)f->campaign_id);
+        }
+        oframe_unref(f);
+        st->restore.slots[i].val = NULL;
+    }
+    map_free(&st->restore);
+    map_init(&st->restore);
+    if (n)
+        log_info((int)s->index, "log: restored the state of %u campaigns", n);
 }

@@ -25,6 +25,9 @@ int store_global_init(const char *data_dir, uint32_t shard_count);
 /* In shard_init: recovers the shard's log and opens it for appending. 0, or <0 after logging
  * why (the shard refuses to start). A no-op without --data-dir. */
 int store_open(struct shard *s);
+/* After the handlers' shard_init: hands each campaign's last logged state snapshot to the
+ * restore hook (core.h), then forgets them. */
+void store_restore(struct shard *s);
 /* At the shard's end: writes what is batched (blocking), syncs, closes. */
 void store_close(struct shard *s);
 

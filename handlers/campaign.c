@@ -769,7 +769,73 @@ static bool cs_campaign_idle(struct shard *s, struct campaign *cp)
     return true;
 }
 
+/* At start with --data-dir: the campaign's last campaign:state:v1:success (published after every
+ * change with the full state) restores its state, features and version. Limits are those of
+ * an update: a snapshot that does not fit (the limits were lowered) is restored as far as it
+ * fits, and logged. */
+static void cs_restore(struct shard *s, struct campaign *cp, const struct oframe *f)
+{
+    struct codec_envelope env;
+    struct codec_event_in ev;
+    char err[CODEC_ERR_BYTES];
+    struct structpb_value st, fe, ver, up;
+    if (f->len < 4 || codec_envelope_decode(f->data + 4, f->len - 4, &env, err) < 0 ||
+        codec_event_decode(env.body.ptr, env.body.len, &ev, err) < 0 || !ev.has_payload ||
+        structpb_payload_get(ev.payload.ptr, ev.payload.len, "state", &st) <= 0 ||
+        st.kind != STRUCTPB_STRUCT) {
+        log_error((int)core_shard_index(s), "campaign %lld: the logged state is unreadable",
+                  (long long)core_campaign_id(cp));
+        return;
+    }
+    struct cstate *cs = cs_get(cp, true);
+    struct hs_change *ch = malloc(sizeof(*ch) * (CS_KEYS_MAX + CS_FEATURES_MAX + 1));
+    if (!cs || !ch) {
+        free(ch);
+        log_error((int)core_shard_index(s), "campaign %lld: out of memory restoring its state",
+                  (long long)core_campaign_id(cp));
+        return;
+    }
+    struct hs_iter it;
+    const uint8_t *k, *v;
+    uint32_t kl, vl, n = 0;
+    hs_iter_init(&it, st.ptr, st.len);
+    while (n < CS_KEYS_MAX && hs_struct_next(&it, &k, &kl, &v, &vl) > 0)
+        ch[n++] = (struct hs_change){.key = k, .klen = kl, .val = v, .vlen = vl};
+    long delta = 0;
+    const char *why = NULL;
+    if (hs_map_merge(&cs->state, ch, n, &state_limits, &delta, &why) < 0)
+        log_error((int)core_shard_index(s), "campaign %lld: logged state not restored: %s",
+                  (long long)core_campaign_id(cp), why ? why : "out of memory");
+    else
+        cs_shard(s)->state_bytes += (size_t)delta;
+    n = 0;
+    if (structpb_payload_get(ev.payload.ptr, ev.payload.len, "features", &fe) > 0 &&
+        fe.kind == STRUCTPB_LIST) {
+        struct structpb_value item;
+        hs_iter_init(&it, fe.ptr, fe.len);
+        while (n < CS_FEATURES_MAX && hs_list_next(&it, &v, &vl) > 0)
+            if (structpb_value_decode(v, vl, &item) == 0 && item.kind == STRUCTPB_STRING)
+                ch[n++] = (struct hs_change){
+                    .key = item.ptr, .klen = item.len, .val = (const uint8_t *)""};
+        if (hs_map_merge(&cs->features, ch, n, &feature_limits, &delta, &why) < 0)
+            log_error((int)core_shard_index(s), "campaign %lld: logged features not restored",
+                      (long long)core_campaign_id(cp));
+    }
+    free(ch);
+    if (structpb_payload_get(ev.payload.ptr, ev.payload.len, "version", &ver) > 0 &&
+        ver.kind == STRUCTPB_NUMBER && ver.number >= 0)
+        cs->version = (uint64_t)ver.number;
+    if (structpb_payload_get(ev.payload.ptr, ev.payload.len, "last_updated_ms", &up) > 0 &&
+        up.kind == STRUCTPB_NUMBER && up.number > 0)
+        cs->updated_ns = (int64_t)up.number * 1000000;
+    cs_state_changed(cs);
+}
+
+static const char *const cs_restore_types[] = {"campaign:state:v1:success", NULL};
+
 static const struct provider_module campaign_module = {
+    .restore = cs_restore,
+    .restore_types = cs_restore_types,
     .campaign_idle = cs_campaign_idle,
     .shard_init = cs_shard_init,
     .shard_free = cs_shard_free,

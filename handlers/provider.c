@@ -261,6 +261,18 @@ static bool pv_campaign_idle(struct shard *s, struct campaign *cp)
     return true;
 }
 
+/* The broker's restore hook: the module that asked for the type restores from it. */
+static void pv_restore(struct shard *s, struct campaign *cp, const struct oframe *f)
+{
+    for (size_t i = 0; i < module_count; i++) {
+        const struct provider_module *m = modules[i];
+        for (size_t k = 0; m->restore && m->restore_types && m->restore_types[k]; k++)
+            if (strlen(m->restore_types[k]) == (size_t)(f->type.len) &&
+                !memcmp(m->restore_types[k], f->type_str, f->type.len))
+                m->restore(s, cp, f);
+    }
+}
+
 /* The broker's published hook: tells the modules about an event just sequenced. */
 static void pv_published(struct shard *s, struct campaign *cp, struct oframe *f)
 {
@@ -1401,6 +1413,7 @@ static const struct core_hooks pv_hooks = {
     .published = pv_published,
     .campaign_idle = pv_campaign_idle,
     .msg_free = pv_msg_free,
+    .restore = pv_restore,
 };
 
 void provider_install(const struct handler_row *rows, size_t count)
@@ -1445,6 +1458,15 @@ void provider_install(const struct handler_row *rows, size_t count)
         if (mod->install)
             mod->install();
     }
+    /* The state snapshots the modules restore from the event log at start. */
+    static const char *restore_types[16];
+    size_t nt = 0;
+    for (size_t i = 0; i < module_count; i++)
+        for (size_t k = 0; modules[i]->restore_types && modules[i]->restore_types[k]; k++)
+            if (nt < sizeof(restore_types) / sizeof(restore_types[0]) - 1)
+                restore_types[nt++] = modules[i]->restore_types[k];
+    restore_types[nt] = NULL;
+    core_restore_types = restore_types;
     for (int i = 0; i < PV_STATS; i++) {
         pv_stat[i] = stats_register(&pv_stat_defs[i]);
         NX_ASSERT(pv_stat[i] >= 0); /* STATS_EXT_MAX is ample for the built-in layers */

@@ -100,6 +100,10 @@ struct provider_module {
      * true; or return false to keep the campaign (state, members). Without this callback a
      * module's non-NULL slot keeps the campaign. */
     bool (*campaign_idle)(struct shard *s, struct campaign *cp);
+    /* At start, with a log: the last logged event of a type in the module's restore_types for
+     * a campaign of this shard (its state snapshot). */
+    void (*restore)(struct shard *s, struct campaign *cp, const struct oframe *f);
+    const char *const *restore_types;
 };
 
 /* Per-module slots for state, one set per shard and one per campaign. */

@@ -1610,6 +1610,376 @@ static void test_resume_errors(void **state)
     assert_int_equal(h_stop(&m), 0);
 }
 
+/* ---- retention: --retain-bytes, --retain-age ---------------------------------------------- */
+
+/* Pipelined acked emits of ~1 KiB to camp (WINDOW in flight), n of them; the campaign's
+ * sequences go on from *next (the first ack must be *next), the event id of sequence q is
+ * key_base + q. */
+static void ret_emit(struct nexus_client *c, int64_t camp, uint64_t key_base, uint64_t n,
+                     uint64_t *next)
+{
+    static uint8_t pl[1100];
+    size_t pl_len = st_payload(pl, 1000);
+    uint64_t sent = 0, acked = 0;
+    while (acked < n) {
+        while (sent < n && sent - acked < WINDOW) {
+            char id[24];
+            sent++;
+            st_id_of(id, key_base + *next + sent - 1);
+            struct codec_emit_in e;
+            nexus_emit_init(&e, ST_TYPE, camp, id, pl, pl_len);
+            e.correlation = sent;
+            assert_int_equal(nexus_send_emit(c, &e), 0);
+        }
+        assert_int_equal(nexus_flush(c), 0);
+        struct nexus_frame f;
+        assert_int_equal(nexus_recv(c, &f, 10000), 1);
+        if (f.kind != CODEC_KIND_EMIT_ACK)
+            fail_msg("campaign %" PRId64 ": frame kind %u (%.*s) while streaming emits", camp,
+                     f.kind, f.kind == CODEC_KIND_ERROR ? (int)f.u.error.code.len : 0,
+                     f.kind == CODEC_KIND_ERROR ? (const char *)f.u.error.code.ptr : "");
+        acked++;
+        if (f.u.event.sequence != *next + f.correlation - 1)
+            fail_msg("campaign %" PRId64 ": emit %" PRIu64 " acked as sequence %" PRIu64
+                     ", want %" PRIu64,
+                     camp, f.correlation, f.u.event.sequence, *next + f.correlation - 1);
+    }
+    *next += n;
+}
+
+/* The .seg files of one shard: their count, total bytes and the lowest offset. */
+static uint64_t shard_seg_bytes(const char *dir, uint32_t shard, uint32_t *nsegs, uint64_t *low)
+{
+    char sd[600];
+    snprintf(sd, sizeof(sd), "%s/shard-%03u", dir, shard);
+    DIR *d = opendir(sd);
+    assert_non_null(d);
+    uint64_t total = 0;
+    *nsegs = 0;
+    *low = UINT64_MAX;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l != 24 || strcmp(e->d_name + 20, ".seg") != 0)
+            continue;
+        char p[900];
+        snprintf(p, sizeof(p), "%s/%s", sd, e->d_name);
+        struct stat sb;
+        if (stat(p, &sb) != 0)
+            continue; /* deleted meanwhile */
+        total += (uint64_t)sb.st_size;
+        (*nsegs)++;
+        uint64_t off = strtoull(e->d_name, NULL, 10);
+        if (off < *low)
+            *low = off;
+    }
+    closedir(d);
+    return total;
+}
+
+static bool file_exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* After st_check_sequences: the first sequence of camp in the log (0: none). */
+static uint64_t min_seq(const struct st_log *L, int64_t camp)
+{
+    for (size_t i = 0; i < L->n; i++)
+        if (L->r[i].camp == camp)
+            return L->r[i].seq;
+    return 0;
+}
+
+/* The log of a shard after retention: the segments left are contiguous (each one's offset is
+ * the previous one's plus its size) and no longer start at 0; every campaign holds one run
+ * lo..hi without gap or repeat, each record with the id key_base + seq. Sorts L. */
+static void check_retained_log(struct st_log *L, uint32_t shards, const int64_t *camps,
+                               const uint64_t *key_base, int ncamp)
+{
+    assert_false(L->stopped);
+    for (uint32_t sh = 0; sh < shards; sh++) {
+        uint32_t segs[256] = {0};
+        size_t ns = st_shard_segs(L, sh, segs, 256);
+        assert_true(ns >= 1);
+        if (L->segs[segs[0]].base == 0)
+            fail_msg("shard %u: its first segment (offset 0) is still there (%zu segments)", sh,
+                     ns);
+        for (size_t i = 1; i < ns; i++)
+            if (L->segs[segs[i]].base != L->segs[segs[i - 1]].base + L->segs[segs[i - 1]].size)
+                fail_msg("shard %u: segment at %" PRIu64 " follows one at %" PRIu64 " of %" PRIu64
+                         " bytes",
+                         sh, L->segs[segs[i]].base, L->segs[segs[i - 1]].base,
+                         L->segs[segs[i - 1]].size);
+    }
+    qsort(L->r, L->n, sizeof(*L->r), st_cmp_rec);
+    for (size_t i = 1; i < L->n; i++)
+        if (L->r[i].camp == L->r[i - 1].camp && L->r[i].seq != L->r[i - 1].seq + 1)
+            fail_msg("campaign %" PRId64 ": sequence %" PRIu64 " follows %" PRIu64 " in the log",
+                     L->r[i].camp, L->r[i].seq, L->r[i - 1].seq);
+    for (size_t i = 0; i < L->n; i++)
+        for (int k = 0; k < ncamp; k++)
+            if (L->r[i].camp == camps[k] && L->r[i].key != key_base[k] + L->r[i].seq)
+                fail_msg("campaign %" PRId64 " sequence %" PRIu64 ": id k%016" PRIx64
+                         ", acked as k%016" PRIx64,
+                         camps[k], L->r[i].seq, L->r[i].key, key_base[k] + L->r[i].seq);
+}
+
+/* The floors file of a shard: the sequence it holds for camp (0: not there); checks its
+ * framing ("NXF1", count, count pairs, 8 bytes of checksum). */
+static uint64_t floors_seq(const char *dir, uint32_t shard, int64_t camp)
+{
+    char p[600];
+    snprintf(p, sizeof(p), "%s/shard-%03u/floors", dir, shard);
+    size_t len;
+    uint8_t *b = st_read_file(p, &len);
+    uint32_t count = 0;
+    assert_true(len >= 16);
+    assert_memory_equal(b, "NXF1", 4);
+    memcpy(&count, b + 4, 4);
+    assert_int_equal(len, 16 + (size_t)count * 16);
+    uint64_t best = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        int64_t id;
+        uint64_t seq;
+        memcpy(&id, b + 8 + (size_t)i * 16, 8);
+        memcpy(&seq, b + 16 + (size_t)i * 16, 8);
+        if (id == camp && seq > best)
+            best = seq;
+    }
+    free(b);
+    return best;
+}
+
+/* A resume from 1 after retention: gap{retention, 1, first - 1} first, then exactly
+ * first..last with the acked ids (first > last: the log holds none of it). */
+static void check_resume_gap(struct broker_proc *b, uint32_t sh, int64_t camp, uint64_t first,
+                             uint64_t last, uint64_t key_base, const char *what)
+{
+    struct nexus_client *sub = connect_on(b, sh);
+    struct st_stream s = {0};
+    sub_from(sub, camp, NULL, 0, 1, &s, what);
+    assert_int_equal(h_ping(sub, 5000), 1);
+    struct nexus_frame f;
+    while (nexus_recv(sub, &f, 100) == 1)
+        st_stream_take(&s, &f);
+    if (s.gaps != 1 || strcmp(s.gap_reason, "retention") != 0 || s.gap_first != 1 ||
+        s.gap_last != first - 1)
+        fail_msg("%s: %" PRIu64 " gap frame(s), the first %" PRIu64 "..%" PRIu64
+                 " (reason \"%s\"); want one, 1..%" PRIu64 " (retention)",
+                 what, s.gaps, s.gap_first, s.gap_last, s.gap_reason, first - 1);
+    uint64_t *want = calloc(last + 2, sizeof(uint64_t));
+    assert_non_null(want);
+    for (uint64_t q = first; q <= last; q++)
+        want[q] = key_base + q;
+    s.gaps = 0; /* checked above */
+    if (first <= last) {
+        st_check_stream(&s, camp, first, last, want, last + 1, what);
+    } else if (s.n) {
+        fail_msg("%s: %zu events replayed (the first %" PRIu64 "), the log holds none", what, s.n,
+                 s.ev[0].seq);
+    }
+    print_message("%s: gap{retention, 1..%" PRIu64 "}, then %zu events %" PRIu64 "..%" PRIu64 "\n",
+                  what, first - 1, s.n, first, last);
+    free(want);
+    st_stream_free(&s);
+    nexus_close(sub);
+}
+
+/* --segment-bytes 1M --retain-bytes 3M on 2 shards, ~10.5 MB of 1 KiB events: campaign A (shard
+ * 0) gets events only at the start, B (shard 0) and C (shard 1) the rest. Each shard's .seg
+ * files stay within retain-bytes + one segment + a batch; the first segments are deleted
+ * (nexus_log_segments_deleted_total counts them). After kill -9 and a restart: every campaign
+ * goes on at its last acked + 1 — A too, from the floors file alone; a resume from 1 gets
+ * gap{retention, 1, first kept - 1} and then the log's events to the end. A corrupt floors
+ * file refuses the start; --recover truncate starts without it. */
+static void test_retention(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    enum { A, B, C, NC };
+    const uint32_t owner[NC] = {0, 0, 1};
+    int64_t camps[NC];
+    uint64_t key_base[NC], next[NC];
+    for (int k = 0; k < NC; k++) {
+        camps[k] = h_campaign_on(owner[k], SHARDS, 99100 + 100 * k);
+        key_base[k] = (uint64_t)(k + 1) << 40;
+        next[k] = 1;
+    }
+    const char *flags[] = {"--segment-bytes", "1M", "--retain-bytes", "3M", NULL};
+    const uint64_t seg = 1u << 20, retain = 3u << 20, slack = 256u << 10;
+    uint16_t mport;
+    int64_t t0 = h_now_ms();
+    struct broker_proc b = st_start(dir, SHARDS, &mport, flags);
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    ret_emit(c, camps[A], key_base[A], 60, &next[A]);
+    /* B 7 MB, C 3.5 MB, in rounds; each shard's files measured after each round. */
+    uint64_t peak[SHARDS] = {0};
+    for (int round = 0; round < 14; round++) {
+        ret_emit(c, camps[B], key_base[B], 480, &next[B]);
+        ret_emit(c, camps[C], key_base[C], 240, &next[C]);
+        for (uint32_t sh = 0; sh < SHARDS; sh++) {
+            uint32_t ns;
+            uint64_t low, tot = shard_seg_bytes(dir, sh, &ns, &low);
+            if (tot > peak[sh])
+                peak[sh] = tot;
+            if (tot > retain + seg + slack)
+                fail_msg("round %d: shard %u holds %" PRIu64 " bytes in %u segments, more than "
+                         "--retain-bytes %" PRIu64 " + a segment + %" PRIu64,
+                         round, sh, tot, ns, retain, slack);
+        }
+    }
+    double deleted = hx_metric(mport, "nexus_log_segments_deleted_total");
+    nexus_close(c);
+    /* Every ack is back: nothing is in flight. kill -9. */
+    assert_int_equal(kill(b.pid, SIGKILL), 0);
+    assert_int_equal(h_wait_exit(&b, 10000), 128 + SIGKILL);
+
+    char first_seg[600];
+    for (uint32_t sh = 0; sh < SHARDS; sh++) {
+        snprintf(first_seg, sizeof(first_seg), "%s/shard-%03u/%020d.seg", dir, sh, 0);
+        if (file_exists(first_seg))
+            fail_msg("%s is still there", first_seg);
+    }
+    struct st_log L;
+    st_scan(&L, dir, SHARDS);
+    size_t records = L.n, nsegs = L.nsegs;
+    check_retained_log(&L, SHARDS, camps, key_base, NC);
+    uint64_t lo[NC], hi[NC];
+    for (int k = 0; k < NC; k++) {
+        lo[k] = min_seq(&L, camps[k]);
+        hi[k] = st_max_seq(&L, camps[k]);
+    }
+    st_log_free(&L);
+    print_message("retention: %.0f segments deleted, %zu left (peak bytes %" PRIu64 " / %" PRIu64
+                  "); campaign A: log holds %" PRIu64 "..%" PRIu64 " of 1..%" PRIu64 ", B %" PRIu64
+                  "..%" PRIu64 " of %" PRIu64 ", C %" PRIu64 "..%" PRIu64 " of %" PRIu64 "\n",
+                  deleted, nsegs, peak[0], peak[1], lo[A], hi[A], next[A] - 1, lo[B], hi[B],
+                  next[B] - 1, lo[C], hi[C], next[C] - 1);
+    assert_true(deleted >= SHARDS);
+    assert_int_equal(lo[A], 0); /* all its records are gone */
+    assert_int_equal(hi[A], 0);
+    for (int k = B; k < NC; k++) {
+        assert_true(lo[k] > 1);
+        assert_int_equal(hi[k], next[k] - 1);
+    }
+    /* The floors file holds A's last sequence (or more). */
+    assert_true(floors_seq(dir, 0, camps[A]) >= next[A] - 1);
+
+    /* Restart: recovery counts the records left; each campaign goes on at last acked + 1 (no
+     * resume first: its floor comes from the floors file or the records). */
+    b = st_start(dir, SHARDS, &mport, flags);
+    g_resume_broker = &b;
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_recovered_records"), records);
+    for (int k = 0; k < NC; k++) {
+        uint64_t sh = (uint32_t)k % SHARDS; /* the subscriber: either shard */
+        char what[128];
+        snprintf(what, sizeof(what), "campaign %c after kill -9, resume from 1 on shard %u",
+                 'A' + k, (unsigned)sh);
+        check_resume_gap(&b, (uint32_t)sh, camps[k], lo[k] ? lo[k] : next[k], next[k] - 1,
+                         key_base[k], what);
+        expect_next(&b, camps[k], next[k], key_base[k] + next[k]);
+        next[k]++;
+    }
+    g_resume_broker = NULL;
+    assert_int_equal(h_stop(&b), 0);
+
+    /* A flipped byte in the floors file: refused; --recover truncate starts without it. */
+    char floors[600];
+    snprintf(floors, sizeof(floors), "%s/shard-000/floors", dir);
+    st_flip(floors, 8 + 3);
+    struct h_child ch;
+    int st = st_run_refused(&ch, dir, SHARDS, flags, 10000);
+    if (st <= 0 || !strstr(ch.err, "floors"))
+        fail_msg("nexusd with a corrupt floors file: exit %d (want > 0), stderr:\n%s", st, ch.err);
+    print_message("corrupt floors: exit %d: %.*s\n", st,
+                  (int)strcspn(strstr(ch.err, "log:") ? strstr(ch.err, "log:") : ch.err, "\n"),
+                  strstr(ch.err, "log:") ? strstr(ch.err, "log:") : ch.err);
+    h_child_free(&ch);
+    const char *trunc[] = {"--segment-bytes", "1M", "--retain-bytes", "3M", "--recover",
+                           "truncate",        NULL};
+    b = st_start(dir, SHARDS, &mport, trunc);
+    /* B's records are still there: it goes on. (A's floor is its record 61 now, written after
+     * the restart above: reported, not checked.) */
+    expect_next(&b, camps[B], next[B], key_base[B] + next[B]);
+    next[B]++;
+    struct nexus_client *ca = h_connect(&b, NULL);
+    assert_non_null(ca);
+    uint64_t aseq = 0;
+    assert_int_equal(st_emit(ca, camps[A], key_base[A] + 0xfff, NULL, 0, &aseq, NULL, 0), 1);
+    nexus_close(ca);
+    print_message("--recover truncate without the floors file: B goes on at %" PRIu64
+                  ", A (last %" PRIu64 ") at %" PRIu64 "\n",
+                  next[B] - 1, next[A] - 1, aseq);
+    assert_int_equal(h_stop(&b), 0);
+    print_message("retention test: %lld ms\n", (long long)(h_now_ms() - t0));
+    st_rmtree(dir);
+}
+
+/* --retain-age 1s: a segment whose newest event is older than a second is deleted once the
+ * shard has rolled past it; a fresh one is not. */
+static void test_retention_age(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    int64_t camp = h_campaign_on(0, SHARDS, 99400);
+    const uint64_t kb = 7ull << 40;
+    const char *flags[] = {"--segment-bytes", "1M", "--retain-age", "1s", NULL};
+    uint16_t mport;
+    struct broker_proc b = st_start(dir, SHARDS, &mport, flags);
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    uint64_t next = 1;
+    /* Past 1 MiB: segment 0 is full, the next batch rolls. */
+    ret_emit(c, camp, kb, 1100, &next);
+    char seg0[600];
+    snprintf(seg0, sizeof(seg0), "%s/shard-000/%020d.seg", dir, 0);
+    uint32_t ns;
+    uint64_t low;
+    shard_seg_bytes(dir, 0, &ns, &low);
+    assert_true(file_exists(seg0)); /* its events are fresh */
+    assert_int_equal(hx_metric(mport, "nexus_log_segments_deleted_total"), 0);
+    /* Idle: the shard's once-a-second check deletes it (newest event > 1 s old) by ~2 s. */
+    usleep(2500 * 1000);
+    int64_t w0 = h_now_ms();
+    while (file_exists(seg0) && h_now_ms() - w0 < 1500)
+        usleep(20 * 1000);
+    bool idle_deleted = !file_exists(seg0);
+    /* Another segment's worth: rolls again. */
+    ret_emit(c, camp, kb, 1100, &next);
+    nexus_close(c);
+    double deleted = hx_metric(mport, "nexus_log_segments_deleted_total");
+    uint32_t ns2;
+    shard_seg_bytes(dir, 0, &ns2, &low);
+    print_message("retain-age 1s: %u segments before the wait, %u after (lowest offset %" PRIu64
+                  "), %.0f deleted; segment 0 %s while the shard was idle\n",
+                  ns, ns2, low, deleted, idle_deleted ? "was deleted" : "was NOT deleted");
+    if (file_exists(seg0))
+        fail_msg("%s (its newest event 2.5 s old) is still there after a roll", seg0);
+    assert_true(deleted >= 1);
+    assert_true(low > 0);
+    assert_true(ns2 >= 2); /* what was written after the wait is kept */
+    assert_true(idle_deleted);
+    assert_int_equal(h_stop(&b), 0);
+    struct st_log L;
+    st_scan(&L, dir, SHARDS);
+    int64_t camps[1] = {camp};
+    uint64_t kbs[1] = {kb};
+    check_retained_log(&L, 1, camps, kbs, 1); /* shard 0: shard 1 holds nothing */
+    uint64_t lo = min_seq(&L, camp), hi = st_max_seq(&L, camp);
+    st_log_free(&L);
+    assert_true(lo > 1);
+    assert_int_equal(hi, next - 1);
+    b = st_start(dir, SHARDS, &mport, flags);
+    expect_next(&b, camp, next, kb + next);
+    assert_int_equal(h_stop(&b), 0);
+    st_rmtree(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1628,6 +1998,8 @@ int main(void)
         cmocka_unit_test_teardown(test_resume_pattern_filter, st_teardown),
         cmocka_unit_test_teardown(test_resume_beyond_end, st_teardown),
         cmocka_unit_test_teardown(test_resume_errors, st_teardown),
+        cmocka_unit_test_teardown(test_retention, st_teardown),
+        cmocka_unit_test_teardown(test_retention_age, st_teardown),
     };
     const char *only = getenv("NEXUS_STORE_ONLY");
     if (only && *only) {
