@@ -1159,8 +1159,8 @@ static int conn_emit(struct conn *c, uint64_t corr, struct codec_slice body)
     uint32_t owner = shard_of_campaign(s, e.campaign_id);
     if (owner == s->index ? shard_stalled(s) : !shard_can_send_request(s, owner))
         return 1;
-    if (c->acct && (conn_emit_allowed(c, corr, &e, &t) < 0 ||
-                    conn_emit_stamp(c, corr, &e, &body) < 0))
+    if (c->acct &&
+        (conn_emit_allowed(c, corr, &e, &t) < 0 || conn_emit_stamp(c, corr, &e, &body) < 0))
         return 0;
     return conn_emit_route(c, corr, &e, &t, body, owner);
 }

@@ -115,7 +115,7 @@ struct conn {
     /* Duplicate-window scope of its emits: the connection, or its hello's client_name, so
      * that a named client retrying after a reconnect is still recognised. */
     uint64_t dedup_scope;
-    uint64_t notify_mask;     /* shards to tell when this connection closes (requests, handlers) */
+    uint64_t notify_mask; /* shards to tell when this connection closes (requests, handlers) */
     /* Who is speaking (docs/SECURITY.md): the account this connection authenticated as, NULL
      * without --accounts or before authentication. Held by reference (auth.h). */
     struct account *acct;

@@ -16,11 +16,11 @@ struct conn;
 
 /* Shard-level operations. */
 enum ud_shard_op {
-    UD_ACCEPT = 1,     /* the multishot accept */
-    UD_TIMER = 2,      /* the housekeeping tick */
-    UD_WAKE = 3,       /* a peer shard's msg_ring wake-up */
-    UD_IGNORE = 4,     /* results nobody waits for (cancels, wake-ups sent) */
-    UD_HOOK_TIMER = 5, /* the handlers layer's timer (core_timer_at) */
+    UD_ACCEPT = 1,      /* the multishot accept */
+    UD_TIMER = 2,       /* the housekeeping tick */
+    UD_WAKE = 3,        /* a peer shard's msg_ring wake-up */
+    UD_IGNORE = 4,      /* results nobody waits for (cancels, wake-ups sent) */
+    UD_HOOK_TIMER = 5,  /* the handlers layer's timer (core_timer_at) */
     UD_STORE_WRITE = 6, /* the event log's batch write (store.c) */
     UD_STORE_SYNC = 7,  /* its linked fdatasync (--fsync always) */
     UD_STORE_ISYNC = 8, /* an --fsync interval fdatasync */

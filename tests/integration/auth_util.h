@@ -191,42 +191,7 @@ static inline void au_drain(struct nexus_client *c)
  * the shards. Returns -1 if the scrape failed. */
 static inline double au_metric(uint16_t mport, const char *name, const char *label)
 {
-    int fd = hx_tcp_connect(mport);
-    if (fd < 0)
-        return -1;
-    struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
-    static char text[1 << 20];
-    size_t have = 0;
-    ssize_t r;
-    if (hx_send_all(fd, req, sizeof(req) - 1) < 0) {
-        close(fd);
-        return -1;
-    }
-    while (have < sizeof(text) - 1 && (r = read(fd, text + have, sizeof(text) - 1 - have)) > 0)
-        have += (size_t)r;
-    close(fd);
-    text[have] = 0;
-    if (strncmp(text, "HTTP/1.1 200", 12) != 0)
-        return -1;
-    double sum = 0;
-    size_t nl = strlen(name);
-    for (char *p = text; p && *p;) {
-        char *eol = strchr(p, '\n');
-        if (eol)
-            *eol = 0;
-        if (strncmp(p, name, nl) == 0 && (p[nl] == '{' || p[nl] == ' ')) {
-            const char *close_b = p[nl] == '{' ? strchr(p, '}') : NULL;
-            bool has = !label ||
-                       (close_b && memmem(p, (size_t)(close_b - p), label, strlen(label)) != NULL);
-            const char *v = p[nl] == '{' ? close_b : p + nl;
-            if (has && v)
-                sum += strtod(v + 1, NULL);
-        }
-        p = eol ? eol + 1 : NULL;
-    }
-    return sum;
+    return hx_metric_label(mport, name, label);
 }
 
 /* nexus_permission_denied_total{op} summed over the shards. */

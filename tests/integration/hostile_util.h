@@ -349,9 +349,9 @@ static inline uint16_t hx_metrics_addr(char *out, size_t cap)
     return port;
 }
 
-/* GETs /metrics and sums the samples of `name` over its shards. Returns -1 if the scrape
- * failed. */
-static inline double hx_metric(uint16_t mport, const char *name)
+/* GETs /metrics and sums the samples of `name` whose labels contain `label` (NULL: all), over
+ * the shards. Returns -1 if the scrape failed. */
+static inline double hx_metric_label(uint16_t mport, const char *name, const char *label)
 {
     int fd = hx_tcp_connect(mport);
     if (fd < 0)
@@ -374,14 +374,27 @@ static inline double hx_metric(uint16_t mport, const char *name)
         return -1;
     double sum = 0;
     size_t nl = strlen(name);
-    for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-        if (strncmp(p, name, nl) != 0 || (p[nl] != '{' && p[nl] != ' '))
-            continue;
-        const char *v = p[nl] == '{' ? strchr(p, '}') : p + nl;
-        if (v)
-            sum += strtod(v + 1, NULL);
+    for (char *p = text; p && *p;) {
+        char *eol = strchr(p, '\n');
+        if (eol)
+            *eol = 0;
+        if (strncmp(p, name, nl) == 0 && (p[nl] == '{' || p[nl] == ' ')) {
+            const char *close_b = p[nl] == '{' ? strchr(p, '}') : NULL;
+            bool has = !label ||
+                       (close_b && memmem(p, (size_t)(close_b - p), label, strlen(label)) != NULL);
+            const char *v = p[nl] == '{' ? close_b : p + nl;
+            if (has && v)
+                sum += strtod(v + 1, NULL);
+        }
+        p = eol ? eol + 1 : NULL;
     }
     return sum;
+}
+
+/* hx_metric_label of every sample of `name`. */
+static inline double hx_metric(uint16_t mport, const char *name)
+{
+    return hx_metric_label(mport, name, NULL);
 }
 
 /* ---- the broker's stderr -------------------------------------------------------------------- */
