@@ -407,25 +407,38 @@ static int nexus_frame(const struct dur_run *r, const struct dconn *c, uint64_t 
     return (int)codec_emit_encode(&e, out);
 }
 
+/* The next complete frame of buf at *off, its envelope decoded into *env: 1 (and *off moved
+ * past it), 0 when the frame is not complete yet, -EPROTO with err ("what: ...") filled. */
+static int nexus_next_frame(const uint8_t *buf, size_t len, size_t *off, uint32_t in_cap,
+                            struct codec_envelope *env, const char *what, char *err, size_t cap)
+{
+    if (len - *off < CODEC_FRAME_HEADER_BYTES)
+        return 0;
+    uint32_t l = wire_get_be32(buf + *off);
+    if (l == 0 || l > in_cap - CODEC_FRAME_HEADER_BYTES) {
+        snprintf(err, cap, "%s: frame length %u out of range", what, l);
+        return -EPROTO;
+    }
+    if (len - *off < CODEC_FRAME_HEADER_BYTES + (size_t)l)
+        return 0;
+    const uint8_t *body = buf + *off + CODEC_FRAME_HEADER_BYTES;
+    *off += CODEC_FRAME_HEADER_BYTES + (size_t)l;
+    char cerr[CODEC_ERR_BYTES];
+    if (codec_envelope_decode(body, l, env, cerr) < 0) {
+        snprintf(err, cap, "%s: %s", what, cerr);
+        return -EPROTO;
+    }
+    return 1;
+}
+
 static long nexus_parse(struct dur_run *r, struct dconn *c, const uint8_t *buf, size_t len)
 {
     size_t off = 0;
-    while (len - off >= CODEC_FRAME_HEADER_BYTES) {
-        uint32_t l = wire_get_be32(buf + off);
-        if (l == 0 || l > c->in_cap - CODEC_FRAME_HEADER_BYTES) {
-            dur_bad(r, c, "nexus: frame length %u out of range", l);
-            return -EPROTO;
-        }
-        if (len - off < CODEC_FRAME_HEADER_BYTES + (size_t)l)
-            break;
-        const uint8_t *body = buf + off + CODEC_FRAME_HEADER_BYTES;
-        off += CODEC_FRAME_HEADER_BYTES + (size_t)l;
-        struct codec_envelope env;
-        char cerr[CODEC_ERR_BYTES];
-        if (codec_envelope_decode(body, l, &env, cerr) < 0) {
-            dur_bad(r, c, "nexus: %s", cerr);
-            return -EPROTO;
-        }
+    struct codec_envelope env;
+    char cerr[CODEC_ERR_BYTES], ferr[CODEC_ERR_BYTES + 64];
+    int fr;
+    while ((fr = nexus_next_frame(buf, len, &off, c->in_cap, &env, "nexus", ferr, sizeof(ferr))) >
+           0) {
         if (env.kind == CODEC_KIND_EMIT_ACK) {
             struct codec_event_in ev;
             if (codec_event_decode(env.body.ptr, env.body.len, &ev, cerr) < 0) {
@@ -461,6 +474,10 @@ static long nexus_parse(struct dur_run *r, struct dconn *c, const uint8_t *buf, 
         }
         /* anything else (pong, stats, goaway before a close): nothing to count */
     }
+    if (fr < 0) {
+        dur_bad(r, c, "%s", ferr);
+        return -EPROTO;
+    }
     return (long)off;
 }
 
@@ -481,22 +498,11 @@ static long nexus_replay_parse(struct dur_run *r, struct dconn *rc, struct nx_re
     int64_t campaign = (int64_t)(r->cfg->campaign_base + c->index);
     uint64_t corr = 1000000 + x->cur;
     size_t off = 0;
-    while (len - off >= CODEC_FRAME_HEADER_BYTES) {
-        uint32_t l = wire_get_be32(buf + off);
-        if (l == 0 || l > rc->in_cap - CODEC_FRAME_HEADER_BYTES) {
-            snprintf(err, cap, "nexus replay: frame length %u out of range", l);
-            return -EPROTO;
-        }
-        if (len - off < CODEC_FRAME_HEADER_BYTES + (size_t)l)
-            break;
-        const uint8_t *body = buf + off + CODEC_FRAME_HEADER_BYTES;
-        off += CODEC_FRAME_HEADER_BYTES + (size_t)l;
-        struct codec_envelope env;
-        char cerr[CODEC_ERR_BYTES];
-        if (codec_envelope_decode(body, l, &env, cerr) < 0) {
-            snprintf(err, cap, "nexus replay: %s", cerr);
-            return -EPROTO;
-        }
+    struct codec_envelope env;
+    char cerr[CODEC_ERR_BYTES];
+    int fr;
+    while ((fr = nexus_next_frame(buf, len, &off, rc->in_cap, &env, "nexus replay", err, cap)) >
+           0) {
         if (env.kind == CODEC_KIND_EVENT) {
             struct codec_event_in ev;
             if (codec_event_decode(env.body.ptr, env.body.len, &ev, cerr) < 0) {
@@ -558,7 +564,7 @@ static long nexus_replay_parse(struct dur_run *r, struct dconn *rc, struct nx_re
             return -EPROTO;
         }
     }
-    return (long)off;
+    return fr < 0 ? -EPROTO : (long)off;
 }
 
 static void dconn_free(struct dconn *c)
