@@ -158,13 +158,20 @@ static void *shard_thread(void *arg)
     pthread_setname_np(pthread_self(), name);
     oframe_self = (int)s->index;
     int r = shard_init(s);
-    if (r == 0 && core_hooks && core_hooks->shard_init)
-        r = core_hooks->shard_init(s);
+    const char *what = NULL; /* a failure that is not the ring's, logged where it happened */
+    if (r == 0 && (r = store_open(s)) < 0)
+        what = "its event log could not be opened (see above)";
+    if (r == 0 && core_hooks && core_hooks->shard_init && (r = core_hooks->shard_init(s)) < 0)
+        what = r == -ENOMEM ? "the handlers' start-up ran out of memory"
+                            : "the handlers' start-up failed";
     if (r == 0)
         store_restore(s); /* the handlers' state, from the event log */
     if (r < 0) {
         char msg[512];
-        explain(r, msg, sizeof(msg));
+        if (what)
+            snprintf(msg, sizeof(msg), "%s", what);
+        else
+            explain(r, msg, sizeof(msg));
         log_error((int)s->index, "shard start-up failed: %s", msg);
         atomic_store(&b->start_failed, 1);
     }

@@ -110,6 +110,8 @@ static const struct opt opts[] = {
      "per shard: delete the oldest log segments past this size (0 = keep everything)"},
     {"retain-age", OPT_AGE, 0, 0, 0,
      "delete log segments whose newest event is older: N[s|m|h|d] (0 = keep everything)"},
+    {"persist", OPT_STR, OFF(persist), 0, sizeof(((struct config *)0)->persist),
+     "event-type patterns to log, comma-separated (others: live only, sequence 0)"},
     {"recover", OPT_RECOVER, 0, 0, 0,
      "refuse | truncate: what to do with a log corrupt before its end (see docs)"},
     {"log-level", OPT_LEVEL, OFF(log_level), 0, 0, "debug | info | warn | error"},

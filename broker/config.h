@@ -63,6 +63,7 @@ struct config {
     uint64_t segment_bytes;     /* a segment file is rolled past this size */
     bool recover_truncate;      /* --recover truncate: cut a corrupt log at the damage */
     uint64_t retain_bytes;      /* per shard: delete the oldest segments past it (0 = never) */
+    char persist[1024];         /* --persist: patterns of the types logged ("" = every one) */
     uint32_t retain_age_s;      /* delete segments whose newest event is older (0 = never) */
     int log_level;
     bool log_json;

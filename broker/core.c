@@ -12,6 +12,7 @@
 #include "broker/msg.h"
 #include "broker/pubsub.h"
 #include "broker/shard.h"
+#include "broker/store.h"
 
 const struct core_hooks *core_hooks;
 
@@ -88,6 +89,18 @@ int64_t core_campaign_id(const struct campaign *cp)
 uint64_t core_campaign_sequence(const struct campaign *cp)
 {
     return cp->sequence;
+}
+
+uint64_t core_campaign_released(const struct campaign *cp)
+{
+    return cp->released;
+}
+
+int core_log_scan(struct shard *s, const struct campaign *cp, uint64_t from, uint64_t to,
+                  void (*ev)(void *arg, struct oframe *f),
+                  void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg)
+{
+    return store_scan(s, cp->id, from, to, ev, gap, arg);
 }
 
 void **core_campaign_slot(struct campaign *cp)

@@ -86,6 +86,7 @@ struct publish {
     uint64_t direct_conn;  /* also deliver to this connection (skipped by its subscriptions) */
     uint64_t direct_conn2; /* and to this one (an external handler), likewise */
     uint32_t flags;        /* enum publish_flags */
+    uint64_t dedup_key;    /* the emit's duplicate-window key, logged if it outlives a restart */
 };
 
 /* Ring message classes. A request may cause deliveries; a delivery never causes further ring
@@ -162,6 +163,15 @@ struct campaign *core_campaign(struct shard *s, int64_t id, bool create);
 int64_t core_campaign_id(const struct campaign *cp);
 /* The last sequence number assigned (0: none yet). */
 uint64_t core_campaign_sequence(const struct campaign *cp);
+/* The last sequence of the campaign delivered to subscribers (with a log: once durable). */
+uint64_t core_campaign_released(const struct campaign *cp);
+/* With an event log (--data-dir): calls ev(arg, f) for campaign cp's logged events with
+ * sequences from..to, in order (f is the callee's reference: oframe_unref it), and gap(arg,
+ * first, last) for ranges the log no longer holds. Returns the events, -ENOENT without a
+ * log, or -errno. Synchronous (docs/ARCHITECTURE.md, "The event log"). */
+int core_log_scan(struct shard *s, const struct campaign *cp, uint64_t from, uint64_t to,
+                  void (*ev)(void *arg, struct oframe *f),
+                  void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg);
 /* The handlers layer's slot in the campaign (NULL until it stores something). */
 void **core_campaign_slot(struct campaign *cp);
 /* Subscriptions on every shard that may receive this campaign's events (the firehose not

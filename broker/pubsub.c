@@ -157,6 +157,14 @@ void core_ack(struct shard *s, const struct emit_msg *m, const uint8_t *body, st
     core_to_conn(s, m->conn_id, f);
 }
 
+static uint64_t dedup_key_scoped(struct codec_slice id, const uint8_t *body,
+                                 const struct emit_msg *m)
+{
+    uint64_t key = dedup_key(id.ptr, id.len, body + m->type_off, m->type_len) ^
+                   (m->dedup_scope * 0x9e3779b97f4a7c15ull);
+    return key ? key : 1;
+}
+
 void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
 {
     bool over = false;
@@ -190,9 +198,7 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
     if (s->cfg->dedup_window_ms && m->id_len) {
         /* Scoped to the publisher (its connection, or its hello's client_name): another
          * client re-using the id is not a duplicate of this one's event (docs/PROTOCOL.md). */
-        uint64_t key = dedup_key(id.ptr, id.len, body + m->type_off, m->type_len) ^
-                       (m->dedup_scope * 0x9e3779b97f4a7c15ull);
-        key = key ? key : 1;
+        uint64_t key = dedup_key_scoped(id, body, m);
         if (dedup_check_insert(&cp->dedup, key, now, (int64_t)s->cfg->dedup_window_ms * 1000000)) {
             stat_add(&s->stats.duplicates, 1);
             if (m->correlation)
@@ -205,6 +211,9 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
 
     struct publish p;
     core_publish_of_emit(&p, m, body, id, now);
+    /* A client name's scope (top bit set) means the same after a restart, a connection's not. */
+    if (s->cfg->dedup_window_ms && m->id_len && (m->dedup_scope >> 63))
+        p.dedup_key = dedup_key_scoped(id, body, m);
     if (core_publish(s, cp, &p) < 0) {
         core_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
         return;
@@ -243,12 +252,16 @@ int core_publish(struct shard *s, struct campaign *cp, struct publish *p)
     if (!ev->timestamp_unix_nanos)
         ev->timestamp_unix_nanos = shard_now_ns();
     bool unsequenced = p->flags & PUBLISH_UNSEQUENCED;
-    ev->sequence = unsequenced ? 0 : cp->sequence + 1;
+    /* A type --persist leaves out is transient: delivered to subscribers, but outside the
+     * sequence (0) and not logged, so that no sequence is given to an event the log lacks. */
+    bool transient =
+        !unsequenced && s->store && !store_persists(s, &p->type, (const char *)ev->event_type.ptr);
+    ev->sequence = unsequenced || transient ? 0 : cp->sequence + 1;
     size_t body = codec_event_body_size(ev);
     struct oframe *f = oframe_alloc((uint32_t)codec_event_size_of_body(ev, body));
     if (!f)
         return -ENOMEM;
-    if (!unsequenced)
+    if (!unsequenced && !transient)
         cp->sequence++;
     cp->last_event_ns = ev->timestamp_unix_nanos;
     struct codec_event_layout lay;
@@ -267,9 +280,9 @@ int core_publish(struct shard *s, struct campaign *cp, struct publish *p)
     f->skip_conn_id2 = p->direct_conn2;
     f->terminal = (p->flags & PUBLISH_TERMINAL) != 0;
     stat_add(&s->stats.events_in, 1);
-    if (s->store && (!unsequenced || store_holding(s))) {
+    if (s->store && ((!unsequenced && !transient) || store_holding(s))) {
         /* Logged first; delivered once the batch holding it is durable (store.h). */
-        if ((!unsequenced && store_append(s, f) < 0) ||
+        if ((!unsequenced && !transient && store_append(s, f, p->dedup_key) < 0) ||
             store_defer_fanout(s, cp->id, f, p->direct_conn, p->direct_conn2, unsequenced) < 0) {
             oframe_unref(f);
             return -ENOMEM;
@@ -293,7 +306,8 @@ void pubsub_fanout(struct shard *s, int64_t campaign_id, struct oframe *f, uint6
         core_to_conn_now(s, direct2, f);
     }
     if (!unsequenced && cp) {
-        cp->released = f->sequence;
+        if (f->sequence) /* 0: a transient event (--persist), outside the sequence */
+            cp->released = f->sequence;
         /* Fan out: shards with interest get one reference each, then our own subscribers. */
         uint64_t mask = (cp->interest_mask | s->firehose_mask) & ~(1ull << s->index);
         while (mask) {
@@ -310,7 +324,7 @@ void pubsub_fanout(struct shard *s, int64_t campaign_id, struct oframe *f, uint6
             }
         }
         pubsub_deliver(s, f);
-        if (core_hooks && core_hooks->published)
+        if (f->sequence && core_hooks && core_hooks->published)
             core_hooks->published(s, cp, f);
     }
     oframe_unref(f);

@@ -705,8 +705,7 @@ int shard_init(struct shard *s)
     map_init(&s->campaigns);
     map_init(&s->sub_lists);
     s->assembly_left = s->cfg->assembly_bytes_max;
-    int r = shard_setup_ring(s);
-    return r < 0 ? r : store_open(s);
+    return shard_setup_ring(s);
 }
 
 static void shard_run_lists(struct shard *s)

@@ -33,6 +33,10 @@
 #include "codec/evtype.h"
 #include "codec/logrec.h"
 
+/* Segment reads (recovery and replay) go through a buffer of this size, grown only for a record
+ * larger than it. */
+#define READ_CHUNK (1u << 20)
+
 enum defer_kind { DEFER_FANOUT, DEFER_FRAME };
 
 struct deferred {
@@ -78,6 +82,34 @@ struct store {
     uint32_t nsegs, cap_segs;
     uint64_t total_bytes;
     int64_t retain_check_ns;
+    /* --persist: the types logged (none: every sequenced type; see store_persists). */
+    struct evpattern *persist;
+    uint32_t npersist;
+    /* Recovery: the duplicate-window keys of the newest records, for store_restore. */
+    struct dkey *dk;
+    uint32_t ndk, cap_dk;
+    int64_t dk_newest;
+    /* The sparse index (store_replay): campaign id -> struct cindex. */
+    struct map index;
+    bool index_lost; /* an entry could not be recorded (memory): replays scan the whole log */
+    bool releasing;  /* in release(): what is sent meanwhile waits behind the rest */
+};
+
+struct dkey {
+    int64_t campaign_id;
+    uint64_t key;
+    int64_t ts_ns;
+};
+
+/* A campaign's index entries: the log offset of one of its records every INDEX_EVERY
+ * sequences, and of its first record in each segment, so that a replay from (campaign,
+ * sequence) reads from near there instead of from the start of the shard's log. */
+#define INDEX_EVERY 64
+struct cindex {
+    struct ientry {
+        uint64_t seq, off; /* off: logical log offset of the record with sequence seq */
+    } * e;
+    uint32_t n, cap;
 };
 
 struct seginfo {
@@ -299,6 +331,92 @@ static int floor_raise(struct store *st, int64_t id, uint64_t seq)
     return 0;
 }
 
+/* Records that campaign id's record seq lies at logical offset off, if the index wants it: every
+ * INDEX_EVERY sequences, and the first record in a segment (seg_base: the segment's). */
+static void index_note(struct store *st, int64_t id, uint64_t seq, uint64_t off, uint64_t seg_base)
+{
+    struct cindex *ci = map_get(&st->index, (uint64_t)id);
+    if (ci && ci->n && seq < ci->e[ci->n - 1].seq + INDEX_EVERY && ci->e[ci->n - 1].off >= seg_base)
+        return;
+    if (!ci) {
+        ci = calloc(1, sizeof(*ci));
+        if (!ci || map_put(&st->index, (uint64_t)id, ci) < 0) {
+            free(ci);
+            st->index_lost = true;
+            return;
+        }
+    }
+    if (ci->n == ci->cap) {
+        uint32_t ncap = ci->cap ? ci->cap * 2 : 4;
+        struct ientry *nv = realloc(ci->e, sizeof(*nv) * ncap);
+        if (!nv) {
+            st->index_lost = true;
+            return;
+        }
+        ci->e = nv;
+        ci->cap = ncap;
+    }
+    ci->e[ci->n++] = (struct ientry){.seq = seq, .off = off};
+}
+
+/* Forgets the index entries of segments retention deleted (offsets below first). */
+static void index_trim(struct store *st, uint64_t first)
+{
+    for (uint32_t i = 0; st->index.slots && i <= st->index.mask; i++) {
+        struct cindex *ci = st->index.slots[i].val;
+        if (!ci)
+            continue;
+        uint32_t k = 0;
+        while (k < ci->n && ci->e[k].off < first)
+            k++;
+        if (k) {
+            memmove(ci->e, ci->e + k, sizeof(*ci->e) * (ci->n - k));
+            ci->n -= k;
+        }
+    }
+}
+
+static void index_free(struct store *st)
+{
+    for (uint32_t i = 0; st->index.slots && i <= st->index.mask; i++) {
+        struct cindex *ci = st->index.slots[i].val;
+        if (ci) {
+            free(ci->e);
+            free(ci);
+        }
+    }
+    map_free(&st->index);
+}
+
+/* Recovery: keeps the duplicate-window key of a record (a client-named publisher's event id,
+ * logrec.h) while it may still be inside the window; older ones are dropped as the scan goes. */
+static int dkey_note(struct shard *s, const struct logrec *r)
+{
+    struct store *st = s->store;
+    int64_t window = (int64_t)s->cfg->dedup_window_ms * 1000000;
+    if (!r->dedup_key || !window)
+        return 0;
+    if (r->ts_ns > st->dk_newest)
+        st->dk_newest = r->ts_ns;
+    if (st->ndk == st->cap_dk) {
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < st->ndk; i++)
+            if (st->dk[i].ts_ns >= st->dk_newest - window)
+                st->dk[k++] = st->dk[i];
+        st->ndk = k;
+    }
+    if (!st->cap_dk || st->ndk * 2 > st->cap_dk) {
+        uint32_t ncap = st->cap_dk ? st->cap_dk * 2 : 256;
+        struct dkey *nv = realloc(st->dk, sizeof(*nv) * ncap);
+        if (!nv)
+            return -ENOMEM;
+        st->dk = nv;
+        st->cap_dk = ncap;
+    }
+    st->dk[st->ndk++] = (struct dkey){r->campaign_id, r->dedup_key, r->ts_ns};
+    return 0;
+}
+
 /* Cuts the log at (segment i, pos): that segment truncated, the later ones deleted. */
 static int cut_log(struct shard *s, const uint64_t *segs, int n, int i, size_t pos, size_t len)
 {
@@ -357,9 +475,10 @@ static int keep_snapshot(struct store *st, const struct logrec *r)
     return 0;
 }
 
-static int scan_segment(struct store *st, const uint8_t *buf, size_t len, size_t *good,
-                        uint64_t *records, int64_t *max_ts)
+static int scan_segment(struct shard *s, uint64_t base, const uint8_t *buf, size_t len,
+                        size_t *good, uint64_t *records, int64_t *max_ts)
 {
+    struct store *st = s->store;
     size_t pos = 0;
     while (pos < len) {
         struct logrec r;
@@ -370,8 +489,9 @@ static int scan_segment(struct store *st, const uint8_t *buf, size_t len, size_t
             return -ENOMEM;
         if (r.ts_ns > *max_ts)
             *max_ts = r.ts_ns;
-        if (keep_snapshot(st, &r) < 0)
+        if (keep_snapshot(st, &r) < 0 || dkey_note(s, &r) < 0)
             return -ENOMEM;
+        index_note(st, r.campaign_id, r.sequence, base + pos, base);
         (*records)++;
         pos += used;
     }
@@ -511,6 +631,8 @@ static void retain(struct shard *s)
         st->total_bytes -= st->segs[0].bytes;
         memmove(st->segs, st->segs + 1, sizeof(*st->segs) * --st->nsegs);
     }
+    if (saved)
+        index_trim(st, st->segs[0].base);
 }
 
 /* Long: one pass over the segments with the torn-tail and corruption rules of store.h. */
@@ -543,7 +665,7 @@ static int recover(struct shard *s, uint64_t **segs_out, int *n_out)
         int64_t max_ts = 0;
         int r = read_segment(st->dir_fd, segs[i], &buf, &len);
         if (r == 0)
-            r = scan_segment(st, buf, len, &good, &records, &max_ts);
+            r = scan_segment(s, segs[i], buf, len, &good, &records, &max_ts);
         if (r == 0)
             r = seg_push(st, segs[i], good, max_ts);
         if (r < 0) {
@@ -617,6 +739,52 @@ static int open_segment(struct shard *s, uint64_t off)
     return 0;
 }
 
+/* --persist: comma-separated event-type patterns (docs/OPERATIONS.md). */
+static int persist_parse(struct shard *s)
+{
+    struct store *st = s->store;
+    const char *p = s->cfg->persist;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        while (len && (*p == ' ' || *p == '\t'))
+            p++, len--;
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len) {
+            struct evpattern *nv = realloc(st->persist, sizeof(*nv) * (st->npersist + 1));
+            char err[128];
+            if (!nv)
+                return -ENOMEM;
+            st->persist = nv;
+            if (evpattern_parse(&nv[st->npersist], p, len, err, sizeof(err)) < 0) {
+                log_error((int)s->index, "--persist: \"%.*s\": %s", (int)len, p, err);
+                return -EINVAL;
+            }
+            st->npersist++;
+        }
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    if (s->cfg->persist[0] && !st->npersist) {
+        log_error((int)s->index, "--persist: no pattern in \"%s\"", s->cfg->persist);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+bool store_persists(const struct shard *s, const struct evtype *t, const char *type_str)
+{
+    const struct store *st = s->store;
+    if (!st->npersist)
+        return true;
+    for (uint32_t i = 0; i < st->npersist; i++)
+        if (evpattern_match(&st->persist[i], t, type_str))
+            return true;
+    return false;
+}
+
 int store_open(struct shard *s)
 {
     if (!g_on)
@@ -627,7 +795,10 @@ int store_open(struct shard *s)
     st->seg_fd = st->dir_fd = -1;
     map_init(&st->floor);
     map_init(&st->restore);
+    map_init(&st->index);
     s->store = st;
+    if (persist_parse(s) < 0)
+        return -EIO;
     char path[1200];
     snprintf(path, sizeof(path), "%s/shard-%03u", g_dir, s->index);
     if ((mkdir(path, 0750) != 0 && errno != EEXIST) ||
@@ -680,7 +851,7 @@ static int batch_room(struct batch *b, size_t need)
     return 0;
 }
 
-int store_append(struct shard *s, const struct oframe *f)
+int store_append(struct shard *s, const struct oframe *f, uint64_t dedup_key)
 {
     struct store *st = s->store;
     struct batch *b = &st->cur;
@@ -690,9 +861,13 @@ int store_append(struct shard *s, const struct oframe *f)
     struct logrec r = {.campaign_id = f->campaign_id,
                        .sequence = f->sequence,
                        .ts_ns = f->ts_ns,
+                       .dedup_key = dedup_key,
                        .frame = f->data,
                        .len = f->len};
     logrec_encode(b->buf + b->len, &r);
+    /* The batch follows what is written or being written: its logical offset is known now,
+     * whether or not the flush rolls to a new segment first. */
+    index_note(st, f->campaign_id, f->sequence, st->seg_base + st->seg_len + b->len, st->seg_base);
     b->len += need;
     if (f->ts_ns > b->max_ts)
         b->max_ts = f->ts_ns;
@@ -703,7 +878,7 @@ int store_append(struct shard *s, const struct oframe *f)
 bool store_holding(const struct shard *s)
 {
     const struct store *st = s->store;
-    return st && (st->cur.nd || st->cur.records || st->writing);
+    return st && (st->releasing || st->cur.nd || st->cur.records || st->writing);
 }
 
 bool store_idle_or_writing(const struct shard *s)
@@ -756,6 +931,10 @@ int store_defer_frame(struct shard *s, uint64_t conn_id, struct oframe *f, uint6
 static void release(struct shard *s, struct batch *b, bool failed)
 {
     const char *code = s->store->refusal ? s->store->refusal : "storage_failed";
+    /* A release can make more to send (a hook relaying an event, a handler answering): that
+     * goes behind everything this batch still holds, never ahead of it. */
+    bool was = s->store->releasing;
+    s->store->releasing = true;
     for (uint32_t i = 0; i < b->nd; i++) {
         struct deferred *d = &b->d[i];
         if (failed && (d->kind == DEFER_FANOUT || d->ack_corr)) {
@@ -771,6 +950,7 @@ static void release(struct shard *s, struct batch *b, bool failed)
         else
             core_to_conn_now(s, d->conn_id, d->f);
     }
+    s->store->releasing = was;
     b->nd = 0;
     b->len = 0;
     b->records = 0;
@@ -1013,6 +1193,9 @@ void store_close(struct shard *s)
     if (st->dir_fd >= 0)
         close(st->dir_fd);
     map_free(&st->floor);
+    index_free(st);
+    free(st->persist);
+    free(st->dk);
     for (uint32_t i = 0; st->restore.slots && i <= st->restore.mask; i++)
         if (st->restore.slots[i].val)
             oframe_unref(st->restore.slots[i].val);
@@ -1067,58 +1250,211 @@ static struct oframe *replay_frame(const struct logrec *r)
     return f;
 }
 
-/* Long: walks the segments in order; a campaign's records are in sequence order in them. */
+/* Where a replay of campaign id from sequence `from` starts reading: the index entry at or
+ * before it. Returns false when the log holds no record of the campaign. */
+static bool replay_start(struct store *st, int64_t id, uint64_t from, uint64_t *off)
+{
+    uint64_t first = st->nsegs ? st->segs[0].base : 0;
+    if (st->index_lost) {
+        *off = first;
+        return true;
+    }
+    const struct cindex *ci = map_get(&st->index, (uint64_t)id);
+    if (!ci || !ci->n)
+        return false;
+    uint32_t lo = 0, hi = ci->n; /* the last entry with seq <= from, else the first */
+    while (hi - lo > 1) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (ci->e[mid].seq <= from)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    *off = ci->e[lo].off > first ? ci->e[lo].off : first;
+    return true;
+}
+
+/* The segment holding logical offset off (the last one starting at or before it). */
+static uint32_t seg_of(const struct store *st, uint64_t off)
+{
+    uint32_t i = 0;
+    while (i + 1 < st->nsegs && st->segs[i + 1].base <= off)
+        i++;
+    return i;
+}
+
+/* Reads segment file fd from pos, calling each(arg, r) for each valid record until it returns
+ * false (then returns 1) or the valid records end (returns 0). buf and cap: the read buffer, grown as needed. */
+static int walk_file(int fd, uint64_t pos, uint8_t **buf, size_t *cap,
+                     bool (*each)(void *arg, const struct logrec *r), void *arg)
+{
+    for (;;) {
+        ssize_t got = pread(fd, *buf, *cap, (off_t)pos);
+        if (got <= 0)
+            return 0;
+        size_t p = 0, used;
+        struct logrec r;
+        enum logrec_result res;
+        while ((res = logrec_decode(*buf + p, (size_t)got - p, &r, &used)) == LOGREC_OK) {
+            if (!each(arg, &r))
+                return 1;
+            p += used;
+        }
+        if (res == LOGREC_BAD || (size_t)got < *cap)
+            return 0; /* the end of what is valid (or written) */
+        if (p == 0) { /* one record larger than the buffer */
+            size_t ncap = *cap * 2;
+            uint8_t *nb =
+                ncap <= 2 * (LOGREC_FRAME_MAX + LOGREC_HEADER) ? realloc(*buf, ncap) : NULL;
+            if (!nb)
+                return -ENOMEM;
+            *buf = nb;
+            *cap = ncap;
+        }
+        pos += p;
+    }
+}
+
+/* Calls each(arg, r) for the valid records from logical offset off to the end of the log. */
+static int log_walk(struct store *st, uint64_t off, bool (*each)(void *arg, const struct logrec *r),
+                    void *arg)
+{
+    size_t cap = READ_CHUNK;
+    uint8_t *buf = malloc(cap);
+    if (!buf)
+        return -ENOMEM;
+    int r = 0;
+    for (uint32_t i = seg_of(st, off); i < st->nsegs && r == 0; i++) {
+        char name[32];
+        seg_name(name, st->segs[i].base);
+        int fd = openat(st->dir_fd, name, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue; /* deleted by retention meanwhile: its records are a gap */
+        uint64_t pos = off > st->segs[i].base ? off - st->segs[i].base : 0;
+        r = walk_file(fd, pos, &buf, &cap, each, arg);
+        close(fd);
+    }
+    free(buf);
+    return r < 0 ? r : 0;
+}
+
+struct scan {
+    int64_t campaign_id;
+    uint64_t next, to;
+    int index;
+    void (*ev)(void *arg, struct oframe *f);
+    void (*gap)(void *arg, uint64_t first, uint64_t last);
+    void *arg;
+    int events;
+};
+
+static bool scan_one(void *arg, const struct logrec *r)
+{
+    struct scan *sc = arg;
+    if (r->campaign_id != sc->campaign_id || r->sequence < sc->next)
+        return true;
+    if (r->sequence > sc->to)
+        return false;
+    if (r->sequence > sc->next)
+        sc->gap(sc->arg, sc->next, r->sequence - 1);
+    sc->next = r->sequence + 1;
+    struct oframe *f = replay_frame(r);
+    if (!f) {
+        log_error(sc->index,
+                  "replay: campaign %lld sequence %llu could not be read back (memory, or a "
+                  "record that is not an event): announced as a gap",
+                  (long long)sc->campaign_id, (unsigned long long)r->sequence);
+        sc->gap(sc->arg, r->sequence, r->sequence);
+    } else {
+        sc->ev(sc->arg, f);
+        sc->events++;
+    }
+    return sc->next <= sc->to;
+}
+
+int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to,
+               void (*ev)(void *arg, struct oframe *f),
+               void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg)
+{
+    struct store *st = s->store;
+    if (!st)
+        return -ENOENT;
+    if (from == 0)
+        from = 1;
+    if (from > to)
+        return 0;
+    struct scan sc = {.campaign_id = campaign_id,
+                      .next = from,
+                      .to = to,
+                      .index = (int)s->index,
+                      .ev = ev,
+                      .gap = gap,
+                      .arg = arg};
+    uint64_t off;
+    int r = replay_start(st, campaign_id, from, &off) ? log_walk(st, off, scan_one, &sc) : 0;
+    if (r < 0)
+        return r;
+    if (sc.next <= to)
+        gap(arg, sc.next, to);
+    return sc.events;
+}
+
+struct to_conn {
+    struct shard *s;
+    int64_t campaign_id;
+    uint64_t conn_id;
+    bool (*match)(const void *arg, const struct oframe *f);
+    const void *arg;
+};
+
+static void to_conn_ev(void *arg, struct oframe *f)
+{
+    struct to_conn *t = arg;
+    if (t->match(t->arg, f))
+        core_to_conn_now(t->s, t->conn_id, f);
+    else
+        oframe_unref(f);
+}
+
+static void to_conn_gap(void *arg, uint64_t first, uint64_t last)
+{
+    struct to_conn *t = arg;
+    replay_gap(t->s, t->campaign_id, first, last, t->conn_id);
+}
+
 int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, uint64_t conn_id,
                  bool (*match)(const void *arg, const struct oframe *f), const void *arg)
 {
-    struct store *st = s->store;
-    if (!st || from > to)
+    if (!s->store || from > to)
         return 0;
-    uint64_t *segs = NULL;
-    int n = list_segments(st->dir_fd, &segs);
-    if (n < 0)
-        return n;
-    uint64_t next = from;
-    int sent = 0;
-    for (int i = 0; i < n && next <= to; i++) {
-        uint8_t *buf = NULL;
-        size_t len = 0, pos = 0, used;
-        if (read_segment(st->dir_fd, segs[i], &buf, &len) < 0)
-            continue;
-        struct logrec r;
-        while (next <= to && pos < len &&
-               logrec_decode(buf + pos, len - pos, &r, &used) == LOGREC_OK) {
-            pos += used;
-            if (r.campaign_id != campaign_id || r.sequence < next)
-                continue;
-            if (r.sequence > to)
-                break;
-            if (r.sequence > next)
-                replay_gap(s, campaign_id, next, r.sequence - 1, conn_id);
-            next = r.sequence + 1;
-            struct oframe *f = replay_frame(&r);
-            if (f && match(arg, f)) {
-                core_to_conn_now(s, conn_id, f);
-                sent++;
-            } else if (f) {
-                oframe_unref(f);
-            } else {
-                log_error((int)s->index,
-                          "replay: campaign %lld sequence %llu could not be read back (memory, "
-                          "or a record that is not an event): announced as a gap",
-                          (long long)campaign_id, (unsigned long long)r.sequence);
-                replay_gap(s, campaign_id, r.sequence, r.sequence, conn_id);
-            }
-        }
-        free(buf);
-    }
-    free(segs);
-    if (next <= to)
-        replay_gap(s, campaign_id, next, to, conn_id);
-    return sent;
+    struct to_conn t = {s, campaign_id, conn_id, match, arg};
+    return store_scan(s, campaign_id, from, to, to_conn_ev, to_conn_gap, &t);
 }
 
 /* ---- restoring the handlers' state -------------------------------------------------------- */
+
+/* The duplicate window of the newest logged events of client-named publishers, as it was
+ * (keys older than the window are not kept). */
+static void restore_dedup(struct shard *s)
+{
+    struct store *st = s->store;
+    int64_t window = (int64_t)s->cfg->dedup_window_ms * 1000000;
+    int64_t since = shard_now_ns() - window;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < st->ndk; i++) {
+        const struct dkey *d = &st->dk[i];
+        if (d->ts_ns < since)
+            continue;
+        struct campaign *cp = core_campaign(s, d->campaign_id, true);
+        if (cp && !dedup_check_insert(&cp->dedup, d->key, d->ts_ns, window))
+            n++;
+    }
+    free(st->dk);
+    st->dk = NULL;
+    st->ndk = st->cap_dk = 0;
+    if (n)
+        log_info((int)s->index, "log: restored %u duplicate-window entries", n);
+}
 
 void store_restore(struct shard *s)
 {
@@ -1147,4 +1483,5 @@ void store_restore(struct shard *s)
     map_init(&st->restore);
     if (n)
         log_info((int)s->index, "log: restored the state of %u campaigns", n);
+    restore_dedup(s);
 }

@@ -40,8 +40,15 @@ int store_note_freed(struct shard *s, int64_t campaign_id, uint64_t seq);
 /* Why emits are refused: 0 while the log works, else "storage_failed" / "storage_full". */
 const char *store_refusal(const struct shard *s);
 
-/* Appends the sequenced event f to the current batch. 0, or -ENOMEM. */
-int store_append(struct shard *s, const struct oframe *f);
+/* Whether events of this type are logged (--persist; every type without it). A type that is
+ * not is published unsequenced (sequence 0), live only: a sequence is only given to an event
+ * the log holds. */
+struct evtype;
+bool store_persists(const struct shard *s, const struct evtype *t, const char *type_str);
+
+/* Appends the sequenced event f to the current batch, with its duplicate-window key (0: none;
+ * only keys that mean the same after a restart: a client-named publisher's). 0, or -ENOMEM. */
+int store_append(struct shard *s, const struct oframe *f, uint64_t dedup_key);
 /* True while something waits for a batch: every later send must wait behind it. */
 bool store_holding(const struct shard *s);
 /* Defers the fan-out of f (takes the reference) until the current batch is durable. */
@@ -50,6 +57,14 @@ int store_defer_fanout(struct shard *s, int64_t campaign_id, struct oframe *f, u
 /* Defers a frame to a connection (takes the reference). ack: an emit acknowledgement, turned
  * into error{storage_failed} if the batch fails. */
 int store_defer_frame(struct shard *s, uint64_t conn_id, struct oframe *f, uint64_t ack_corr);
+/* Calls ev(arg, f) (f: the caller's reference, type and user filled) for each logged event of
+ * campaign_id with a sequence in from..to, in order, and gap(arg, first, last) for each range
+ * the log does not hold. Starts from the sparse index entry at or before `from`, so it reads
+ * about the campaign's records from there, not the whole log. Returns the events, -ENOENT
+ * without a log, or -errno. Reads the segments synchronously (page cache, READ_CHUNK pieces). */
+int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to,
+               void (*ev)(void *arg, struct oframe *f),
+               void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg);
 /* Sends connection conn_id the logged events of campaign_id with sequences from..to that
  * match (match(arg, f) with f's type and user filled), in order, read from the shard's log; a
  * range the log no longer holds is announced with a gap frame (reason "retention"). The

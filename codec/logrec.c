@@ -3,6 +3,7 @@
 // The event log's record format (logrec.h).
 #include "codec/logrec.h"
 
+#include <stdbool.h>
 #include <string.h>
 #include <xxhash.h>
 
@@ -34,10 +35,10 @@ static uint64_t get64(const uint8_t *p)
     return v;
 }
 
-/* The header's first 32 bytes seed the frame's hash: one checksum over both. */
-static uint64_t check_of(const uint8_t *hdr, const uint8_t *frame, uint32_t len)
+/* The header before the check seeds the frame's hash: one checksum over both. */
+static uint64_t check_of(const uint8_t *hdr, size_t hdr_len, const uint8_t *frame, uint32_t len)
 {
-    return XXH3_64bits_withSeed(frame, len, XXH3_64bits(hdr, 32));
+    return XXH3_64bits_withSeed(frame, len, XXH3_64bits(hdr, hdr_len));
 }
 
 void logrec_encode(uint8_t *out, const struct logrec *r)
@@ -47,27 +48,32 @@ void logrec_encode(uint8_t *out, const struct logrec *r)
     put64(out + 8, (uint64_t)r->campaign_id);
     put64(out + 16, r->sequence);
     put64(out + 24, (uint64_t)r->ts_ns);
+    put64(out + 32, r->dedup_key);
     memcpy(out + LOGREC_HEADER, r->frame, r->len);
-    put64(out + 32, check_of(out, r->frame, r->len));
+    put64(out + 40, check_of(out, 40, r->frame, r->len));
 }
 
 enum logrec_result logrec_decode(const uint8_t *buf, size_t avail, struct logrec *r, size_t *used)
 {
+    uint32_t magic = avail >= 4 ? get32(buf) : 0;
+    bool v1 = magic == LOGREC_MAGIC_V1;
     if (avail < 8)
-        return avail >= 4 && get32(buf) != LOGREC_MAGIC ? LOGREC_BAD : LOGREC_SHORT;
+        return avail >= 4 && magic != LOGREC_MAGIC && !v1 ? LOGREC_BAD : LOGREC_SHORT;
     uint32_t len = get32(buf + 4);
-    if (get32(buf) != LOGREC_MAGIC || len == 0 || len > LOGREC_FRAME_MAX)
+    size_t hdr = v1 ? LOGREC_HEADER_V1 : LOGREC_HEADER;
+    if ((magic != LOGREC_MAGIC && !v1) || len == 0 || len > LOGREC_FRAME_MAX)
         return LOGREC_BAD;
-    if (avail < LOGREC_HEADER || avail - LOGREC_HEADER < len)
+    if (avail < hdr || avail - hdr < len)
         return LOGREC_SHORT;
     uint64_t seq = get64(buf + 16);
-    if (seq == 0 || check_of(buf, buf + LOGREC_HEADER, len) != get64(buf + 32))
+    if (seq == 0 || check_of(buf, hdr - 8, buf + hdr, len) != get64(buf + hdr - 8))
         return LOGREC_BAD;
     r->campaign_id = (int64_t)get64(buf + 8);
     r->sequence = seq;
     r->ts_ns = (int64_t)get64(buf + 24);
-    r->frame = buf + LOGREC_HEADER;
+    r->dedup_key = v1 ? 0 : get64(buf + 32);
+    r->frame = buf + hdr;
     r->len = len;
-    *used = LOGREC_HEADER + len;
+    *used = hdr + len;
     return LOGREC_OK;
 }

@@ -235,7 +235,7 @@ void cs_published(struct shard *s, struct campaign *cp, struct oframe *f)
         relay(cs, f);
 }
 
-static void send_gap(struct pv_request *r, uint64_t first, uint64_t last)
+static void send_gap(struct pv_request *r, uint64_t first, uint64_t last, const char *reason)
 {
     uint8_t buf[256];
     struct hs_writer w;
@@ -244,11 +244,30 @@ static void send_gap(struct pv_request *r, uint64_t first, uint64_t last)
     hs_put_cstring(&w, "kind", "gap");
     hs_put_number(&w, "first_sequence", (double)first);
     hs_put_number(&w, "last_sequence", (double)last);
-    hs_put_cstring(&w, "reason", "history_evicted");
+    hs_put_cstring(&w, "reason", reason);
     hs_payload_end(&w);
     if (hs_result(&w) == 0)
         provider_stream_private(r, w.buf, (uint32_t)w.len);
     hs_free(&w);
+}
+
+/* core_log_scan's callbacks: a logged event or a range the log no longer holds. */
+static void log_event(void *arg, struct oframe *f)
+{
+    struct pv_request *r = arg;
+    if (user_match(r, f)) {
+        struct hs_writer w;
+        hs_init(&w, CS_HISTORY_DATA_BYTES_MAX + 4096);
+        if (event_payload(&w, f) == 0)
+            provider_stream_private(r, w.buf, (uint32_t)w.len);
+        hs_free(&w);
+    }
+    oframe_unref(f);
+}
+
+static void log_gap(void *arg, uint64_t first, uint64_t last)
+{
+    send_gap(arg, first, last, "retention");
 }
 
 void cs_stream_events_start(struct pv_request *r)
@@ -266,9 +285,18 @@ void cs_stream_events_start(struct pv_request *r)
         return;
     }
     *provider_state(r) = cs;
-    /* Replay, then live: both on this thread, so nothing is published in between. */
-    if (from > 0 && from <= cs->h_evicted)
-        send_gap(r, from, cs->h_evicted);
+    /* Replay, then live: both on this thread, so nothing is published in between. Older than
+     * the in-memory history: from the event log when there is one. */
+    struct campaign *cp = provider_campaign(r);
+    uint64_t hist_first = cs->h_count ? hist_at(cs, 0)->sequence : core_campaign_released(cp) + 1;
+    int logged =
+        from > 0 && from < hist_first
+            ? core_log_scan(provider_shard(r), cp, from, hist_first - 1, log_event, log_gap, r)
+            : 0;
+    if (logged == -ENOENT && from > 0 && from <= cs->h_evicted)
+        send_gap(r, from, cs->h_evicted, "history_evicted");
+    else if (logged < 0 && logged != -ENOENT)
+        send_gap(r, from, hist_first - 1, "log_unreadable");
     struct hs_writer w;
     hs_init(&w, CS_HISTORY_DATA_BYTES_MAX + 4096);
     for (uint32_t k = 0; k < cs->h_count; k++) {

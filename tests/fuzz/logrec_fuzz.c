@@ -34,13 +34,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static void check_record(const uint8_t *buf, size_t avail, const struct logrec *r, size_t used)
 {
     static uint8_t again[1 << 16];
-    CHECK(used >= LOGREC_HEADER + 1 && used <= avail);
-    CHECK(r->len >= 1 && r->len <= LOGREC_FRAME_MAX && used == logrec_size(r->len));
+    /* A version-1 record (logrec.h) has the shorter header and no dedup key. */
+    bool v1 = memcmp(buf, "NXL1", 4) == 0;
+    size_t hdr = v1 ? LOGREC_HEADER_V1 : LOGREC_HEADER;
+    CHECK(used >= hdr + 1 && used <= avail);
+    CHECK(r->len >= 1 && r->len <= LOGREC_FRAME_MAX && used == hdr + r->len);
     CHECK(r->sequence >= 1);
-    CHECK(r->frame == buf + LOGREC_HEADER);
+    CHECK(r->frame == buf + hdr);
+    CHECK(!v1 || r->dedup_key == 0);
     /* Re-encoding gives the identical bytes (the decoder accepts exactly what the encoder
-     * writes: no field is ignored or normalised). */
-    if (used <= sizeof(again)) {
+     * writes: no field is ignored or normalised). The encoder writes version 2 only. */
+    if (!v1 && used <= sizeof(again)) {
         logrec_encode(again, r);
         CHECK(memcmp(again, buf, used) == 0);
     }
@@ -49,7 +53,8 @@ static void check_record(const uint8_t *buf, size_t avail, const struct logrec *
     size_t used2 = 0;
     CHECK(logrec_decode(buf, used, &r2, &used2) == LOGREC_OK);
     CHECK(used2 == used && r2.campaign_id == r->campaign_id && r2.sequence == r->sequence &&
-          r2.ts_ns == r->ts_ns && r2.len == r->len && r2.frame == r->frame);
+          r2.ts_ns == r->ts_ns && r2.dedup_key == r->dedup_key && r2.len == r->len &&
+          r2.frame == r->frame);
     /* Any shorter prefix is SHORT: a record cut by a crash reads as a torn tail. Copied into
      * an exact-size buffer, so that ASan sees a read past the prefix. A few lengths only,
      * to keep the target fast. */
