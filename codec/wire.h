@@ -68,8 +68,8 @@ static inline int wire_read_varint(struct wire_cursor *c, uint64_t *out)
 }
 
 /* Reads the next field. Returns 1 with *f filled, 0 at the end of the buffer, -EBADMSG on
- * malformed input (bad tag, field number 0, truncated value, groups, which proto3 never
- * writes). Inline: every decoder walks every field with it (a call per field was ~5 ns, a
+ * malformed input (bad tag — longer than 5 bytes or field number 0 —, truncated value,
+ * groups, which proto3 never writes). Inline: every decoder walks every field with it (a call per field was ~5 ns, a
  * quarter of checking a small payload). */
 static inline __attribute__((always_inline)) int wire_next(struct wire_cursor *c,
                                                            struct wire_field *f)
@@ -77,7 +77,9 @@ static inline __attribute__((always_inline)) int wire_next(struct wire_cursor *c
     if (c->p >= c->end)
         return 0;
     uint64_t tag;
-    if (wire_read_varint(c, &tag) < 0)
+    const uint8_t *start = c->p;
+    /* A tag is a 32-bit varint: at most 5 bytes, as protobuf's own parsers require. */
+    if (wire_read_varint(c, &tag) < 0 || c->p - start > 5)
         return -EBADMSG;
     uint64_t number = tag >> 3;
     if (number == 0 || number > 536870911u) /* 2^29 - 1: the largest field number */

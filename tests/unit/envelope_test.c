@@ -250,6 +250,7 @@ static void test_envelope_garbage(void **state)
         BAD("truncated 9-byte varint", 0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80),
         BAD("11-byte varint", 0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
             0x01),
+        BAD("6-byte tag (field 1, zero-padded)", 0x88, 0x80, 0x80, 0x80, 0x80, 0x00, 0x01),
         BAD("length past the end", 0x22, 0x05, 0x01, 0x02),
         BAD("truncated length varint", 0x22, 0x80),
         BAD("field number 0", 0x00, 0x00),
@@ -273,6 +274,11 @@ static void test_envelope_garbage(void **state)
         /* A NULL err is allowed. */
         assert_int_equal(codec_envelope_decode(bad[k].bytes, bad[k].len, &env, NULL), -EBADMSG);
     }
+    /* A zero-padded tag of 5 bytes is still a valid tag (protobuf's parsers take it). */
+    const uint8_t five[] = {0x88, 0x80, 0x80, 0x80, 0x00, 0x07};
+    struct codec_envelope env;
+    assert_int_equal(codec_envelope_decode(five, sizeof(five), &env, NULL), 0);
+    assert_int_equal(env.correlation, 7);
 }
 
 /* ---- emit -------------------------------------------------------------------------------- */
