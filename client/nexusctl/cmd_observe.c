@@ -18,7 +18,9 @@ static const char *const subscribe_usage =
     "Subscribes and prints every matching event as a JSON line (event_id, event_type,\n"
     "campaign_id, sequence, timestamp_unix_nanos, correlation_id, stream_seq, code, entity_id,\n"
     "payload {data, versioning}, metadata), and a {\"gap\": {...}} line for events the broker\n"
-    "had to drop for this subscriber. Runs until Ctrl-C (exit 0), --count or --timeout.\n"
+    "had to drop for this subscriber (--human: one readable line each). Runs until Ctrl-C\n"
+    "(exit 0), --count, --timeout, or until stdout is closed by its reader (exit 0:\n"
+    "`nexusctl subscribe | head -n1` stops once head has its line).\n"
     "\n"
     "  PATTERN                service:action:vN:state, any segment may be *; none, or the\n"
     "                         single pattern *, matches every type (at most 64)\n"
@@ -33,7 +35,7 @@ static const char *const subscribe_usage =
     "\n"
     "Global flags (see nexusctl --help): --broker, --host, --port, --account, --token,\n"
     "--token-file, --tls, --tls-ca, --tls-cert, --tls-key, --tls-server-name, --pretty,\n"
-    "--verbose. Exit statuses: see nexusctl --help.\n";
+    "--human, --verbose. Exit statuses: see nexusctl --help.\n";
 
 static const char *const stats_usage =
     "Usage: nexusctl stats [flags]\n"
@@ -145,6 +147,10 @@ static int subscribe_loop(const struct ctl_opts *o, struct nexus_client *c,
             slice = (int)(deadline - ctl_now_ms()) + 1;
         struct nexus_frame f;
         int r = nexus_recv(c, &f, slice);
+        if (r == 0 && ctl_stdout_closed()) {
+            ctl_info(o, "stdout closed after %" PRIu64 " events: stopping", got);
+            return CTL_EXIT_OK;
+        }
         if (r == 0)
             continue;
         if (r < 0)
@@ -152,12 +158,12 @@ static int subscribe_loop(const struct ctl_opts *o, struct nexus_client *c,
         switch (f.kind) {
         case CODEC_KIND_EVENT:
             got++;
-            if (ctl_print_event(o, &f.u.event) < 0)
-                return CTL_EXIT_INTERNAL;
+            if ((r = ctl_print_event(o, &f.u.event)) < 0)
+                return ctl_output_error(r);
             break;
         case CODEC_KIND_GAP:
-            if (ctl_print_gap(o, &f.u.gap) < 0)
-                return CTL_EXIT_INTERNAL;
+            if ((r = ctl_print_gap(o, &f.u.gap)) < 0)
+                return ctl_output_error(r);
             break;
         case CODEC_KIND_ERROR:
             /* Not an answer to anything this connection asked: report it and go on. */
@@ -299,7 +305,13 @@ int ctl_cmd_stats(struct ctl_opts *o, int argc, char **argv)
         bad |= json_object_set(j, "shards", list);
         bad |= json_object_set_new(j, "total", shard_json(&total, false));
     }
-    code = bad || ctl_json_print(stdout, j, o->pretty) < 0 ? CTL_EXIT_INTERNAL : CTL_EXIT_OK;
+    if (bad) {
+        ctl_error("stats: out of memory");
+        code = CTL_EXIT_INTERNAL;
+    } else {
+        int pr = ctl_json_print(stdout, j, o->pretty);
+        code = pr < 0 ? ctl_output_error(pr) : CTL_EXIT_OK;
+    }
     json_decref(list);
     json_decref(j);
 done:

@@ -58,7 +58,9 @@ static const char *const stream_usage =
     "then every lifecycle event (started, stream events with stream_seq, heartbeats with\n"
     "stream_count and age_ms) as a JSON line, until the terminal event. Ctrl-C sends\n"
     "S:A:vN:cancel with metadata.global_context.correlation_id = the request's event id and\n"
-    "waits for `cancelled` (exit 11); a second Ctrl-C exits 130 at once.\n";
+    "waits for `cancelled` (exit 11); a second Ctrl-C exits 130 at once. When the reader of\n"
+    "stdout goes away (`| head -n 5`), nexusctl exits 0 and the broker cancels the stream,\n"
+    "whose requester is gone.\n";
 
 static const char *const event_flags_usage =
     "\n"
@@ -92,7 +94,7 @@ static void print_usage(enum pub_cmd cmd)
               stdout);
     fputs("\nGlobal flags (see nexusctl --help): --broker, --host, --port, --account, --token,\n"
           "--token-file, --tls, --tls-ca, --tls-cert, --tls-key, --tls-server-name, --pretty,\n"
-          "--verbose. Exit statuses: see nexusctl --help.\n",
+          "--human, --verbose. Exit statuses: see nexusctl --help.\n",
           stdout);
 }
 
@@ -334,7 +336,7 @@ int ctl_cmd_emit(struct ctl_opts *o, int argc, char **argv)
         struct nexus_frame f;
         int r = nexus_emit_sync(c, &e, &f, (int)a.timeout_ms);
         if (r == 1)
-            code = ctl_print_event(o, &f.u.event) < 0 ? CTL_EXIT_INTERNAL : CTL_EXIT_OK;
+            code = (r = ctl_print_event(o, &f.u.event)) < 0 ? ctl_output_error(r) : CTL_EXIT_OK;
         else if (r == -EPROTO)
             code = ctl_broker_error(&f, "emit");
         else
@@ -440,8 +442,9 @@ static int on_frame(struct req_state *st, const struct nexus_frame *f)
         size_t idl = strlen(st->id);
         if (ev->correlation_id.len != idl || memcmp(ev->correlation_id.ptr, st->id, idl) != 0)
             return -1; /* not ours (this connection subscribes to nothing, so: never) */
-        if (ctl_print_event(st->o, ev) < 0)
-            return CTL_EXIT_INTERNAL;
+        int pr = ctl_print_event(st->o, ev);
+        if (pr < 0)
+            return ctl_output_error(pr);
         int t = terminal_status(st, ev);
         if (t >= 0)
             return t;
@@ -466,8 +469,10 @@ static int on_frame(struct req_state *st, const struct nexus_frame *f)
             return -1;
         }
         return ctl_broker_error(f, "request");
-    case CODEC_KIND_GAP:
-        return ctl_print_gap(st->o, &f->u.gap) < 0 ? CTL_EXIT_INTERNAL : -1;
+    case CODEC_KIND_GAP: {
+        int pr = ctl_print_gap(st->o, &f->u.gap);
+        return pr < 0 ? ctl_output_error(pr) : -1;
+    }
     default:
         return -1;
     }
@@ -503,6 +508,11 @@ static int request_loop(struct req_state *st)
         }
         struct nexus_frame f;
         int r = nexus_recv(st->c, &f, CTL_POLL_SLICE_MS);
+        if (r == 0 && ctl_stdout_closed()) {
+            /* Nobody reads on: closing the connection makes the broker cancel the request. */
+            ctl_info(st->o, "stdout closed: leaving request %s", st->id);
+            return CTL_EXIT_OK;
+        }
         if (r == 0)
             continue;
         if (r < 0)
@@ -535,10 +545,8 @@ static int run_request(struct ctl_opts *o, enum pub_cmd cmd, int argc, char **ar
     if (r == 1) {
         snprintf(st.id, sizeof(st.id), "%.*s", (int)f.u.event.event_id.len,
                  (const char *)f.u.event.event_id.ptr);
-        if (ctl_print_event(o, &f.u.event) < 0)
-            code = CTL_EXIT_INTERNAL;
-        else
-            code = request_loop(&st);
+        int pr = ctl_print_event(o, &f.u.event);
+        code = pr < 0 ? ctl_output_error(pr) : request_loop(&st);
     } else if (r == -EPROTO) {
         code = ctl_broker_error(&f, cmd == PUB_STREAM ? "stream" : "request");
     } else {

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // What the parts of nexusctl share: global options, exit codes (the contract scripts rely on,
-// printed by `nexusctl --help`), the connection and signal set-up, error reporting and the JSON
-// form of delivered events. The commands live in cmd_publish.c (emit, request, stream) and
-// cmd_observe.c (subscribe, stats); main.c parses the global flags and dispatches.
-// Single-threaded: one connection, one command per process.
+// printed by `nexusctl --help`), the connection and signal set-up, error reporting (session.c)
+// and the printed form of delivered events, JSON or --human (output.c). The commands live in
+// cmd_publish.c (emit, request, stream), cmd_observe.c (subscribe, stats) and cmd_serve.c
+// (serve); main.c parses the global flags and dispatches. Single-threaded: one connection,
+// one command per process.
 #ifndef NEXUS_CTL_H
 #define NEXUS_CTL_H
 
@@ -17,8 +18,8 @@
 
 /* Exit statuses. Values are stable: scripts test them. */
 enum ctl_exit {
-    CTL_EXIT_OK = 0,
-    CTL_EXIT_INTERNAL = 1,      /* out of memory, cannot write output */
+    CTL_EXIT_OK = 0,            /* also: stdout closed by its reader (`... | head -n1`) */
+    CTL_EXIT_INTERNAL = 1,      /* out of memory, cannot write output (other than EPIPE) */
     CTL_EXIT_USAGE = 2,         /* bad flag, bad argument, bad JSON */
     CTL_EXIT_REJECTED = 3,      /* the broker answered with an error frame */
     CTL_EXIT_UNREACHABLE = 4,   /* cannot resolve or connect to the broker */
@@ -48,6 +49,7 @@ struct ctl_opts {
     const char *tls_key;
     const char *tls_server_name; /* default: the broker host */
     bool pretty;
+    bool human; /* events as readable lines, not JSON */
     bool verbose;
 };
 
@@ -65,6 +67,7 @@ enum {
     CTL_OPT_TLS_KEY,
     CTL_OPT_TLS_NAME,
     CTL_OPT_PRETTY,
+    CTL_OPT_HUMAN,
     CTL_OPT_VERBOSE,
     CTL_OPT_HELP,
 };
@@ -80,7 +83,8 @@ enum {
         {"tls-cert", required_argument, NULL, CTL_OPT_TLS_CERT},                                   \
         {"tls-key", required_argument, NULL, CTL_OPT_TLS_KEY},                                     \
         {"tls-server-name", required_argument, NULL, CTL_OPT_TLS_NAME},                            \
-        {"pretty", no_argument, NULL, CTL_OPT_PRETTY}, {"verbose", no_argument, NULL, 'v'},        \
+        {"pretty", no_argument, NULL, CTL_OPT_PRETTY},                                             \
+        {"human", no_argument, NULL, CTL_OPT_HUMAN}, {"verbose", no_argument, NULL, 'v'},          \
     {                                                                                              \
         "help", no_argument, NULL, CTL_OPT_HELP                                                    \
     }
@@ -121,10 +125,20 @@ int ctl_io_error(int r, const char *what);
  * permission_denied get a sentence saying what to check) and returns CTL_EXIT_REJECTED. */
 int ctl_broker_error(const struct nexus_frame *f, const char *what);
 
-/* Prints a delivered event or an emit_ack as one JSON line on stdout. Returns 0, or -1 if it
- * could not be written (out of memory, closed stdout). */
+/* Prints a delivered event or an emit_ack on stdout: one JSON line, or with --human one
+ * readable line (time, type, campaign, sequence, ids, user, data). Flushed at once. Returns 0,
+ * -ENOMEM, or -errno of the failed write (-EPIPE: the reader of stdout went away). */
 int ctl_print_event(const struct ctl_opts *o, const struct codec_event_in *ev);
 int ctl_print_gap(const struct ctl_opts *o, const struct codec_gap_in *g);
+
+/* The exit status after a print failed with r (<0): a closed stdout (-EPIPE) ends the command
+ * quietly with CTL_EXIT_OK — the reader has what it wanted; anything else is reported and is
+ * CTL_EXIT_INTERNAL. */
+int ctl_output_error(int r);
+
+/* True when stdout is a pipe whose reader has gone (poll reports POLLERR): a command waiting
+ * for events stops instead of waiting for the next write to fail. */
+bool ctl_stdout_closed(void);
 
 /* The state segment (after the last ':') of an event type slice, as a NUL-terminated copy. */
 void ctl_event_state(const struct codec_event_in *ev, char *out, size_t cap);
@@ -146,5 +160,6 @@ int ctl_cmd_request(struct ctl_opts *o, int argc, char **argv);
 int ctl_cmd_stream(struct ctl_opts *o, int argc, char **argv);
 int ctl_cmd_subscribe(struct ctl_opts *o, int argc, char **argv);
 int ctl_cmd_stats(struct ctl_opts *o, int argc, char **argv);
+int ctl_cmd_serve(struct ctl_opts *o, int argc, char **argv);
 
 #endif

@@ -81,6 +81,12 @@ json_t *ctl_json_parse(const char *arg, const char *what, char *err, size_t err_
     return j;
 }
 
+json_t *ctl_json_parse_text(const char *text, size_t len)
+{
+    return json_loadb(text, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_REJECT_DUPLICATES,
+                      NULL);
+}
+
 /* ---- JSON -> protobuf ------------------------------------------------------------------------ */
 
 static pb_struct *struct_from_json(const json_t *obj, int depth, struct jerr *e);
@@ -817,11 +823,20 @@ static void put_json(FILE *f, const json_t *j, bool pretty, int level)
     }
 }
 
+void ctl_json_write(FILE *f, const json_t *j)
+{
+    put_json(f, j, false, 0);
+}
+
 int ctl_json_print(FILE *f, const json_t *j, bool pretty)
 {
+    errno = 0;
     put_json(f, j, pretty, 0);
     fputc('\n', f);
-    if (fflush(f) != 0 || ferror(f))
-        return -1;
+    if (fflush(f) != 0 || ferror(f)) {
+        int e = errno ? errno : EIO;
+        clearerr(f);
+        return -e;
+    }
     return 0;
 }

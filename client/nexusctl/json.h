@@ -52,8 +52,16 @@ int ctl_metadata_pack(const json_t *md, const char *user_id, const char *correla
 json_t *ctl_payload_to_json(const uint8_t *buf, size_t len);
 json_t *ctl_metadata_to_json(const uint8_t *buf, size_t len);
 
+/* Parses len bytes of JSON text as ctl_json_parse does (numbers as doubles, duplicate keys
+ * refused), without its @FILE and - forms. Returns a new reference, or NULL if it is not JSON. */
+json_t *ctl_json_parse_text(const char *text, size_t len);
+
 /* Writes j and a newline to f (compact, or indented by two spaces when pretty), then flushes.
- * Numbers are printed as described above. Returns 0, or -1 on a write error. */
+ * Numbers are printed as described above. Returns 0, or -errno on a write error (-EPIPE: the
+ * reader of a pipe went away); the error is cleared from f. */
 int ctl_json_print(FILE *f, const json_t *j, bool pretty);
+
+/* Writes j to f, compact, without a newline and without flushing. */
+void ctl_json_write(FILE *f, const json_t *j);
 
 #endif

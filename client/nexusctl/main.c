@@ -4,6 +4,7 @@
 // before the command name, then hands the rest to the command (which accepts the global flags too).
 // The usage text below is the contract for scripts: commands, flags, output and exit statuses.
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -12,8 +13,8 @@
 static const char *const usage =
     "Usage: nexusctl [global flags] COMMAND [flags] [args]\n"
     "Command line client of the Nexus event broker. JSON in, JSON out: every event printed is\n"
-    "one JSON object on one line of stdout; errors are one line on stderr starting\n"
-    "\"nexusctl: \".\n"
+    "one JSON object on one line of stdout (--human: one readable line); errors are one line\n"
+    "on stderr starting \"nexusctl: \".\n"
     "\n"
     "Commands (nexusctl COMMAND --help for each):\n"
     "  emit TYPE          emit one event; prints the acknowledgement\n"
@@ -21,6 +22,8 @@ static const char *const usage =
     "  stream TYPE        open a stream; prints stream events and heartbeats; Ctrl-C cancels\n"
     "  subscribe [PAT..]  print the events that match patterns, a campaign, a user\n"
     "  stats              print the broker's per-shard counters\n"
+    "  serve ACTION       serve an action's requests with a command (--exec CMD): stdin the\n"
+    "                     request, stdout lines stream events, exit status the outcome\n"
     "\n"
     "Global flags (before or after the command):\n"
     "  -b, --broker HOST:PORT  broker address (default $NEXUS_BROKER, else 127.0.0.1:7400;\n"
@@ -45,6 +48,9 @@ static const char *const usage =
     "      --tls-server-name NAME  the name the broker's certificate must carry (default:\n"
     "                          the broker host)\n"
     "      --pretty            indent JSON output\n"
+    "      --human             events as readable lines instead of JSON: local time, type,\n"
+    "                          campaign, sequence, stream_seq, code, user, entity, corr\n"
+    "                          (correlation id), id, then the payload data as JSON\n"
     "  -v, --verbose           progress on stderr (connected, subscribed, cancel sent)\n"
     "  -h, --help              this help\n"
     "      --version           print the version\n"
@@ -56,8 +62,10 @@ static const char *const usage =
     "\"NaN\", \"Infinity\", \"-Infinity\". Object keys keep their order. Nesting: at most 100.\n"
     "\n"
     "Exit statuses:\n"
-    "  0    success (request/stream: ended `success`; subscribe: --count reached, Ctrl-C)\n"
-    "  1    internal error (out of memory, stdout closed)\n"
+    "  0    success (request/stream: ended `success`; subscribe: --count reached, Ctrl-C;\n"
+    "       serve: Ctrl-C or SIGTERM). Also when the reader of stdout went away\n"
+    "       (`nexusctl subscribe | head -n1`): nexusctl stops quietly\n"
+    "  1    internal error (out of memory, stdout not writable for another reason)\n"
     "  2    usage error: unknown flag, bad value, invalid JSON\n"
     "  3    the broker refused a frame (error frame: invalid_event_type, invalid_pattern,\n"
     "       unauthorized, permission_denied, limit_exceeded, ...); its code and message\n"
@@ -79,6 +87,9 @@ static const char *const usage =
     "  nexusctl request test:echo:v1 -d '{\"hello\": \"world\"}'\n"
     "  nexusctl stream test:stream_ticks:v1 -d '{\"interval_ms\": 200}'\n"
     "  nexusctl stats --pretty\n"
+    "  nexusctl --human subscribe -c 42\n"
+    "      14:03:07.512 order:placed:v1:completed campaign=42 seq=1 id=... {\"total\":9.5}\n"
+    "  nexusctl serve shop:quote --exec 'jq -c \"{price: (.qty * 2)}\"'\n"
     "  NEXUS_USER=ops NEXUS_TOKEN=$(cat ~/.nexus-token) nexusctl --tls-ca ca.pem \\\n"
     "      -b nexus.example:7400 stats\n"
     "\n"
@@ -92,7 +103,7 @@ struct command {
 
 static const struct command commands[] = {
     {"emit", ctl_cmd_emit},           {"request", ctl_cmd_request}, {"stream", ctl_cmd_stream},
-    {"subscribe", ctl_cmd_subscribe}, {"stats", ctl_cmd_stats},
+    {"subscribe", ctl_cmd_subscribe}, {"stats", ctl_cmd_stats},     {"serve", ctl_cmd_serve},
 };
 
 int main(int argc, char **argv)
@@ -103,6 +114,9 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
     };
+    /* A closed stdout must end nexusctl with a status it documents, not kill it with SIGPIPE
+     * (141): writes then fail with EPIPE, and ctl_output_error makes that a quiet exit 0. */
+    signal(SIGPIPE, SIG_IGN);
     struct ctl_opts o;
     ctl_opts_init(&o);
     opterr = 0;
@@ -141,6 +155,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (strcmp(name, commands[i].name) == 0)
             return commands[i].run(&o, argc - optind, argv + optind);
-    ctl_error("unknown command %s (commands: emit, request, stream, subscribe, stats)", name);
+    ctl_error("unknown command %s (commands: emit, request, stream, subscribe, stats, serve)",
+              name);
     return CTL_EXIT_USAGE;
 }

@@ -2,7 +2,7 @@
 //
 // The parts of nexusctl every command uses (ctl.h): option values, connecting and saying hello,
 // turning client-library errors and broker error frames into one stderr line and an exit
-// status, signals, and the JSON form of delivered events.
+// status, and signals. How events are printed is output.c.
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -12,7 +12,6 @@
 #include <time.h>
 
 #include "client/nexusctl/ctl.h"
-#include "client/nexusctl/json.h"
 
 volatile sig_atomic_t ctl_interrupts;
 
@@ -184,6 +183,9 @@ int ctl_global_option(struct ctl_opts *o, int opt, const char *arg)
         return 1;
     case CTL_OPT_PRETTY:
         o->pretty = true;
+        return 1;
+    case CTL_OPT_HUMAN:
+        o->human = true;
         return 1;
     case 'v':
     case CTL_OPT_VERBOSE:
@@ -364,66 +366,4 @@ void ctl_event_state(const struct codec_event_in *ev, char *out, size_t cap)
     size_t len = n - i < cap ? n - i : cap - 1;
     memcpy(out, p + i, len);
     out[len] = 0;
-}
-
-/* Adds a string field from a slice when it is not empty. */
-static int put_slice(json_t *o, const char *key, struct codec_slice s)
-{
-    if (s.len == 0)
-        return 0;
-    json_t *v = json_stringn((const char *)s.ptr, s.len);
-    if (!v) /* not UTF-8: the broker checks ids, so only a foreign peer could send this */
-        v = json_string("(invalid UTF-8)");
-    return json_object_set_new(o, key, v);
-}
-
-int ctl_print_event(const struct ctl_opts *o, const struct codec_event_in *ev)
-{
-    json_t *j = json_object();
-    int bad = !j;
-    if (j) {
-        bad |= put_slice(j, "event_id", ev->event_id);
-        bad |= put_slice(j, "event_type", ev->event_type);
-        bad |= json_object_set_new(j, "campaign_id", json_integer(ev->campaign_id));
-        bad |= json_object_set_new(j, "sequence", json_integer((json_int_t)ev->sequence));
-        bad |=
-            json_object_set_new(j, "timestamp_unix_nanos", json_integer(ev->timestamp_unix_nanos));
-        bad |= put_slice(j, "correlation_id", ev->correlation_id);
-        if (ev->stream_seq)
-            bad |= json_object_set_new(j, "stream_seq", json_integer((json_int_t)ev->stream_seq));
-        bad |= put_slice(j, "code", ev->code);
-        bad |= put_slice(j, "entity_id", ev->entity_id);
-        bad |= put_slice(j, "message", ev->message);
-        if (!ev->success)
-            bad |= json_object_set_new(j, "success", json_false());
-        if (ev->has_payload)
-            bad |= json_object_set_new(j, "payload",
-                                       ctl_payload_to_json(ev->payload.ptr, ev->payload.len));
-        if (ev->has_metadata)
-            bad |= json_object_set_new(j, "metadata",
-                                       ctl_metadata_to_json(ev->metadata.ptr, ev->metadata.len));
-    }
-    int r = bad ? -1 : ctl_json_print(stdout, j, o->pretty);
-    json_decref(j);
-    return r;
-}
-
-int ctl_print_gap(const struct ctl_opts *o, const struct codec_gap_in *g)
-{
-    json_t *j = json_object(), *gap = json_object();
-    int bad = !j || !gap;
-    if (!bad) {
-        bad |= json_object_set_new(gap, "campaign_id", json_integer(g->campaign_id));
-        bad |=
-            json_object_set_new(gap, "first_sequence", json_integer((json_int_t)g->first_sequence));
-        bad |=
-            json_object_set_new(gap, "last_sequence", json_integer((json_int_t)g->last_sequence));
-        bad |= json_object_set_new(gap, "dropped", json_integer((json_int_t)g->dropped));
-        bad |= put_slice(gap, "reason", g->reason);
-        bad |= json_object_set(j, "gap", gap);
-    }
-    int r = bad ? -1 : ctl_json_print(stdout, j, o->pretty);
-    json_decref(gap);
-    json_decref(j);
-    return r;
 }

@@ -3,10 +3,11 @@
 // nexusctl end to end: the real binary ($NEXUSCTL) against the real nexusd, its stdout, stderr
 // and exit status captured. Emit + subscribe (patterns, campaign, user filter, duplicates),
 // request lifecycles and their exit statuses, a stream cancelled with SIGINT (and with
-// --count), the JSON round trip of a nested payload (compared semantically as JSON, and byte
-// for byte against what protobuf-c packs for the same Struct, also after JSON -> Struct -> JSON
-// -> Struct), stats, and the errors a script relies on: bad JSON, bad event types, bad
-// patterns, an unreachable broker, a lost connection.
+// --count), a closed stdout (`| head -n1`: exit 0, not SIGPIPE's 141), --human lines, the
+// JSON round trip of a nested payload (compared semantically as JSON, and byte for byte against
+// what protobuf-c packs for the same Struct, also after JSON -> Struct -> JSON -> Struct),
+// stats, and the errors a script relies on: bad JSON, bad event types, bad patterns, an
+// unreachable broker, a lost connection.
 //
 // The JSON printed by nexusctl is read back with the small parser below (the test does not
 // link a JSON library), which compares values semantically: objects as unordered maps,
@@ -790,6 +791,154 @@ static void test_stats(void **state)
     assert_int_equal(h_stop(&b), 0);
 }
 
+/* ---- a closed stdout, --human ---------------------------------------------------------------- */
+
+/* Starts `nexusctl --broker ADDR ARGS | head -n LINES` in bash; after head's lines, stdout gets
+ * "exit=N", nexusctl's own exit status. ARGS is split on spaces (no quoting, no globbing). */
+static void pipe_start(struct h_child *ch, const char *args, const char *lines)
+{
+    const char *script = "set -f; \"$0\" --broker \"$1\" $2 | head -n \"$3\"; "
+                         "echo \"exit=${PIPESTATUS[0]}\"";
+    const char *argv[] = {"bash", "-c", script, getenv("NEXUSCTL"), broker_addr, args, lines, NULL};
+    assert_non_null(argv[3]);
+    assert_int_equal(h_child_start(ch, argv), 0);
+}
+
+static void pipe_finish(struct h_child *ch, int json_lines)
+{
+    int st = h_child_finish(ch, 30000);
+    if (st != 0 || !strstr(ch->out, "\nexit=0\n") || h_count_lines(ch->out) != json_lines + 1)
+        fail_msg("expected %d lines and exit=0 (not 141: SIGPIPE), got status %d:\n%s\nstderr:\n%s",
+                 json_lines, st, ch->out, ch->err);
+}
+
+static void test_closed_stdout(void **state)
+{
+    (void)state;
+    struct broker_proc b = start_broker();
+    struct h_child ch, em;
+
+    /* head exits after one line; nexusctl notices the closed pipe while it waits (no write
+     * needed) and exits 0. */
+    pipe_start(&ch, "-v subscribe -c 61", "1");
+    assert_true(h_child_wait_for(&ch, 2, "subscribed", 10000));
+    assert_int_equal(ctl_run(&em, "emit", "a:b:v1:completed", "-c", "61", NULL), 0);
+    h_child_free(&em);
+    pipe_finish(&ch, 1);
+    assert_non_null(strstr(ch.err, "stdout closed"));
+    h_child_free(&ch);
+
+    /* Events keep coming: the write after head is gone fails with EPIPE; still 0. */
+    pipe_start(&ch, "-v subscribe -c 62", "1");
+    assert_true(h_child_wait_for(&ch, 2, "subscribed", 10000));
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    for (int i = 0; i < 300; i++) {
+        struct codec_emit_in e;
+        nexus_emit_init(&e, "a:b:v1:completed", 62, NULL, NULL, 0);
+        e.correlation = 0;
+        assert_int_equal(nexus_send_emit(c, &e), 0);
+    }
+    assert_int_equal(h_ping(c, 10000), 1);
+    pipe_finish(&ch, 1);
+    h_child_free(&ch);
+
+    /* A stream read by head: nexusctl exits 0 and the broker cancels the stream. */
+    const char *pat[] = {"test:stream_ticks:*:cancelled"};
+    assert_int_equal(nexus_subscribe_sync(c, 63, pat, 1, NULL, NULL, NULL, 5000), 1);
+    pipe_start(&ch, "stream test:stream_ticks:v1 -c 63 -d {\"interval_ms\":50}", "3");
+    pipe_finish(&ch, 3);
+    struct nexus_frame f;
+    do
+        assert_int_equal(nexus_recv(c, &f, 10000), 1);
+    while (f.kind != CODEC_KIND_EVENT);
+    assert_true(h_slice_eq(f.u.event.event_type, "test:stream_ticks:v1:cancelled"));
+    h_child_free(&ch);
+    nexus_close(c);
+
+    /* Any other write error is still an error: 1, one line saying why. */
+    const char *full[] = {"bash",
+                          "-c",
+                          "\"$0\" --broker \"$1\" emit a:b:v1:completed >/dev/full",
+                          getenv("NEXUSCTL"),
+                          broker_addr,
+                          NULL};
+    assert_int_equal(h_run(&ch, full, 30000), 1);
+    assert_one_error_line(&ch, "cannot write to stdout");
+    h_child_free(&ch);
+    assert_int_equal(h_stop(&b), 0);
+}
+
+/* True when s starts with a --human clock, HH:MM:SS.mmm and a space. */
+static bool human_clock(const char *s)
+{
+    for (int i = 0; i < 12; i++) {
+        bool sep = i == 2 || i == 5 || i == 8;
+        if (sep ? s[i] != (i == 8 ? '.' : ':') : (s[i] < '0' || s[i] > '9'))
+            return false;
+    }
+    return s[12] == ' ';
+}
+
+/* Line i of out, which must be a --human line containing each of the NULL-terminated parts. */
+static void human_line(const char *out, int i, ...)
+{
+    char line[4096];
+    assert_true(h_line(out, i, line, sizeof(line)));
+    if (!human_clock(line))
+        fail_msg("line %d does not start with a clock: %s", i, line);
+    va_list ap;
+    va_start(ap, i);
+    const char *part;
+    while ((part = va_arg(ap, const char *)))
+        if (!strstr(line, part))
+            fail_msg("line %d lacks `%s`: %s", i, part, line);
+    va_end(ap);
+}
+
+static void test_human(void **state)
+{
+    (void)state;
+    struct broker_proc b = start_broker();
+    struct h_child sub, ch;
+    ctl_start(&sub, "--human", "-v", "subscribe", "-c", "70", "--count", "4", NULL);
+    assert_true(h_child_wait_for(&sub, 2, "subscribed", 10000));
+    assert_int_equal(ctl_run(&ch, "emit", "order:placed:v1:completed", "-c", "70", "-u", "alice",
+                             "-e", "ent-1", "-d", "{\"total\": 42.5, \"items\": [1, 2]}", NULL),
+                     0);
+    struct jv v;
+    line_json(ch.out, 0, &v);
+    char id_part[128];
+    const struct jv *idv = jv_get(&v, "event_id");
+    assert_true(idv && idv->type == JV_STR);
+    snprintf(id_part, sizeof(id_part), " id=%s {", idv ? idv->str : "?");
+    jv_free(&v);
+    h_child_free(&ch);
+    assert_int_equal(ctl_run(&ch, "--human", "request", "test:echo:v1", "-c", "70", "-d",
+                             "{\"hello\": \"world\"}", NULL),
+                     0);
+    /* request --human: the acknowledgement, started, success. */
+    assert_int_equal(h_count_lines(ch.out), 3);
+    human_line(ch.out, 0, " test:echo:v1:requested campaign=70 seq=2 accepted id=", NULL);
+    human_line(ch.out, 2, " test:echo:v1:success campaign=70 seq=4 corr=", "{\"hello\":\"world\"}",
+               NULL);
+    h_child_free(&ch);
+    assert_int_equal(h_child_finish(&sub, 30000), 0);
+    assert_int_equal(h_count_lines(sub.out), 4);
+    human_line(sub.out, 0,
+               " order:placed:v1:completed campaign=70 seq=1 user=alice entity=ent-1 id=", id_part,
+               NULL);
+    /* ... and ends with the payload data, compact. */
+    char first[4096];
+    const char *data = "{\"total\":42.5,\"items\":[1,2]}";
+    assert_true(h_line(sub.out, 0, first, sizeof(first)));
+    assert_true(strlen(first) > strlen(data));
+    assert_string_equal(first + strlen(first) - strlen(data), data);
+    human_line(sub.out, 2, " test:echo:v1:started campaign=70 seq=3 corr=", NULL);
+    h_child_free(&sub);
+    assert_int_equal(h_stop(&b), 0);
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -989,6 +1138,8 @@ int main(void)
         cmocka_unit_test_teardown(test_json_round_trip, h_teardown),
         cmocka_unit_test_teardown(test_stats, h_teardown),
         cmocka_unit_test_teardown(test_errors, h_teardown),
+        cmocka_unit_test_teardown(test_closed_stdout, h_teardown),
+        cmocka_unit_test_teardown(test_human, h_teardown),
         cmocka_unit_test_teardown(test_accounts_and_tls, sec_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
