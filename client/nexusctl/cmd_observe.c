@@ -231,7 +231,9 @@ int ctl_cmd_subscribe(struct ctl_opts *o, int argc, char **argv)
     X(requests_no_handler, req_no_handler)                                                         \
     X(open_streams, open_streams)                                                                  \
     X(heartbeats, heartbeats)                                                                      \
-    X(handler_losses, handler_losses)
+    X(handler_losses, handler_losses)                                                              \
+    X(media_rooms, media_rooms)                                                                    \
+    X(media_peers, media_peers)
 
 static json_t *shard_json(const struct codec_shard_stats *s, bool with_id)
 {

@@ -783,6 +783,10 @@ static void test_stats(void **state)
     const struct jv *total = jv_get(&v, "total");
     assert_true(jv_num(jv_get(total, "connections")) >= 1); /* this one */
     assert_true(jv_num(jv_get(total, "events_in")) == 1);
+    /* The media gauges are there (no room yet). */
+    assert_non_null(jv_get(total, "media_rooms"));
+    assert_true(jv_num(jv_get(total, "media_rooms")) == 0);
+    assert_non_null(jv_get(total, "media_peers"));
     jv_free(&v);
     h_child_free(&ch);
     assert_int_equal(ctl_run(&ch, "stats", "--pretty", NULL), 0);
