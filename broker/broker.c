@@ -17,8 +17,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "broker/conn_ws.h"
 #include "broker/log.h"
 #include "broker/metrics.h"
+#include "broker/portlock.h"
 #include "broker/shard.h"
 #include "broker/store.h"
 
@@ -138,9 +140,13 @@ int broker_listen(const char *host, uint16_t port, bool reuseport, int backlog, 
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
         int e = errno;
-        snprintf(err, cap, "cannot listen on %s:%u: %s%s%s%s", host, port, strerror(e),
-                 e == EADDRINUSE ? " (another process holds the port; use --" : "",
-                 e == EADDRINUSE ? flag : "", e == EADDRINUSE ? ")" : "");
+        char holder[160] = "";
+        if (e == EADDRINUSE)
+            portlock_holder(port, holder, sizeof(holder));
+        snprintf(err, cap, "cannot listen on %s:%u: %s%s%s%s%s%s", host, port, strerror(e),
+                 e == EADDRINUSE ? " (another process holds the port: " : "", holder,
+                 e == EADDRINUSE ? "; use --" : "", e == EADDRINUSE ? flag : "",
+                 e == EADDRINUSE ? ")" : "");
         close(fd);
         freeaddrinfo(res);
         return -e;
@@ -193,6 +199,8 @@ static void broker_free(struct broker *b)
             continue;
         if (s->listen_fd >= 0)
             close(s->listen_fd);
+        if (s->ws_listen_fd >= 0)
+            close(s->ws_listen_fd);
         free(s);
     }
     for (int cls = 0; cls < 2; cls++)
@@ -277,6 +285,7 @@ static struct broker *broker_alloc(const struct config *cfg)
         s->broker = b;
         s->cfg = &b->cfg;
         s->listen_fd = -1;
+        s->ws_listen_fd = -1;
         b->shards[i] = s;
     }
     return b;
@@ -290,6 +299,19 @@ static int broker_bind(struct broker *b)
      * for the broker to accept clients can scrape it at once. */
     if (b->cfg.metrics_port && !(b->metrics = metrics_start(b)))
         return -1;
+    conn_ws_stats_init();
+    /* The WebSocket listeners before the client ones, for the same reason. */
+    for (uint32_t i = 0; i < b->shard_count && b->cfg.ws_port; i++) {
+        char err[256];
+        b->shards[i]->ws_listen_fd = broker_listen(b->cfg.ws_host, b->cfg.ws_port, true, 4096,
+                                                   "ws-listen", err, sizeof(err));
+        if (b->shards[i]->ws_listen_fd < 0) {
+            log_error(-1, "%s", err);
+            metrics_stop(b->metrics);
+            b->metrics = NULL;
+            return -1;
+        }
+    }
     for (uint32_t i = 0; i < b->shard_count; i++) {
         char err[256];
         b->shards[i]->listen_fd = broker_listen(b->cfg.listen_host, b->cfg.listen_port, true, 4096,
@@ -334,6 +356,9 @@ struct broker *broker_start(const struct config *cfg)
     }
     log_info(-1, "nexusd %s listening on %s:%u with %u shards", NEXUS_VERSION, b->cfg.listen_host,
              b->cfg.listen_port, b->shard_count);
+    if (b->cfg.ws_port)
+        log_info(-1, "WebSocket clients on %s:%u%s", b->cfg.ws_host, b->cfg.ws_port,
+                 b->cfg.tls_cert[0] ? " (TLS: wss)" : "");
     return b;
 }
 

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // Flags and config file of nexusd, table-driven so that a flag, its config-file key, its bound
-// and its help text are one row. Start-up only (main thread).
+// and its help text (and, through opt_value, its default in --help and the values SIGHUP
+// compares) are one row. Also --check-config (every bad line reported as FILE:LINE: reason).
+// Start-up and SIGHUP only, on the main thread.
 #include "broker/config.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +17,23 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "broker/check.h"
 #include "broker/log.h"
+#include "codec/evtype.h"
+
+/* What precedes each error message: "nexusd: ", or with --check-config nothing while the file
+ * is read (its messages start with FILE:LINE) and "FILE: " for the checks across settings. */
+static char err_prefix[1100] = "nexusd: ";
+
+static void config_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void config_err(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs(err_prefix, stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
 
 enum opt_type {
     OPT_U32,
@@ -100,6 +119,12 @@ static const struct opt opts[] = {
      "PEM private key of --tls-cert"},
     {"tls-client-ca", OPT_STR, OFF(tls_client_ca), 0, sizeof(((struct config *)0)->tls_client_ca),
      "PEM CA: clients must present a certificate it signed (maps to an account's cert)"},
+    {"ws-listen", OPT_STR, OFF(ws_listen), 0, sizeof(((struct config *)0)->ws_listen),
+     "HOST:PORT to accept WebSocket clients on (browsers; off if unset; TLS as --tls-cert)"},
+    {"ws-allowed-origins", OPT_STR, OFF(ws_allowed_origins), 0,
+     sizeof(((struct config *)0)->ws_allowed_origins),
+     "origins (scheme://host[:port], comma-separated, or *) whose pages may connect over "
+     "WebSocket, besides pages from the broker's own host"},
     {"data-dir", OPT_STR, OFF(data_dir), 0, sizeof(((struct config *)0)->data_dir),
      "log every sequenced event under DIR; recover from it at start (off: memory only)"},
     {"fsync", OPT_FSYNC, 0, 0, 0,
@@ -175,8 +200,10 @@ void config_defaults(struct config *c)
     c->connections_max = 65536;
     /* 1024: a dashboard subscribing per campaign stays well under; matching cost is bounded. */
     c->subscriptions_per_conn_max = 1024;
-    /* 16 MiB: docs/DESIGN.md §2.4's default; about 100k small events of slack per subscriber. */
-    c->outbound_bytes_max = 16u << 20;
+    /* 64 MiB: docs/DESIGN.md §2.4's default, NATS's max_pending; ~500k small events of slack
+     * per subscriber. Queued frames are shared, so subscribers lagging on the same events
+     * cost it about once between them (docs/OPERATIONS.md). */
+    c->outbound_bytes_max = 64u << 20;
     c->slow_policy = SLOW_DISCONNECT;
     /* 8192 messages: at ~100 ns per message, 0.8 ms of work between two shards; enough to
      * absorb bursts without letting one shard run far ahead of another. */
@@ -232,21 +259,140 @@ void config_defaults(struct config *c)
     snprintf(c->metrics_host, sizeof(c->metrics_host), "127.0.0.1");
 }
 
+/* The OPT_U32 and OPT_SIZE rows whose field is a uint64_t (the others are uint32_t). */
+static bool opt_is_u64(const struct opt *o)
+{
+    return o->off == OFF(outbound_bytes_max) || o->off == OFF(assembly_bytes_max) ||
+           o->off == OFF(memory_bytes_max) || o->off == OFF(segment_bytes) ||
+           o->off == OFF(retain_bytes);
+}
+
+/* A size as --help and the sample config write it: 16M rather than 16777216. */
+static void size_text(uint64_t v, char *out, size_t cap)
+{
+    static const char units[] = "KMGT";
+    int u = -1;
+    while (u < 3 && v >= 1024 && v % 1024 == 0) {
+        v /= 1024;
+        u++;
+    }
+    if (u < 0)
+        snprintf(out, cap, "%llu", (unsigned long long)v);
+    else
+        snprintf(out, cap, "%llu%c", (unsigned long long)v, units[u]);
+}
+
+/* A duration in seconds as --retain-age takes it: the largest whole unit. */
+static void age_text(uint32_t s, char *out, size_t cap)
+{
+    if (s && s % 86400 == 0)
+        snprintf(out, cap, "%ud", s / 86400);
+    else if (s && s % 3600 == 0)
+        snprintf(out, cap, "%uh", s / 3600);
+    else if (s && s % 60 == 0)
+        snprintf(out, cap, "%um", s / 60);
+    else
+        snprintf(out, cap, "%u", s);
+}
+
+/* Row o's value in c, as a flag would give it ("" for an unset string or address). */
+static void opt_value(const struct config *c, const struct opt *o, char *out, size_t cap)
+{
+    const char *base = (const char *)c;
+    bool v6 = strchr(o->type == OPT_ADDR ? c->listen_host : c->metrics_host, ':') != NULL;
+    switch (o->type) {
+    case OPT_U32:
+    case OPT_SIZE: {
+        uint64_t v =
+            opt_is_u64(o) ? *(const uint64_t *)(base + o->off) : *(const uint32_t *)(base + o->off);
+        if (o->type == OPT_SIZE)
+            size_text(v, out, cap);
+        else
+            snprintf(out, cap, "%llu", (unsigned long long)v);
+        return;
+    }
+    case OPT_STR:
+        snprintf(out, cap, "%s", base + o->off);
+        return;
+    case OPT_BOOL:
+        snprintf(out, cap, "%s", *(const bool *)(base + o->off) ? "true" : "false");
+        return;
+    case OPT_POLICY:
+        snprintf(out, cap, "%s", c->slow_policy == SLOW_DROP ? "drop" : "disconnect");
+        return;
+    case OPT_LEVEL:
+        snprintf(out, cap, "%s", log_level_name((enum log_level)c->log_level));
+        return;
+    case OPT_ADDR:
+        snprintf(out, cap, v6 ? "[%s]:%u" : "%s:%u", c->listen_host, c->listen_port);
+        return;
+    case OPT_MADDR:
+        if (!c->metrics_port)
+            snprintf(out, cap, "%s", "");
+        else
+            snprintf(out, cap, v6 ? "[%s]:%u" : "%s:%u", c->metrics_host, c->metrics_port);
+        return;
+    case OPT_FSYNC:
+        if (c->fsync_interval_ms)
+            snprintf(out, cap, "interval:%u", c->fsync_interval_ms);
+        else
+            snprintf(out, cap, "always");
+        return;
+    case OPT_RECOVER:
+        snprintf(out, cap, "%s", c->recover_truncate ? "truncate" : "refuse");
+        return;
+    case OPT_AGE:
+        age_text(c->retain_age_s, out, cap);
+        return;
+    }
+}
+
+/* The default of row o as --help shows it. */
+static void opt_default(const struct config *d, const struct opt *o, char *out, size_t cap)
+{
+    if (o->off == OFF(memory_bytes_max) && o->type == OPT_SIZE)
+        snprintf(out, cap, "3/4 of the machine's memory");
+    else if (o->type == OPT_MADDR)
+        snprintf(out, cap, "off");
+    else if (o->type == OPT_STR && !*((const char *)d + o->off))
+        snprintf(out, cap, "none");
+    else
+        opt_value(d, o, out, cap);
+}
+
 void config_usage(void)
 {
     printf("Usage: nexusd [flags]\n"
            "Nexus event broker: thread-per-core, io_uring, length-prefixed protobuf over TCP.\n\n"
            "Flags (each also a key in the --config file, as `key = value`):\n");
-    for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
-        printf("  --%-24s %s\n", opts[i].name, opts[i].help);
-    for (size_t i = 0; i < ext_count; i++)
-        printf("  --%-24s %s\n", ext_rows[i]->name, ext_rows[i]->help);
+    struct config d;
+    config_defaults(&d);
+    char def[128];
+    for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+        opt_default(&d, &opts[i], def, sizeof(def));
+        printf("  --%-24s %s (default: %s)\n", opts[i].name, opts[i].help, def);
+    }
+    /* Another layer's variable holds its default until the flags are parsed. */
+    for (size_t i = 0; i < ext_count; i++) {
+        const struct config_setting *x = ext_rows[i];
+        if (x->type == CONFIG_SETTING_BOOL)
+            snprintf(def, sizeof(def), "%s", *(const bool *)x->ptr ? "true" : "false");
+        else
+            snprintf(def, sizeof(def), "%u", *(const uint32_t *)x->ptr);
+        printf("  --%-24s %s (default: %s)\n", x->name, x->help, def);
+    }
     printf("  --%-24s %s\n", "config FILE", "read settings from FILE (flags given later win)");
+    printf("  --%-24s %s\n", "check-config FILE",
+           "check FILE as start-up would (without binding or opening --data-dir); print \"ok\" "
+           "and exit 0, or print FILE:LINE: reason and exit 1");
+    printf("  --%-24s %s\n", "hash-token",
+           "print the argon2id hash of a token read from stdin "
+           "(for --accounts; only flag)");
     printf("  --%-24s %s\n", "help", "print this help");
     printf("  --%-24s %s\n", "version", "print the version");
-    printf("\nSizes accept K, M and G suffixes (powers of 1024).\n"
-           "Defaults: --listen 127.0.0.1:7400, one shard per CPU, --max-frame-bytes 1M,\n"
-           "--max-outbound-bytes 16M, --slow-policy disconnect, --dedup-window-ms 3000.\n");
+    printf("\nSizes accept K, M and G suffixes (powers of 1024). Boolean flags need no value.\n"
+           "Signals: SIGTERM/SIGINT drain and exit; SIGHUP re-reads the log level from the\n"
+           "--config file and the --accounts file (docs/OPERATIONS.md).\n");
 }
 
 static int parse_u64(const char *s, bool size, uint64_t *out)
@@ -324,8 +470,8 @@ static int parse_number(const char *name, bool size, uint64_t min, uint64_t max,
                         const char *where, uint64_t *out)
 {
     if (parse_u64(val, size, out) < 0 || *out < min || *out > max) {
-        fprintf(stderr, "nexusd: %s: --%s wants a number in %llu..%llu, got \"%s\"\n", where, name,
-                (unsigned long long)min, (unsigned long long)max, val);
+        config_err("%s: --%s wants a number in %llu..%llu, got \"%s\"\n", where, name,
+                   (unsigned long long)min, (unsigned long long)max, val);
         return -EINVAL;
     }
     return 0;
@@ -338,20 +484,41 @@ static int parse_bool(const char *name, const char *val, const char *where, bool
     else if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no"))
         *out = false;
     else {
-        fprintf(stderr, "nexusd: %s: --%s wants true or false, got \"%s\"\n", where, name, val);
+        config_err("%s: --%s wants true or false, got \"%s\"\n", where, name, val);
         return -EINVAL;
     }
     return 0;
 }
 
+/* While config_reparse runs (SIGHUP), other layers' settings are parsed, so that errors show,
+ * into ext_pending rather than into their variables, which their threads read unlocked. */
+static bool ext_frozen;
+static uint32_t ext_pending[CONFIG_SETTINGS_MAX];
+static bool ext_seen[CONFIG_SETTINGS_MAX];
+
 static int set_ext(const struct config_setting *o, const char *val, const char *where)
 {
     uint64_t v;
-    if (o->type == CONFIG_SETTING_BOOL)
-        return parse_bool(o->name, val, where, o->ptr);
-    if (parse_number(o->name, false, o->min, o->max, val, where, &v) < 0)
+    size_t k = 0;
+    while (k < ext_count && ext_rows[k] != o)
+        k++;
+    NX_ASSERT(k < ext_count);
+    if (o->type == CONFIG_SETTING_BOOL) {
+        bool b;
+        if (parse_bool(o->name, val, where, &b) < 0)
+            return -EINVAL;
+        v = b;
+    } else if (parse_number(o->name, false, o->min, o->max, val, where, &v) < 0) {
         return -EINVAL;
-    *(uint32_t *)o->ptr = (uint32_t)v;
+    }
+    if (ext_frozen) {
+        ext_pending[k] = (uint32_t)v;
+        ext_seen[k] = true;
+    } else if (o->type == CONFIG_SETTING_BOOL) {
+        *(bool *)o->ptr = v != 0;
+    } else {
+        *(uint32_t *)o->ptr = (uint32_t)v;
+    }
     return 0;
 }
 
@@ -368,10 +535,9 @@ static int set_log_opt(struct config *c, const struct opt *o, const char *val, c
                                  : !strcmp(e, "d") ? 86400
                                                    : 0;
         if (e == val || !mul || v * mul > 10ull * 365 * 86400) {
-            fprintf(stderr,
-                    "nexusd: %s: --retain-age wants N, Ns, Nm, Nh or Nd (at most 10 "
-                    "years), got \"%s\"\n",
-                    where, val);
+            config_err("%s: --retain-age wants N, Ns, Nm, Nh or Nd (at most 10 "
+                       "years), got \"%s\"\n",
+                       where, val);
             return -EINVAL;
         }
         c->retain_age_s = (uint32_t)(v * mul);
@@ -379,8 +545,7 @@ static int set_log_opt(struct config *c, const struct opt *o, const char *val, c
     }
     if (o->type == OPT_RECOVER) {
         if (strcmp(val, "refuse") && strcmp(val, "truncate")) {
-            fprintf(stderr, "nexusd: %s: --recover wants refuse or truncate, got \"%s\"\n", where,
-                    val);
+            config_err("%s: --recover wants refuse or truncate, got \"%s\"\n", where, val);
             return -EINVAL;
         }
         c->recover_truncate = !strcmp(val, "truncate");
@@ -398,8 +563,7 @@ static int set_log_opt(struct config *c, const struct opt *o, const char *val, c
             return 0;
         }
     }
-    fprintf(stderr, "nexusd: %s: --fsync wants always or interval:MS (1..60000), got \"%s\"\n",
-            where, val);
+    config_err("%s: --fsync wants always or interval:MS (1..60000), got \"%s\"\n", where, val);
     return -EINVAL;
 }
 
@@ -412,9 +576,7 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
     case OPT_SIZE:
         if (parse_number(o->name, o->type == OPT_SIZE, o->min, o->max, val, where, &v) < 0)
             return -EINVAL;
-        if (o->off == OFF(outbound_bytes_max) || o->off == OFF(assembly_bytes_max) ||
-            o->off == OFF(memory_bytes_max) || o->off == OFF(segment_bytes) ||
-            o->off == OFF(retain_bytes))
+        if (opt_is_u64(o))
             *(uint64_t *)(base + o->off) = v;
         else
             *(uint32_t *)(base + o->off) = (uint32_t)v;
@@ -422,8 +584,8 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
     case OPT_STR: {
         size_t l = strlen(val);
         if (l >= o->max) {
-            fprintf(stderr, "nexusd: %s: --%s is longer than %llu bytes\n", where, o->name,
-                    (unsigned long long)o->max - 1);
+            config_err("%s: --%s is longer than %llu bytes\n", where, o->name,
+                       (unsigned long long)o->max - 1);
             return -EINVAL;
         }
         memcpy(base + o->off, val, l + 1);
@@ -437,8 +599,7 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
         else if (!strcmp(val, "drop"))
             c->slow_policy = SLOW_DROP;
         else {
-            fprintf(stderr, "nexusd: %s: --slow-policy wants disconnect or drop, got \"%s\"\n",
-                    where, val);
+            config_err("%s: --slow-policy wants disconnect or drop, got \"%s\"\n", where, val);
             return -EINVAL;
         }
         return 0;
@@ -449,9 +610,8 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
     case OPT_LEVEL: {
         int l = log_level_parse(val);
         if (l < 0) {
-            fprintf(stderr,
-                    "nexusd: %s: --log-level wants debug, info, warn or error, got \"%s\"\n", where,
-                    val);
+            config_err("%s: --log-level wants debug, info, warn or error, got \"%s\"\n", where,
+                       val);
             return -EINVAL;
         }
         c->log_level = l;
@@ -462,7 +622,7 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, const
         char *host = o->type == OPT_ADDR ? c->listen_host : c->metrics_host;
         uint16_t *port = o->type == OPT_ADDR ? &c->listen_port : &c->metrics_port;
         if (parse_addr(val, host, sizeof(c->listen_host), port) < 0) {
-            fprintf(stderr, "nexusd: %s: --%s wants HOST:PORT, got \"%s\"\n", where, o->name, val);
+            config_err("%s: --%s wants HOST:PORT, got \"%s\"\n", where, o->name, val);
             return -EINVAL;
         }
         return 0;
@@ -489,44 +649,84 @@ static char *trim(char *s)
     return s;
 }
 
+/* The value of a `key = value` line, in place: in double quotes, everything up to the closing
+ * quote (a `#` in it is data), and after it only a comment; unquoted, up to a `#` that starts
+ * the value or follows a blank. Returns the value, or NULL after printing why. */
+static char *line_value(char *v, const char *where)
+{
+    if (*v == '"') {
+        char *close = strchr(v + 1, '"');
+        if (!close) {
+            config_err("%s: the quoted value has no closing quote\n", where);
+            return NULL;
+        }
+        *close = 0;
+        char *rest = trim(close + 1);
+        if (*rest && *rest != '#') {
+            config_err("%s: unexpected text after the quoted value: \"%s\"\n", where, rest);
+            return NULL;
+        }
+        return v + 1;
+    }
+    for (char *p = v; *p; p++) {
+        if (*p == '#' && (p == v || p[-1] == ' ' || p[-1] == '\t')) {
+            *p = 0;
+            break;
+        }
+    }
+    return trim(v);
+}
+
+/* One `key = value` line (trimmed; not empty, not a comment) into c. */
+static int load_line(struct config *c, char *s, const char *where)
+{
+    char *eq = strchr(s, '=');
+    if (!eq) {
+        config_err("%s: expected `key = value`\n", where);
+        return -EINVAL;
+    }
+    *eq = 0;
+    char *key = trim(s);
+    char *val = line_value(trim(eq + 1), where);
+    if (!val)
+        return -EINVAL;
+    const struct opt *o = find_opt(key, strlen(key));
+    const struct config_setting *x = o ? NULL : find_ext(key, strlen(key));
+    if (!o && !x) {
+        config_err("%s: unknown setting \"%s\"\n", where, key);
+        return -EINVAL;
+    }
+    return o ? set_opt(c, o, val, where) : set_ext(x, val, where);
+}
+
+/* Reads a config file into c: up to its first bad line, or with --check-config through all of
+ * them (each is reported). */
 static int load_file(struct config *c, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
-        fprintf(stderr, "nexusd: cannot open config file %s: %s\n", path, strerror(errno));
+        config_err("cannot open config file %s: %s\n", path, strerror(errno));
         return -EINVAL;
     }
-    char line[1024];
+    /* One setting per line: 4 KiB holds the longest value (a 1023-byte path) with room. */
+    char line[4096];
     int lineno = 0;
     int r = 0;
-    while (r == 0 && fgets(line, sizeof(line), f)) {
+    while ((r == 0 || c->check_only) && fgets(line, sizeof(line), f)) {
         lineno++;
-        char *s = trim(line);
-        if (*s == 0 || *s == '#')
-            continue;
-        char *eq = strchr(s, '=');
-        char where[300];
+        char where[1100];
         snprintf(where, sizeof(where), "%s:%d", path, lineno);
-        if (!eq) {
-            fprintf(stderr, "nexusd: %s: expected `key = value`\n", where);
+        if (!strchr(line, '\n') && !feof(f)) {
+            config_err("%s: line longer than %zu bytes\n", where, sizeof(line) - 2);
             r = -EINVAL;
-            break;
+            int ch;
+            while ((ch = fgetc(f)) != EOF && ch != '\n') {
+            }
+            continue;
         }
-        *eq = 0;
-        char *key = trim(s);
-        char *val = trim(eq + 1);
-        if (*val == '"' && strlen(val) >= 2 && val[strlen(val) - 1] == '"') {
-            val[strlen(val) - 1] = 0;
-            val++;
-        }
-        const struct opt *o = find_opt(key, strlen(key));
-        const struct config_setting *x = o ? NULL : find_ext(key, strlen(key));
-        if (!o && !x) {
-            fprintf(stderr, "nexusd: %s: unknown setting \"%s\"\n", where, key);
+        char *s = trim(line);
+        if (*s != 0 && *s != '#' && load_line(c, s, where) < 0)
             r = -EINVAL;
-            break;
-        }
-        r = o ? set_opt(c, o, val, where) : set_ext(x, val, where);
     }
     fclose(f);
     return r;
@@ -536,71 +736,127 @@ static int load_file(struct config *c, const char *path)
 static int config_check_auth(const struct config *c)
 {
     if (c->token[0] && c->accounts_path[0]) {
-        fprintf(stderr, "nexusd: --token and --accounts exclude each other: with accounts every "
-                        "user has a token of its own\n");
+        config_err("--token and --accounts exclude each other: with accounts every "
+                   "user has a token of its own\n");
         return -EINVAL;
     }
     if (!c->token[0] && !c->accounts_path[0] && !c->insecure && !host_is_loopback(c->listen_host)) {
-        fprintf(stderr,
-                "nexusd: refusing to listen on %s without authentication (protected mode): any "
-                "host that reaches it could publish, subscribe and act for anyone. Give "
-                "--accounts FILE (docs/SECURITY.md) so clients must log in, or --insecure to "
-                "accept anyone on purpose.\n",
-                c->listen_host);
+        config_err("refusing to listen on %s without authentication (protected mode): any "
+                   "host that reaches it could publish, subscribe and act for anyone. Give "
+                   "--accounts FILE (docs/SECURITY.md) so clients must log in, or --insecure to "
+                   "accept anyone on purpose.\n",
+                   c->listen_host);
         return -EINVAL;
     }
     if ((c->tls_cert[0] != 0) != (c->tls_key[0] != 0) || (c->tls_client_ca[0] && !c->tls_cert[0])) {
-        fprintf(stderr, "nexusd: --tls-cert and --tls-key go together (and --tls-client-ca needs "
-                        "them)\n");
+        config_err("--tls-cert and --tls-key go together (and --tls-client-ca needs "
+                   "them)\n");
         return -EINVAL;
     }
     return 0;
 }
 
-int config_parse(struct config *c, int argc, char **argv)
+/* Argument *i of argv (and its value, which may be the next argument: *i then moves past it)
+ * into c. Returns 0, 1 after printing --help or --version, or -EINVAL after printing why. */
+static int parse_flag(struct config *c, int argc, char **argv, int *i)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            config_usage();
-            return 1;
-        }
-        if (!strcmp(a, "--version")) {
-            printf("nexusd %s\n", NEXUS_VERSION);
-            return 1;
-        }
-        if (strncmp(a, "--", 2) != 0) {
-            fprintf(stderr, "nexusd: unexpected argument \"%s\" (see --help)\n", a);
-            return -EINVAL;
-        }
-        const char *name = a + 2;
-        const char *eq = strchr(name, '=');
-        size_t nl = eq ? (size_t)(eq - name) : strlen(name);
-        const char *val = eq ? eq + 1 : NULL;
-        bool is_config = nl == 6 && !strncmp(name, "config", 6);
-        const struct opt *o = is_config ? NULL : find_opt(name, nl);
-        const struct config_setting *x = o || is_config ? NULL : find_ext(name, nl);
-        if (!o && !x && !is_config) {
-            fprintf(stderr, "nexusd: unknown flag \"%s\" (see --help)\n", a);
-            return -EINVAL;
-        }
-        if (!val) {
-            if ((o && o->type == OPT_BOOL) || (x && x->type == CONFIG_SETTING_BOOL)) {
-                val = "true";
-            } else if (i + 1 < argc) {
-                val = argv[++i];
-            } else {
-                fprintf(stderr, "nexusd: flag \"%s\" needs a value\n", a);
-                return -EINVAL;
-            }
-        }
-        int r = is_config ? load_file(c, val)
-                : o       ? set_opt(c, o, val, "command line")
-                          : set_ext(x, val, "command line");
-        if (r < 0)
-            return r;
+    const char *a = argv[*i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+        config_usage();
+        return 1;
     }
-    if (config_check_auth(c) < 0)
+    if (!strcmp(a, "--version")) {
+        printf("nexusd %s\n", NEXUS_VERSION);
+        return 1;
+    }
+    if (strncmp(a, "--", 2) != 0) {
+        config_err("unexpected argument \"%s\" (see --help)\n", a);
+        return -EINVAL;
+    }
+    const char *name = a + 2;
+    const char *eq = strchr(name, '=');
+    size_t nl = eq ? (size_t)(eq - name) : strlen(name);
+    const char *val = eq ? eq + 1 : NULL;
+    bool is_check = nl == 12 && !strncmp(name, "check-config", 12);
+    bool is_config = is_check || (nl == 6 && !strncmp(name, "config", 6));
+    const struct opt *o = is_config ? NULL : find_opt(name, nl);
+    const struct config_setting *x = o || is_config ? NULL : find_ext(name, nl);
+    if (!o && !x && !is_config) {
+        config_err("unknown flag \"%s\" (see --help)\n", a);
+        return -EINVAL;
+    }
+    if (!val) {
+        if ((o && o->type == OPT_BOOL) || (x && x->type == CONFIG_SETTING_BOOL)) {
+            val = "true";
+        } else if (*i + 1 < argc) {
+            val = argv[++*i];
+        } else {
+            config_err("flag \"%s\" needs a value\n", a);
+            return -EINVAL;
+        }
+    }
+    if (is_config) {
+        snprintf(c->config_file, sizeof(c->config_file), "%s", val);
+        if (is_check) {
+            c->check_only = true;
+            err_prefix[0] = 0; /* the file's messages start with FILE:LINE */
+        }
+        return load_file(c, val);
+    }
+    return o ? set_opt(c, o, val, "command line") : set_ext(x, val, "command line");
+}
+
+/* --ws-listen: a HOST:PORT, under the protected mode's rule like --listen. */
+static int config_check_ws(struct config *c)
+{
+    c->ws_port = 0;
+    c->ws_host[0] = 0;
+    if (!c->ws_listen[0])
+        return 0;
+    if (parse_addr(c->ws_listen, c->ws_host, sizeof(c->ws_host), &c->ws_port) < 0) {
+        config_err("--ws-listen wants HOST:PORT, got \"%s\"\n", c->ws_listen);
+        return -EINVAL;
+    }
+    if (c->ws_port == c->listen_port) {
+        config_err("--ws-listen needs a port of its own (--listen has %u)\n", c->listen_port);
+        return -EINVAL;
+    }
+    if (!c->token[0] && !c->accounts_path[0] && !c->insecure && !host_is_loopback(c->ws_host)) {
+        config_err("refusing to accept WebSocket clients on %s without authentication "
+                   "(protected mode): give --accounts FILE (docs/SECURITY.md), or --insecure\n",
+                   c->ws_host);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* --persist: each comma-separated pattern parses (the shards parse them again at start). */
+static int config_check_persist(const struct config *c)
+{
+    const char *p = c->persist;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        const char *q = p;
+        size_t n = len;
+        while (n && (*q == ' ' || *q == '\t'))
+            q++, n--;
+        while (n && (q[n - 1] == ' ' || q[n - 1] == '\t'))
+            n--;
+        struct evpattern pat;
+        char err[128];
+        if (n && evpattern_parse(&pat, q, n, err, sizeof(err)) < 0) {
+            config_err("--persist: \"%.*s\": %s\n", (int)n, q, err);
+            return -EINVAL;
+        }
+        p += len + (p[len] == ',');
+    }
+    return 0;
+}
+
+/* The checks across settings, once every flag and line is in. */
+static int config_check(struct config *c)
+{
+    if (config_check_auth(c) < 0 || config_check_ws(c) < 0 || config_check_persist(c) < 0)
         return -EINVAL;
     if (c->memory_bytes_max == UINT64_MAX) {
         c->memory_bytes_max = 0;
@@ -609,13 +865,65 @@ int config_parse(struct config *c, int argc, char **argv)
             c->memory_bytes_max = (uint64_t)pages * (uint64_t)page / 4 * 3;
     }
     if (c->ring_capacity & (c->ring_capacity - 1)) {
-        fprintf(stderr, "nexusd: --ring-capacity must be a power of two, got %u\n",
-                c->ring_capacity);
+        config_err("--ring-capacity must be a power of two, got %u\n", c->ring_capacity);
         return -EINVAL;
     }
     if (c->recv_buffers & (c->recv_buffers - 1)) {
-        fprintf(stderr, "nexusd: --recv-buffers must be a power of two, got %u\n", c->recv_buffers);
+        config_err("--recv-buffers must be a power of two, got %u\n", c->recv_buffers);
         return -EINVAL;
     }
     return 0;
+}
+
+int config_parse(struct config *c, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        int r = parse_flag(c, argc, argv, &i);
+        if (r != 0)
+            return r;
+    }
+    if (c->check_only)
+        snprintf(err_prefix, sizeof(err_prefix), "%s: ", c->config_file);
+    return config_check(c);
+}
+
+int config_reparse(struct config *out, int argc, char **argv)
+{
+    config_defaults(out);
+    memset(ext_seen, 0, sizeof(ext_seen));
+    ext_frozen = true;
+    int r = config_parse(out, argc, argv);
+    ext_frozen = false;
+    return r < 0 ? r : 0;
+}
+
+/* Appends name to the comma-separated list in out. */
+static void list_add(char *out, size_t cap, int n, const char *name)
+{
+    size_t len = strlen(out);
+    if (len < cap)
+        snprintf(out + len, cap - len, "%s%s", n ? ", " : "", name);
+}
+
+int config_changes(const struct config *a, const struct config *b, char *out, size_t cap)
+{
+    int n = 0;
+    char va[1100], vb[1100];
+    out[0] = 0;
+    for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+        if (opts[i].type == OPT_LEVEL)
+            continue;
+        opt_value(a, &opts[i], va, sizeof(va));
+        opt_value(b, &opts[i], vb, sizeof(vb));
+        if (strcmp(va, vb) != 0)
+            list_add(out, cap, n++, opts[i].name);
+    }
+    for (size_t k = 0; k < ext_count; k++) {
+        const struct config_setting *x = ext_rows[k];
+        uint32_t live =
+            x->type == CONFIG_SETTING_BOOL ? *(const bool *)x->ptr : *(const uint32_t *)x->ptr;
+        if (ext_seen[k] && ext_pending[k] != live)
+            list_add(out, cap, n++, x->name);
+    }
+    return n;
 }

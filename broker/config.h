@@ -57,6 +57,11 @@ struct config {
     char tls_cert[1024];      /* non-empty: clients speak TLS; PEM certificate chain */
     char tls_key[1024];       /* PEM private key of tls_cert */
     char tls_client_ca[1024]; /* non-empty: client certificates verified against this CA */
+    /* The WebSocket listener (docs/PROTOCOL.md, "WebSocket"). */
+    char ws_listen[280];           /* --ws-listen HOST:PORT; "" = off */
+    char ws_host[256];             /* ws_listen's host and port (config_parse fills them) */
+    uint16_t ws_port;              /* 0 = no WebSocket listener */
+    char ws_allowed_origins[1024]; /* origins browsers may connect from; "" = the same host */
     /* The event log (docs/OPERATIONS.md, "Data directory"). */
     char data_dir[1024];        /* non-empty: every sequenced event is logged under it */
     uint32_t fsync_interval_ms; /* 0: --fsync always (group commit); else interval:MS */
@@ -70,6 +75,8 @@ struct config {
     uint16_t metrics_port; /* 0 = metrics off */
     bool pin_cpus;         /* pin shard i to the i-th CPU nexusd may run on */
     char metrics_host[256];
+    char config_file[1024]; /* --config FILE (or --check-config FILE); "" without */
+    bool check_only;        /* --check-config FILE: validate, print "ok" or the errors, exit */
 };
 
 /* A setting another layer owns (the Provider's timeouts, say): a flag and config-file key
@@ -94,8 +101,22 @@ void config_defaults(struct config *c);
 
 /* Parses argv (and a --config file if named) into c, on top of the defaults. Returns 0 to run,
  * 1 if --help or --version was printed (exit 0), or -EINVAL after printing an error to stderr
- * (exit 2). */
+ * (exit 2). A config file holds `key = value` lines; `#` starts a comment at the start of a
+ * line or after a blank; a value in double quotes is taken as is up to the closing quote.
+ * With --check-config FILE, c->check_only is set (even on an error): errors are printed as
+ * `FILE:LINE: reason` (every bad line, not only the first), and the caller exits 1 or 0. */
 int config_parse(struct config *c, int argc, char **argv);
+
+/* SIGHUP: parses argv again into out, on top of the defaults (the --config file is read
+ * anew; flags given after it still win), without changing the settings other layers
+ * registered (config_register): those keep their start-up values. Returns 0, or -EINVAL after
+ * printing what is wrong to stderr. Main thread. */
+int config_reparse(struct config *out, int argc, char **argv);
+
+/* Names, comma-separated into out (cap bytes), the settings whose values differ between a and
+ * b, skipping log-level (the one SIGHUP applies), and those of other layers that the last
+ * config_reparse read with another value than the one in force. Returns how many. */
+int config_changes(const struct config *a, const struct config *b, char *out, size_t cap);
 
 /* Prints the usage text to stdout. */
 void config_usage(void);

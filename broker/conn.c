@@ -22,6 +22,7 @@
 #include <xxhash.h>
 
 #include "broker/auth.h"
+#include "broker/conn_ws.h"
 #include "broker/log.h"
 #include "broker/pubsub.h"
 #include "broker/shard.h"
@@ -95,6 +96,7 @@ static void conn_free(struct conn *c)
         oframe_unref(c->q[(c->q_head + i) & (c->q_cap - 1)]);
     stat_sub(&s->stats.bytes_queued, c->q_bytes);
     free(c->q);
+    free(c->stage);
     if (c->iov != c->iov_small)
         free(c->iov);
     free(c->stash);
@@ -103,6 +105,7 @@ static void conn_free(struct conn *c)
     auth_conn_free(c);
     codec_framer_free(&c->framer);
     tls_conn_free(c->tls);
+    conn_ws_free(c);
     close(c->fd);
     s->dead_count--;
     free(c);
@@ -134,6 +137,7 @@ void conn_close(struct conn *c, const char *why)
     s->dead_count++;
     atomic_fetch_sub_explicit(&s->broker->connections, 1, memory_order_relaxed);
     stat_sub(&s->stats.connections, 1);
+    conn_ws_closed(c);
     log_debug((int)s->index, "connection %llu closed: %s", (unsigned long long)c->id, why);
     c->kill_next = s->kill_head;
     s->kill_head = c;
@@ -191,7 +195,7 @@ void conn_reap(struct shard *s)
     }
 }
 
-static void conn_schedule_flush(struct conn *c)
+void conn_schedule_flush(struct conn *c)
 {
     if (c->flags & (CONN_ON_FLUSH | CONN_DEAD))
         return;
@@ -205,7 +209,7 @@ void conn_close_after_flush(struct conn *c)
     if (c->flags & CONN_DEAD)
         return;
     c->flags |= CONN_CLOSING;
-    if (c->q_count == 0 && !(c->flags & CONN_SEND_INFLIGHT)) {
+    if (c->q_count == 0 && c->stage_len == 0 && !(c->flags & CONN_SEND_INFLIGHT)) {
         conn_close(c, "closed after flush");
         return;
     }
@@ -240,10 +244,10 @@ static void conn_slow(struct conn *c, const char *what)
 {
     struct shard *s = c->shard;
     stat_add(&s->stats.slow_disconnects, 1);
-    log_warn((int)s->index,
-             "slow consumer disconnected: connection=%llu queued_bytes=%llu limit=%llu (%s)",
-             (unsigned long long)c->id, (unsigned long long)c->q_bytes,
-             (unsigned long long)s->cfg->outbound_bytes_max, what);
+    log_refusal((int)s->index, c->fd,
+                "slow consumer disconnected: connection=%llu queued_bytes=%llu limit=%llu (%s)",
+                (unsigned long long)c->id, (unsigned long long)c->q_bytes,
+                (unsigned long long)s->cfg->outbound_bytes_max, what);
     conn_close(c, "slow consumer");
 }
 
@@ -275,7 +279,7 @@ static void conn_note_gap(struct conn *c, const struct oframe *f)
 }
 
 /* Queues the pending gap notices (before any newer event, so each arrives in order). */
-static void conn_flush_gaps(struct conn *c)
+void conn_flush_gaps(struct conn *c)
 {
     for (uint32_t i = 0; i < c->gap_count; i++) {
         struct gap *g = &c->gaps[i];
@@ -359,6 +363,23 @@ void conn_enqueue_bytes(struct conn *c, const uint8_t *buf, size_t len)
     }
 }
 
+/* Error codes that mean a client misbehaved or was refused: logged at warn with its address
+ * (log_refusal, bounded per shard). The others are routine (a cancel racing a reply) or the
+ * broker's own trouble, logged where it happens; unauthorized is logged where it is decided
+ * (conn_hello, conn_gate, auth.c), which knows more. */
+static bool conn_code_is_refusal(const char *code)
+{
+    static const char *const codes[] = {
+        "frame_empty",        "frame_too_large", "bad_protobuf",   "unknown_frame",
+        "invalid_event_type", "invalid_pattern", "limit_exceeded", "unsupported_version",
+        "permission_denied",  "timeout",
+    };
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+        if (!strcmp(code, codes[i]))
+            return true;
+    return false;
+}
+
 void conn_error(struct conn *c, uint64_t correlation, const char *code, const char *fmt, ...)
 {
     char msg[CODEC_CONTROL_BYTES_MAX];
@@ -369,8 +390,12 @@ void conn_error(struct conn *c, uint64_t correlation, const char *code, const ch
     uint8_t buf[CODEC_CONTROL_BYTES_MAX];
     int n = codec_error_encode(buf, sizeof(buf), correlation, code, msg);
     stat_add(&c->shard->stats.errors, 1);
-    log_debug((int)c->shard->index, "error to connection=%llu correlation=%llu code=%s: %s",
-              (unsigned long long)c->id, (unsigned long long)correlation, code, msg);
+    if (conn_code_is_refusal(code))
+        log_refusal((int)c->shard->index, c->fd, "error code=%s connection=%llu: %s", code,
+                    (unsigned long long)c->id, msg);
+    else
+        log_debug((int)c->shard->index, "error to connection=%llu correlation=%llu code=%s: %s",
+                  (unsigned long long)c->id, (unsigned long long)correlation, code, msg);
     if (n > 0)
         conn_enqueue_bytes(c, buf, (size_t)n);
 }
@@ -388,7 +413,7 @@ static void conn_tls_encrypt(struct conn *c)
     NX_ASSERT(c->q_off == 0);
     while (c->q_count && bytes < CONN_SEND_BYTES_MAX) {
         struct oframe *f = c->q[c->q_head];
-        if ((r = tls_conn_write(c->tls, f->data, f->len)) < 0)
+        if ((r = c->ws ? conn_ws_tls_write(c, f) : tls_conn_write(c->tls, f->data, f->len)) < 0)
             break;
         bytes += f->len;
         c->q_head = (c->q_head + 1) & (c->q_cap - 1);
@@ -452,13 +477,75 @@ static void conn_tls_sent(struct conn *c, int res)
     }
 }
 
+/* Deep queue: copies the next small frames (about one send's worth) into c->stage and drops
+ * them from the queue; their bytes stay counted in q_bytes until sent. Returns whether it
+ * staged anything. With tens of thousands of frames queued, the frames at the head are cold:
+ * an iovec per frame makes the kernel walk them one by one, and every completion drops a
+ * reference on a cold frame. Copied here, each frame is read once, its reference dropped while
+ * it is hot, and the kernel copies one contiguous buffer. */
+#define CONN_STAGE_AHEAD 8 /* frames: the copy of one hides the fetch of a later one */
+
+static bool conn_stage(struct conn *c)
+{
+    if (c->q_count < CONN_STAGE_MIN_FRAMES ||
+        c->q[c->q_head]->len - c->q_off > CONN_STAGE_FRAME_MAX)
+        return false;
+    if (!c->stage && !(c->stage = malloc(CONN_STAGE_BYTES)))
+        return false; /* no memory: the iovec path still works */
+    struct shard *s = c->shard;
+    uint32_t n = 0, frames = 0;
+    while (c->q_count) {
+        if (c->q_count > CONN_STAGE_AHEAD) {
+            /* A frame a few steps ahead: its header and its first bytes (a small event's). */
+            const uint8_t *a =
+                (const uint8_t *)c->q[(c->q_head + CONN_STAGE_AHEAD) & (c->q_cap - 1)];
+            __builtin_prefetch(a);
+            __builtin_prefetch(a + 64);
+            __builtin_prefetch(a + 128);
+            __builtin_prefetch(a + 192);
+        }
+        struct oframe *f = c->q[c->q_head];
+        uint32_t len = f->len - c->q_off;
+        if (len > CONN_STAGE_FRAME_MAX || n + len > CONN_STAGE_BYTES)
+            break;
+        if (frames != 1)
+            memcpy(c->stage + n, f->data + c->q_off, len);
+        n += len;
+        c->q_off = 0;
+        c->q_head = (c->q_head + 1) & (c->q_cap - 1);
+        c->q_count--;
+        oframe_unref(f);
+        frames++;
+    }
+    stat_add(&s->stats.frames_out, frames);
+    c->stage_off = 0;
+    c->stage_len = n;
+    return n > 0;
+}
+
 void conn_flush(struct conn *c)
 {
     if (c->tls) {
         conn_tls_flush(c);
         return;
     }
-    if (c->flags & (CONN_SEND_INFLIGHT | CONN_DEAD) || c->q_count == 0)
+    if (c->ws) {
+        conn_ws_flush(c);
+        return;
+    }
+    if (c->flags & (CONN_SEND_INFLIGHT | CONN_DEAD))
+        return;
+    if (c->stage_len || conn_stage(c)) {
+        struct io_uring_sqe *sqe = shard_sqe(c->shard);
+        io_uring_prep_send(sqe, c->fd, c->stage + c->stage_off, c->stage_len - c->stage_off,
+                           MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(sqe, ud_of_conn(c, UD_CONN_SEND));
+        c->send_frames = 0;
+        c->flags |= CONN_SEND_INFLIGHT;
+        c->ops_inflight++;
+        return;
+    }
+    if (c->q_count == 0)
         return;
     NX_ASSERT(c->q_off < c->q[c->q_head]->len);
     uint32_t n = c->q_count < CONN_IOV_MAX ? c->q_count : CONN_IOV_MAX;
@@ -494,6 +581,38 @@ void conn_flush(struct conn *c)
     c->ops_inflight++;
 }
 
+/* `left` bytes of the send in flight went out: of the staged buffer, or of the queued frames,
+ * which are released. Returns the bytes no longer queued. */
+static uint64_t conn_sent(struct conn *c, size_t left)
+{
+    if (c->stage_len) { /* the send was of the staged bytes */
+        NX_ASSERT(left <= c->stage_len - c->stage_off);
+        c->stage_off += (uint32_t)left;
+        if (c->stage_off == c->stage_len)
+            c->stage_off = c->stage_len = 0;
+        c->q_bytes -= left;
+        return left;
+    }
+    uint64_t freed = 0;
+    while (left && c->q_count) {
+        struct oframe *f = c->q[c->q_head];
+        size_t rest = f->len - c->q_off;
+        if (left < rest) {
+            c->q_off += (uint32_t)left; /* short send: resume inside this frame */
+            break;
+        }
+        left -= rest;
+        c->q_off = 0;
+        c->q_head = (c->q_head + 1) & (c->q_cap - 1);
+        c->q_count--;
+        c->q_bytes -= f->len;
+        freed += f->len;
+        oframe_unref(f);
+        stat_add(&c->shard->stats.frames_out, 1);
+    }
+    return freed;
+}
+
 void conn_send_done(struct conn *c, int res)
 {
     struct shard *s = c->shard;
@@ -517,34 +636,23 @@ void conn_send_done(struct conn *c, int res)
         conn_tls_sent(c, res);
         return;
     }
-    size_t left = (size_t)res;
-    uint64_t freed = 0;
-    while (left && c->q_count) {
-        struct oframe *f = c->q[c->q_head];
-        size_t rest = f->len - c->q_off;
-        if (left < rest) {
-            c->q_off += (uint32_t)left; /* short send: resume inside this frame */
-            break;
-        }
-        left -= rest;
-        c->q_off = 0;
-        c->q_head = (c->q_head + 1) & (c->q_cap - 1);
-        c->q_count--;
-        c->q_bytes -= f->len;
-        freed += f->len;
-        oframe_unref(f);
-        stat_add(&s->stats.frames_out, 1);
+    if (c->ws) {
+        conn_ws_sent(c, res);
+        return;
     }
-    stat_sub(&s->stats.bytes_queued, freed);
+    stat_sub(&s->stats.bytes_queued, conn_sent(c, (size_t)res));
     if (c->gap_count && c->q_bytes < s->cfg->outbound_bytes_max / 2)
         conn_flush_gaps(c);
-    if (c->q_count) {
+    if (c->q_count || c->stage_len) {
         conn_schedule_flush(c);
     } else if (c->flags & CONN_CLOSING) {
         conn_close(c, "closed after flush");
-    } else if (c->iov != c->iov_small) {
-        free(c->iov); /* drained: the connection is not busy any more */
+    } else {
+        if (c->iov != c->iov_small)
+            free(c->iov); /* drained: the connection is not busy any more */
         c->iov = c->iov_small;
+        free(c->stage);
+        c->stage = NULL;
     }
     if (c->q_count == 0 && c->q_cap > 1024 && !(c->flags & CONN_DEAD)) {
         /* A burst grew the queue array; give the memory back once it is drained. */
@@ -705,7 +813,7 @@ static void conn_note_partial(struct conn *c)
         c->frame_started_ns = shard_clock_ns(c->shard);
 }
 
-static void conn_input(struct conn *c, const uint8_t *data, size_t len)
+void conn_input(struct conn *c, const uint8_t *data, size_t len)
 {
     if ((c->flags & CONN_PAUSED) || c->stash_len) {
         if (!stash_append(c, data, len))
@@ -743,7 +851,7 @@ static void conn_tls_input(struct conn *c, const uint8_t *data, size_t len)
     while (n > 0 && !(c->flags & (CONN_DEAD | CONN_CLOSING))) {
         n = tls_conn_read(c->tls, plain, sizeof(plain));
         if (n > 0)
-            conn_input(c, plain, (size_t)n);
+            c->ws ? conn_ws_input(c, plain, (size_t)n) : conn_input(c, plain, (size_t)n);
     }
     if (!was && tls_conn_established(c->tls)) {
         const char *peer = tls_conn_peer_name(c->tls);
@@ -821,6 +929,8 @@ void conn_recv_done(struct conn *c, struct io_uring_cqe *cqe)
             stat_add(&s->stats.bytes_in, (uint64_t)res);
             if (c->tls)
                 conn_tls_input(c, shard_buf(s, bid), (size_t)res);
+            else if (c->ws)
+                conn_ws_input(c, shard_buf(s, bid), (size_t)res);
             else
                 conn_input(c, shard_buf(s, bid), (size_t)res);
         }
@@ -868,8 +978,7 @@ static void conn_deadline(struct conn *c, const char *what, const char *fmt, ...
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     stat_add(&c->shard->stats.deadline_closes, 1);
-    conn_error(c, 0, "timeout", "%s", msg);
-    log_info((int)c->shard->index, "connection %llu closed: %s", (unsigned long long)c->id, what);
+    conn_error(c, 0, "timeout", "%s: %s", what, msg); /* logged at warn, with the peer */
     conn_close_after_flush(c);
     /* A peer that stopped reading must not hold the close back: the error frame has until
      * the next sweep (one shard tick) to leave, then the connection is closed hard. */
@@ -970,6 +1079,9 @@ static int conn_hello(struct conn *c, uint64_t corr, struct codec_slice body)
         for (size_t i = 0; i < h.token.len; i++)
             diff |= (unsigned)(h.token.ptr[i] ^ (uint8_t)s->cfg->token[i % tl]);
         if (diff) {
+            log_refusal((int)s->index, c->fd,
+                        "authentication failed: connection=%llu: hello carries a wrong token",
+                        (unsigned long long)c->id);
             conn_error(c, corr, "unauthorized", "hello carries a wrong token");
             conn_close_after_flush(c);
             return -1;
@@ -1208,6 +1320,9 @@ static int conn_gate(struct conn *c, const struct codec_envelope *env)
     if (c->flags & CONN_AUTH_PENDING)
         return 1;
     if (env->kind != CODEC_KIND_HELLO || (c->flags & CONN_HELLO_SEEN)) {
+        log_refusal((int)c->shard->index, c->fd,
+                    "authentication failed: connection=%llu: a frame of kind %u before the hello",
+                    (unsigned long long)c->id, env->kind);
         conn_error(c, env->correlation, "unauthorized",
                    "this broker requires a hello frame with credentials first");
         conn_close_after_flush(c);

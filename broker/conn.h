@@ -35,6 +35,7 @@ struct shard;
 struct sub;
 struct account;
 struct conn_tls;
+struct conn_ws;
 struct io_uring_cqe;
 
 /* Frames gathered into one sendmsg. A connection sends up to CONN_IOV_SMALL frames from an
@@ -47,6 +48,12 @@ struct io_uring_cqe;
 /* Bytes gathered into one send at most: about what a loopback socket buffer takes at once. */
 #define CONN_SEND_BYTES_MAX (256u * 1024u)
 #define CONN_IOV_MAX        1024
+/* Deep queues (conn.c, conn_stage): a connection with at least CONN_STAGE_MIN_FRAMES frames
+ * queued copies the next frames of at most CONN_STAGE_FRAME_MAX bytes into one buffer of
+ * CONN_STAGE_BYTES and sends that instead of an iovec per frame. */
+#define CONN_STAGE_MIN_FRAMES 64
+#define CONN_STAGE_FRAME_MAX  2048
+#define CONN_STAGE_BYTES      (120u * 1024u)
 
 /* A campaign missed by a connection under the drop policy, reported by a gap frame. */
 struct gap {
@@ -89,7 +96,11 @@ struct conn {
     uint32_t q_head, q_count, q_cap, q_off;
     uint64_t q_bytes;
     uint32_t send_frames; /* frames covered by the send in flight */
-    struct iovec *iov;    /* iov_small, or a borrowed array of CONN_IOV_MAX */
+    /* A deep queue's small frames are copied here and sent as one buffer (conn.c,
+     * conn_stage): [stage_off, stage_len) is not sent yet and still counts in q_bytes. */
+    uint8_t *stage;
+    uint32_t stage_off, stage_len;
+    struct iovec *iov; /* iov_small, or a borrowed array of CONN_IOV_MAX */
     struct iovec iov_small[CONN_IOV_SMALL];
     struct msghdr msg;
 
@@ -126,6 +137,9 @@ struct conn {
     uint16_t perm_type_len;
     /* TLS state (tls.h), NULL on a plain connection. */
     struct conn_tls *tls;
+    /* WebSocket state (conn_ws.h), NULL on a connection of the client listener. */
+    struct conn_ws *ws;
+    uint8_t transport; /* enum conn_transport (conn_ws.h): its metrics label, 0 if uncounted */
     struct conn *flush_next;  /* shard flush list */
     struct conn *resume_next; /* shard resume list */
     struct conn *kill_next;   /* shard list of connections to release */

@@ -1,30 +1,121 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Implementation of dedup.h. One shard only. Tables start small (64 entries) and double up to
-// entries_max, so a campaign with little traffic costs little.
+// Implementation of dedup.h. One shard only.
+//
+// Generation g carries the tag g % 255 + 1 (0 marks a never-used slot); live_tags has the bits
+// of the live generations' tags, so "is this slot in use" is one bit test and a generation
+// dies by clearing its bit. A tag comes back 255 generations later, so slots and overflow
+// marks left by a dead generation must be gone by then: each new generation sweeps the next
+// few buckets (a full pass takes at most 255 - 2 * DEDUP_GENS generations) and clears the
+// tags that are not live. Buckets hold keys by linear probing: a key goes to the first free
+// slot from its home bucket on, and each full bucket it passes is marked (ovf) with its
+// generation, so a lookup goes on to the next bucket only while that mark is live. A bucket's
+// 10 fingerprints are compared at once (SSE2 where there is one); a matching one is a
+// duplicate only if its slot is live and its whole key, read from the ring, is equal, so a
+// fingerprint collision (about 1 check in 10,000) costs one more read, never a wrong answer.
+//
+// The ring holds the whole keys in the order accepted. A live key's place is never written
+// again while it lives: the ring has room for more keys than the live generations hold, and
+// everything written after a live key belongs to a live generation too (generations die
+// oldest first). The table starts small and grows, rehashing the live keys oldest generation
+// first (which keeps that order in the new ring), up to 1.5 times the keys it may hold, so
+// most keys sit in their home bucket (a full table's bucket holds 6.7 on average).
 #include "broker/dedup.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "broker/check.h"
 
-#define DEDUP_CAP_MIN 64u
+#define DEDUP_TAGS       255u /* tags 1..255 */
+#define DEDUP_NB_MIN     4u   /* buckets of a new table (40 keys) */
+#define DEDUP_SWEEP_GENS (DEDUP_TAGS - 2 * DEDUP_GENS)
+#define DEDUP_RING_MAX   (1u << 24) /* a ring place is 24 bits */
+
+static inline uint8_t gen_tag(uint32_t g)
+{
+    return (uint8_t)(g % DEDUP_TAGS + 1);
+}
+
+static inline bool tag_live(const struct dedup *d, uint8_t t)
+{
+    return (d->live_tags[t >> 6] >> (t & 63)) & 1;
+}
+
+static inline void tag_set(struct dedup *d, uint8_t t, bool on)
+{
+    uint64_t bit = 1ull << (t & 63);
+    d->live_tags[t >> 6] = on ? d->live_tags[t >> 6] | bit : d->live_tags[t >> 6] & ~bit;
+}
+
+/* Generations back from the current one (0: current); meaningful for live tags. */
+static inline uint32_t tag_age(const struct dedup *d, uint8_t t)
+{
+    return (gen_tag(d->cur) + DEDUP_TAGS - t) % DEDUP_TAGS;
+}
+
+static inline uint32_t home(const struct dedup *d, uint64_t key)
+{
+    return (uint32_t)(((key >> 32) * (uint64_t)d->nb) >> 32);
+}
+
+static inline uint32_t ring_pos(const struct dedup_bucket *bk, uint32_t s)
+{
+    return bk->ring_lo[s] | (uint32_t)bk->ring_hi[s] << 16;
+}
+
+static uint32_t pow2_at_least(uint64_t n)
+{
+    uint32_t p = 1;
+    while (p < n && p < DEDUP_RING_MAX)
+        p *= 2;
+    return p;
+}
+
+/* Ring places a table of nb buckets needs: more than the keys it may hold before it grows
+ * (2/3 full), or than the generations may hold once it cannot grow. */
+static uint32_t ring_for(const struct dedup *d, uint32_t nb)
+{
+    uint64_t keys_max = (uint64_t)d->gen_keys * DEDUP_GENS;
+    return pow2_at_least(nb >= d->nb_max ? keys_max : (uint64_t)nb * DEDUP_SLOTS * 2 / 3 + 1);
+}
 
 void dedup_init(struct dedup *d, uint32_t entries_max)
 {
     memset(d, 0, sizeof(*d));
-    d->cap_max = entries_max ? entries_max : 1; /* exactly the configured bound */
+    d->entries_max = entries_max ? entries_max : 1;
+    d->gen_keys = (d->entries_max + DEDUP_GENS - 1) / DEDUP_GENS;
+    if (d->gen_keys > DEDUP_RING_MAX / DEDUP_GENS)
+        d->gen_keys = DEDUP_RING_MAX / DEDUP_GENS;
+    /* Room for 1.5 times the keys that may be live: 2/3 full at most. */
+    uint64_t keys_max = (uint64_t)d->gen_keys * DEDUP_GENS;
+    d->nb_max = (uint32_t)((3 * keys_max + 2 * DEDUP_SLOTS - 1) / (2 * DEDUP_SLOTS));
+}
+
+static void drop_table(struct dedup *d)
+{
+    free(d->b);
+    free(d->ring);
+    d->b = NULL;
+    d->ring = NULL;
+    d->nb = d->ring_cap = d->ring_next = 0;
+    d->sweep = 0;
 }
 
 void dedup_free(struct dedup *d)
 {
-    free(d->fifo_hash);
-    free(d->fifo_ns);
-    free(d->index);
-    uint32_t m = d->cap_max;
-    dedup_init(d, m);
+    free(d->b);
+    free(d->ring);
+    dedup_init(d, d->entries_max);
+}
+
+uint64_t dedup_bytes(const struct dedup *d)
+{
+    return (uint64_t)d->nb * sizeof(struct dedup_bucket) + (uint64_t)d->ring_cap * 8;
 }
 
 uint64_t dedup_key(const void *event_id, uint32_t id_len, const void *event_type, uint32_t type_len)
@@ -32,110 +123,189 @@ uint64_t dedup_key(const void *event_id, uint32_t id_len, const void *event_type
     /* The type's hash is seeded with the id's: the pair hashes as one value, and ("ab","c")
      * differs from ("a","bc"). */
     uint64_t h = XXH3_64bits_withSeed(event_type, type_len, XXH3_64bits(event_id, id_len));
-    return h ? h : 1; /* 0 marks an empty index slot */
+    return h ? h : 1; /* kept nonzero, as callers and logged keys expect */
 }
 
-static bool index_find(const struct dedup *d, uint64_t h, uint32_t *slot)
+/* The oldest live generation dies: its keys are free slots from now on. */
+static void kill_oldest(struct dedup *d)
 {
-    for (uint32_t i = (uint32_t)h & d->index_mask;; i = (i + 1) & d->index_mask) {
-        if (d->index[i] == h) {
-            *slot = i;
-            return true;
-        }
-        if (d->index[i] == 0) {
-            *slot = i;
-            return false;
-        }
+    uint32_t g = d->cur - d->live + 1;
+    tag_set(d, gen_tag(g), false);
+    d->keys -= d->count[g % DEDUP_GENS];
+    d->live--;
+}
+
+/* Forgets the generations whose newest key is older than the window; frees the table when
+ * none is left. */
+static void expire(struct dedup *d, int64_t now, int64_t window)
+{
+    while (d->live && now - d->last_ns[(d->cur - d->live + 1) % DEDUP_GENS] > window)
+        kill_oldest(d);
+    if (!d->live && d->b)
+        drop_table(d);
+}
+
+/* Clears dead tags in the next buckets, so that no tag outlives the 255 generations after
+ * which it is reused (see the top of the file). */
+static void sweep(struct dedup *d)
+{
+    uint32_t n = d->nb / DEDUP_SWEEP_GENS + 1;
+    for (uint32_t k = 0; k < n && k < d->nb; k++) {
+        struct dedup_bucket *bk = &d->b[d->sweep];
+        for (uint32_t s = 0; s < DEDUP_SLOTS; s++)
+            if (!tag_live(d, bk->tag[s]))
+                bk->tag[s] = 0;
+        if (!tag_live(d, bk->ovf))
+            bk->ovf = 0;
+        d->sweep = d->sweep + 1 < d->nb ? d->sweep + 1 : 0;
     }
 }
 
-static void index_delete(struct dedup *d, uint64_t h)
+/* Starts a new generation when the current one is full or old enough (or there is none). */
+static void maybe_advance(struct dedup *d, int64_t now, int64_t window)
 {
-    uint32_t i;
-    if (!index_find(d, h, &i))
+    int64_t span = window / (DEDUP_GENS - 1);
+    if (d->live && d->count[d->cur % DEDUP_GENS] < d->gen_keys &&
+        now - d->cur_first_ns < (span > 0 ? span : 1))
         return;
-    uint32_t hole = i;
-    for (uint32_t j = (i + 1) & d->index_mask; d->index[j]; j = (j + 1) & d->index_mask) {
-        uint32_t home = (uint32_t)d->index[j] & d->index_mask;
-        if (((j - home) & d->index_mask) >= ((j - hole) & d->index_mask)) {
-            d->index[hole] = d->index[j];
-            hole = j;
-        }
+    if (d->live == DEDUP_GENS)
+        kill_oldest(d);
+    d->cur++;
+    d->live++;
+    uint32_t i = d->cur % DEDUP_GENS;
+    d->count[i] = 0;
+    d->cur_first_ns = d->last_ns[i] = now;
+    tag_set(d, gen_tag(d->cur), true);
+    if (d->b)
+        sweep(d);
+}
+
+/* Puts key with tag t, whose whole key is at ring place pos, in the first free slot from its
+ * home bucket on, marking the full buckets it passes. Returns false if the table has no free
+ * slot (it cannot happen below the load bound; the key is then not remembered). */
+static bool place(struct dedup *d, uint64_t key, uint8_t t, uint32_t pos)
+{
+    uint32_t b = home(d, key);
+    for (uint32_t n = 0; n < d->nb; n++) {
+        struct dedup_bucket *bk = &d->b[b];
+        for (uint32_t s = 0; s < DEDUP_SLOTS; s++)
+            if (!tag_live(d, bk->tag[s])) {
+                bk->fp[s] = (uint16_t)key;
+                bk->tag[s] = t;
+                bk->ring_lo[s] = (uint16_t)pos;
+                bk->ring_hi[s] = (uint8_t)(pos >> 16);
+                return true;
+            }
+        /* Full: the mark keeps the newest generation that went past (a rehash places older
+         * keys first, but a later insert may pass with a newer one). */
+        if (!tag_live(d, bk->ovf) || tag_age(d, t) < tag_age(d, bk->ovf))
+            bk->ovf = t;
+        b = b + 1 < d->nb ? b + 1 : 0;
     }
-    d->index[hole] = 0;
+    return false;
 }
 
-static void pop_oldest(struct dedup *d)
+/* Rebuilds the table with nb buckets and a ring of ring_cap places, keeping the live keys
+ * (oldest generation first, so the new ring keeps their order). 0, or -1 when out of memory
+ * (the old table stays). */
+static int resize(struct dedup *d, uint32_t nb, uint32_t ring_cap)
 {
-    index_delete(d, d->fifo_hash[d->head]);
-    d->head = (d->head + 1) % d->cap;
-    d->count--;
-}
-
-static int grow(struct dedup *d)
-{
-    uint32_t ncap = d->cap ? d->cap * 2 : DEDUP_CAP_MIN;
-    if (ncap > d->cap_max)
-        ncap = d->cap_max;
-    /* The index is a power of two of at least 2 * cap slots (load at most 50%), whatever
-     * cap_max is: linear probing masks with index_mask, which must be 2^k - 1 to reach every
-     * slot (with --dedup-entries 100 a mask of 199 reached 32 slots and probing never ended). */
-    uint32_t islots = 2;
-    while (islots < 2 * ncap)
-        islots *= 2;
-    uint64_t *nh = malloc(sizeof(uint64_t) * ncap);
-    int64_t *nn = malloc(sizeof(int64_t) * ncap);
-    uint64_t *ni = calloc(islots, sizeof(uint64_t));
-    if (!nh || !nn || !ni) {
-        free(nh);
-        free(nn);
-        free(ni);
+    struct dedup_bucket *nbk = aligned_alloc(64, (size_t)nb * sizeof(*nbk));
+    uint64_t *nring = malloc((size_t)ring_cap * sizeof(*nring));
+    if (!nbk || !nring) {
+        free(nbk);
+        free(nring);
         return -1;
     }
-    for (uint32_t k = 0; k < d->count; k++) {
-        uint32_t src = (d->head + k) % d->cap;
-        nh[k] = d->fifo_hash[src];
-        nn[k] = d->fifo_ns[src];
+    memset(nbk, 0, (size_t)nb * sizeof(*nbk));
+    struct dedup_bucket *old = d->b;
+    uint64_t *oring = d->ring;
+    uint32_t onb = d->nb;
+    d->b = nbk;
+    d->ring = nring;
+    d->nb = nb;
+    d->ring_cap = ring_cap;
+    d->ring_next = 0;
+    d->sweep = 0;
+    for (uint32_t age = d->live; age-- > 0;) {
+        uint8_t t = gen_tag(d->cur - age);
+        for (uint32_t i = 0; i < onb; i++)
+            for (uint32_t s = 0; s < DEDUP_SLOTS; s++) {
+                if (old[i].tag[s] != t)
+                    continue;
+                uint64_t key = oring[ring_pos(&old[i], s)];
+                NX_ASSERT(d->ring_next < ring_cap);
+                d->ring[d->ring_next] = key;
+                bool placed = place(d, key, t, d->ring_next++);
+                NX_ASSERT(placed); /* the new table is larger than the live keys */
+            }
     }
-    free(d->fifo_hash);
-    free(d->fifo_ns);
-    free(d->index);
-    d->fifo_hash = nh;
-    d->fifo_ns = nn;
-    d->index = ni;
-    d->cap = ncap;
-    d->head = 0;
-    d->index_mask = islots - 1;
-    NX_ASSERT((islots & d->index_mask) == 0 && islots >= 2 * ncap);
-    for (uint32_t k = 0; k < d->count; k++) {
-        uint32_t slot;
-        if (!index_find(d, nh[k], &slot))
-            d->index[slot] = nh[k];
-    }
+    d->ring_next &= ring_cap - 1;
+    free(old);
+    free(oring);
     return 0;
 }
 
-bool dedup_check_insert(struct dedup *d, uint64_t h, int64_t now_ns, int64_t window_ns)
+/* Bit s set: fp[s] == fp. */
+static inline uint32_t fp_match(const struct dedup_bucket *bk, uint16_t fp)
 {
-    /* Forget what has left the window. */
-    while (d->count && now_ns - d->fifo_ns[d->head] > window_ns)
-        pop_oldest(d);
-    uint32_t slot;
-    if (d->cap && index_find(d, h, &slot))
-        return true;
-    if (d->count == d->cap) {
-        if (d->cap < d->cap_max) {
-            if (grow(d) < 0)
-                return false;
-        } else {
-            pop_oldest(d); /* full: the oldest entry goes first */
+#ifdef __SSE2__
+    /* 16 lanes from 32 bytes (the last 6 are other fields, masked off), a byte each. */
+    __m128i v = _mm_set1_epi16((short)fp);
+    const uint8_t *p = (const uint8_t *)bk->fp;
+    __m128i c0 = _mm_cmpeq_epi16(_mm_loadu_si128((const void *)p), v);
+    __m128i c1 = _mm_cmpeq_epi16(_mm_loadu_si128((const void *)(p + 16)), v);
+    return (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(c0, c1)) & ((1u << DEDUP_SLOTS) - 1);
+#else
+    uint32_t m = 0;
+    for (uint32_t s = 0; s < DEDUP_SLOTS; s++)
+        m |= (uint32_t)(bk->fp[s] == fp) << s;
+    return m;
+#endif
+}
+
+static bool lookup(const struct dedup *d, uint64_t key)
+{
+    uint32_t b = home(d, key);
+    for (uint32_t n = 0; n < d->nb; n++) {
+        const struct dedup_bucket *bk = &d->b[b];
+        for (uint32_t m = fp_match(bk, (uint16_t)key); m; m &= m - 1) {
+            uint32_t s = (uint32_t)__builtin_ctz(m);
+            if (tag_live(d, bk->tag[s]) && d->ring[ring_pos(bk, s)] == key)
+                return true;
         }
+        if (!tag_live(d, bk->ovf))
+            return false;
+        b = b + 1 < d->nb ? b + 1 : 0;
     }
-    index_find(d, h, &slot);
-    d->index[slot] = h;
-    uint32_t tail = (d->head + d->count) % d->cap;
-    d->fifo_hash[tail] = h;
-    d->fifo_ns[tail] = now_ns;
-    d->count++;
+    return false;
+}
+
+bool dedup_check_insert(struct dedup *d, uint64_t key, int64_t now_ns, int64_t window_ns)
+{
+    expire(d, now_ns, window_ns);
+    if (d->b && lookup(d, key))
+        return true;
+    maybe_advance(d, now_ns, window_ns);
+    /* At most 2/3 full, so that most keys stay in their home bucket. */
+    if (3 * ((uint64_t)d->keys + 1) > 2 * (uint64_t)d->nb * DEDUP_SLOTS && d->nb < d->nb_max) {
+        uint32_t nb = d->nb ? d->nb * 2 : DEDUP_NB_MIN;
+        nb = nb < d->nb_max ? nb : d->nb_max;
+        if (resize(d, nb, ring_for(d, nb)) < 0 && !d->b)
+            return false;
+    }
+    /* Out of memory to grow: a key whose ring place would still be in use is not kept. */
+    if (d->keys + 1 > d->ring_cap)
+        return false;
+    uint32_t pos = d->ring_next;
+    if (!place(d, key, gen_tag(d->cur), pos))
+        return false;
+    d->ring[pos] = key;
+    d->ring_next = (pos + 1) & (d->ring_cap - 1);
+    uint32_t i = d->cur % DEDUP_GENS;
+    d->count[i]++;
+    d->keys++;
+    if (now_ns > d->last_ns[i])
+        d->last_ns[i] = now_ns;
     return false;
 }

@@ -9,8 +9,13 @@
 // only while a client is connected, sweeps the deadlines.
 //
 // Routes: GET or HEAD /metrics (any query string) is the exposition, /healthz is a liveness
-// answer, any other path is 404, any other method 405, a malformed request line 400, a request
-// over METRICS_REQUEST_BYTES_MAX 431. Every answer closes the connection.
+// answer (the process answers), /readyz a readiness answer (every shard's loop turning:
+// metrics_readiness), any other path is 404, any other method 405, a malformed request line
+// 400, a request over METRICS_REQUEST_BYTES_MAX 431. Every answer closes the connection.
+//
+// Besides the shards' counters the exposition carries the process's own series under the
+// names Prometheus' client libraries use (process_cpu_seconds_total, ...: the usual dashboards
+// and alerts work unchanged), nexus_build_info, and each shard's heartbeat age.
 #include "broker/metrics.h"
 
 #include <errno.h>
@@ -22,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,6 +62,10 @@
 #define METRICS_BODY_BYTES_MAX (256 * 1024)
 /* The status line and headers of an answer: the longest we write is under 160 bytes. */
 #define METRICS_HEAD_BYTES_MAX 256
+/* A shard whose loop has not ticked (every 100 ms while it turns) for this long is stuck, and
+ * the broker not ready: 2 s is 20 ticks, far past a pause of a loaded machine's scheduler
+ * (ASan builds included), and soon enough for a load balancer to stop sending it clients. */
+#define METRICS_STALL_MS 2000
 /* Submission queue entries: at most one operation per client slot, a cancel for each, the
  * accept and the timer (258) in one pass; the completion queue is twice as deep, and the
  * kernel keeps any overflow (a multishot accept then ends and is re-armed). */
@@ -190,6 +201,137 @@ static size_t render_registered(struct broker *b, char *buf, size_t cap, size_t 
     return n;
 }
 
+static int64_t mono_ns(void);
+
+/* VmSize and VmRSS in bytes, from /proc/self/statm (0 when unknown). */
+static void process_memory(uint64_t *virt, uint64_t *rss)
+{
+    unsigned long size = 0, res = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%lu %lu", &size, &res) != 2)
+            size = res = 0;
+        fclose(f);
+    }
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    *virt = size * page;
+    *rss = res * page;
+}
+
+/* Descriptors open, counted in /proc/self/fd (less the one reading it); -1 when unknown. */
+static long process_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    long n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1;
+}
+
+/* The process's start, in seconds since the epoch: /proc/self/stat's field 22 is the start in
+ * clock ticks since boot (CLOCK_BOOTTIME), so the start is now less the time since then.
+ * (Boot time plus that, as /proc/stat's btime would give, is off by every step the wall clock
+ * took since boot, hours on a machine whose clock was set after it booted.) The broker's start
+ * if /proc cannot tell. */
+static double process_start_s(const struct broker *b)
+{
+    char line[1024];
+    unsigned long long ticks = 0;
+    FILE *f = fopen("/proc/self/stat", "r");
+    const char *p = f && fgets(line, sizeof(line), f) ? strrchr(line, ')') : NULL;
+    if (f)
+        fclose(f);
+    /* ") " then fields 3, 4, ...: the blank before field k is the (k - 2)th after the ')' */
+    for (int field = 3; p && field <= 22; field++)
+        p = strchr(p + 1, ' ');
+    long hz = sysconf(_SC_CLK_TCK);
+    struct timespec real, boot;
+    if (!p || hz <= 0 || sscanf(p, " %llu", &ticks) != 1 ||
+        clock_gettime(CLOCK_REALTIME, &real) != 0 || clock_gettime(CLOCK_BOOTTIME, &boot) != 0)
+        return (double)b->start_ns / 1e9;
+    double since_boot = (double)boot.tv_sec + (double)boot.tv_nsec / 1e9;
+    return (double)real.tv_sec + (double)real.tv_nsec / 1e9 - (since_boot - (double)ticks / hz);
+}
+
+#ifdef __clang__
+#define METRICS_COMPILER "clang " __clang_version__
+#else
+#define METRICS_COMPILER "gcc " __VERSION__
+#endif
+
+/* The process series, the build, and each shard's heartbeat age. */
+static size_t render_process(struct broker *b, char *buf, size_t cap, size_t n)
+{
+    struct rusage ru;
+    struct rlimit rl;
+    double cpu = 0;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+              (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    unsigned long long max_fds = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 0;
+    uint64_t virt, rss;
+    process_memory(&virt, &rss);
+    n = appendf(buf, cap, n,
+                "# HELP process_cpu_seconds_total Total user and system CPU time spent in "
+                "seconds.\n# TYPE process_cpu_seconds_total counter\n"
+                "process_cpu_seconds_total %.6f\n"
+                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                "# TYPE process_resident_memory_bytes gauge\n"
+                "process_resident_memory_bytes %llu\n"
+                "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+                "# TYPE process_virtual_memory_bytes gauge\n"
+                "process_virtual_memory_bytes %llu\n"
+                "# HELP process_open_fds Number of open file descriptors.\n"
+                "# TYPE process_open_fds gauge\nprocess_open_fds %ld\n"
+                "# HELP process_max_fds Maximum number of open file descriptors.\n"
+                "# TYPE process_max_fds gauge\nprocess_max_fds %llu\n"
+                "# HELP process_start_time_seconds Start time of the process since unix epoch in "
+                "seconds.\n# TYPE process_start_time_seconds gauge\n"
+                "process_start_time_seconds %.2f\n"
+                "# HELP nexus_build_info The nexusd build: version and compiler; always 1.\n"
+                "# TYPE nexus_build_info gauge\n"
+                "nexus_build_info{version=\"%s\",compiler=\"%s\"} 1\n"
+                "# HELP nexus_shard_heartbeat_age_seconds Time since the shard's loop last "
+                "ticked (every 0.1 s while it turns; /readyz fails past %d s).\n"
+                "# TYPE nexus_shard_heartbeat_age_seconds gauge\n",
+                cpu, (unsigned long long)rss, (unsigned long long)virt, process_open_fds(), max_fds,
+                process_start_s(b), NEXUS_VERSION, METRICS_COMPILER, METRICS_STALL_MS / 1000);
+    int64_t now = mono_ns();
+    for (uint32_t i = 0; i < b->shard_count; i++) {
+        int64_t hb = (int64_t)LD(b->shards[i]->stats.heartbeat_ns);
+        n = appendf(buf, cap, n, "nexus_shard_heartbeat_age_seconds{shard=\"%u\"} %.3f\n", i,
+                    hb && now > hb ? (double)(now - hb) / 1e9 : 0.0);
+    }
+    return n;
+}
+
+bool metrics_readiness(struct broker *b, char *why, size_t cap)
+{
+    if (atomic_load_explicit(&b->stop, memory_order_relaxed)) {
+        snprintf(why, cap, "draining (stop signal received)");
+        return false;
+    }
+    int64_t now = mono_ns();
+    for (uint32_t i = 0; i < b->shard_count; i++) {
+        int64_t hb = (int64_t)LD(b->shards[i]->stats.heartbeat_ns);
+        if (hb == 0) {
+            snprintf(why, cap, "shard %u has not started its loop", i);
+            return false;
+        }
+        if (now - hb > (int64_t)METRICS_STALL_MS * 1000000) {
+            snprintf(why, cap, "shard %u: its loop has not turned for %lld ms", i,
+                     (long long)((now - hb) / 1000000));
+            return false;
+        }
+    }
+    snprintf(why, cap, "ready");
+    return true;
+}
+
 size_t metrics_render(struct broker *b, char *buf, size_t cap)
 {
     size_t n = 0;
@@ -237,6 +379,7 @@ size_t metrics_render(struct broker *b, char *buf, size_t cap)
                     "nexus_delivery_latency_seconds_count{shard=\"%u\"} %llu\n",
                     i, cum, i, (double)LD(st->latency_us_sum) / 1e6, i, cum);
     }
+    n = render_process(b, buf, cap, n);
     return n < cap ? n : cap;
 }
 
@@ -389,7 +532,16 @@ static void client_open(struct metrics *m, int fd)
 
 /* ---- requests and answers ------------------------------------------------------------------ */
 
-enum mroute { MR_METRICS, MR_HEALTH, MR_NOT_FOUND, MR_BAD_METHOD, MR_BAD_REQUEST, MR_TOO_LARGE };
+enum mroute {
+    MR_METRICS,
+    MR_HEALTH,
+    MR_READY,
+    MR_NOT_READY,
+    MR_NOT_FOUND,
+    MR_BAD_METHOD,
+    MR_BAD_REQUEST,
+    MR_TOO_LARGE
+};
 
 /* Routes the request line `METHOD SP TARGET SP HTTP/1.x`; *head is set for HEAD. The query
  * string is ignored: scrapers add their own parameters (Prometheus' `params`). */
@@ -412,6 +564,8 @@ static enum mroute route(const char *req, bool *head)
         return MR_METRICS;
     if (pl == 8 && memcmp(target, "/healthz", 8) == 0)
         return MR_HEALTH;
+    if (pl == 7 && memcmp(target, "/readyz", 7) == 0)
+        return MR_READY;
     return MR_NOT_FOUND;
 }
 
@@ -429,16 +583,20 @@ static size_t render_body(struct metrics *m)
     return n < METRICS_BODY_BYTES_MAX ? n : METRICS_BODY_BYTES_MAX;
 }
 
-/* Builds the answer to the client's request into c->out. Returns false without memory. */
-static bool answer_build(struct metrics *m, struct mclient *c, enum mroute r, bool head)
+/* Builds the answer to the client's request into c->out; body, when not NULL, replaces the
+ * route's own. Returns false without memory. */
+static bool answer_build(struct metrics *m, struct mclient *c, enum mroute r, bool head,
+                         const char *body_of_call)
 {
     static const struct {
         const char *status, *type, *extra, *body;
     } rows[] = {
         [MR_METRICS] = {"200 OK", "text/plain; version=0.0.4; charset=utf-8", "", NULL},
         [MR_HEALTH] = {"200 OK", "application/json", "", "{\"status\":\"ok\"}"},
+        [MR_READY] = {"200 OK", "application/json", "", "{\"status\":\"ready\"}"},
+        [MR_NOT_READY] = {"503 Service Unavailable", "application/json", "", "{}"},
         [MR_NOT_FOUND] = {"404 Not Found", "text/plain; charset=utf-8", "",
-                          "not found: try /metrics or /healthz\n"},
+                          "not found: try /metrics, /healthz or /readyz\n"},
         [MR_BAD_METHOD] = {"405 Method Not Allowed", "text/plain; charset=utf-8",
                            "Allow: GET, HEAD\r\n", "method not allowed: use GET or HEAD\n"},
         [MR_BAD_REQUEST] = {"400 Bad Request", "text/plain; charset=utf-8", "",
@@ -446,8 +604,8 @@ static bool answer_build(struct metrics *m, struct mclient *c, enum mroute r, bo
         [MR_TOO_LARGE] = {"431 Request Header Fields Too Large", "text/plain; charset=utf-8", "",
                           "request too large\n"},
     };
-    const char *body = rows[r].body ? rows[r].body : m->body;
-    size_t bl = rows[r].body ? strlen(body) : render_body(m);
+    const char *body = body_of_call ? body_of_call : rows[r].body ? rows[r].body : m->body;
+    size_t bl = body != m->body ? strlen(body) : render_body(m);
     char hdr[METRICS_HEAD_BYTES_MAX];
     int hl = snprintf(hdr, sizeof(hdr),
                       "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
@@ -476,7 +634,13 @@ static void answer(struct metrics *m, struct mclient *c, bool too_large)
     c->req = NULL;
     if (too_large)
         count_close(m, MCLOSE_TOO_LARGE);
-    if (!answer_build(m, c, r, head)) {
+    char why[200], body[300], *own = NULL;
+    if (r == MR_READY && !metrics_readiness(m->b, why, sizeof(why))) {
+        r = MR_NOT_READY;
+        snprintf(body, sizeof(body), "{\"status\":\"not ready\",\"reason\":\"%s\"}", why);
+        own = body;
+    }
+    if (!answer_build(m, c, r, head, own)) {
         log_error(-1, "metrics: out of memory answering a scrape");
         client_close(m, c, MCLOSE_NONE);
         return;

@@ -7,6 +7,7 @@
 #ifndef NEXUS_BROKER_METRICS_H
 #define NEXUS_BROKER_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct broker;
@@ -17,6 +18,13 @@ struct metrics *metrics_start(struct broker *b);
 
 /* Stops the thread and frees everything. */
 void metrics_stop(struct metrics *m);
+
+/* Whether the broker serves: every shard's loop has ticked within METRICS_STALL_MS (2 s), and
+ * no stop signal came. A shard's loop starts only once every shard has opened its event log
+ * (recovery included) and restored its handlers' state, with the listeners bound, so a ready
+ * broker has finished starting too. Writes the reason ("ready", or what is wrong) into why
+ * (cap bytes). Any thread: /readyz and the systemd watchdog ask it. */
+bool metrics_readiness(struct broker *b, char *why, size_t cap);
 
 /* Renders the exposition text into buf (cap bytes). Returns the length (truncated at cap). */
 size_t metrics_render(struct broker *b, char *buf, size_t cap);

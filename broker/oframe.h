@@ -48,6 +48,7 @@ struct oframe {
     uint64_t skip_conn_id; /* delivered to it directly: its subscriptions skip this frame */
     uint64_t skip_conn_id2;
     bool terminal; /* lifecycle terminal event for the connection it is sent to */
+    bool raw;      /* WebSocket (conn_ws.c): bytes sent as they are, not a Nexus frame */
     uint8_t data[];
 };
 
@@ -71,6 +72,7 @@ static inline struct oframe *oframe_alloc(uint32_t len)
     f->skip_conn_id = 0;
     f->skip_conn_id2 = 0;
     f->terminal = false;
+    f->raw = false;
     return f;
 }
 

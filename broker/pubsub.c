@@ -195,10 +195,11 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
         id.len = 36;
     }
     /* A fresh UUID cannot repeat: only client-chosen ids are checked for duplicates. */
+    uint64_t key = 0;
     if (s->cfg->dedup_window_ms && m->id_len) {
         /* Scoped to the publisher (its connection, or its hello's client_name): another
          * client re-using the id is not a duplicate of this one's event (docs/PROTOCOL.md). */
-        uint64_t key = dedup_key_scoped(id, body, m);
+        key = dedup_key_scoped(id, body, m);
         if (dedup_check_insert(&cp->dedup, key, now, (int64_t)s->cfg->dedup_window_ms * 1000000)) {
             stat_add(&s->stats.duplicates, 1);
             if (m->correlation)
@@ -212,8 +213,8 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
     struct publish p;
     core_publish_of_emit(&p, m, body, id, now);
     /* A client name's scope (top bit set) means the same after a restart, a connection's not. */
-    if (s->cfg->dedup_window_ms && m->id_len && (m->dedup_scope >> 63))
-        p.dedup_key = dedup_key_scoped(id, body, m);
+    if (key && (m->dedup_scope >> 63))
+        p.dedup_key = key;
     if (core_publish(s, cp, &p) < 0) {
         core_error_to_conn(s, m->conn_id, m->correlation, "internal", "out of memory");
         return;

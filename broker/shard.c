@@ -26,10 +26,12 @@
 
 #include "broker/auth.h"
 #include "broker/conn.h"
+#include "broker/conn_ws.h"
 #include "broker/log.h"
 #include "broker/msg.h"
 #include "broker/store.h"
 #include "broker/ud.h"
+#include "broker/ws.h"
 #include "codec/envelope.h"
 
 /* The shard's housekeeping period: stop requests, idle connections and the drain deadline are
@@ -310,11 +312,31 @@ static bool shard_rings_have_input(struct shard *s)
 
 /* ---- accept and timers ------------------------------------------------------------------- */
 
+/* Arms the multishot accept of the client listener, or of the WebSocket one (if there is). */
+static void shard_accept_arm_one(struct shard *s, bool ws)
+{
+    if (ws && s->ws_listen_fd < 0)
+        return;
+    struct io_uring_sqe *sqe = shard_sqe(s);
+    io_uring_prep_multishot_accept(sqe, ws ? s->ws_listen_fd : s->listen_fd, NULL, NULL,
+                                   SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, ws ? UD_WS_ACCEPT : UD_ACCEPT);
+}
+
 static void shard_accept_arm(struct shard *s)
 {
-    struct io_uring_sqe *sqe = shard_sqe(s);
-    io_uring_prep_multishot_accept(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, UD_ACCEPT);
+    shard_accept_arm_one(s, false);
+    shard_accept_arm_one(s, true);
+}
+
+/* Cancels the accepts of both listeners (a cancel of one not armed finds nothing). */
+static void shard_accept_cancel(struct shard *s)
+{
+    for (int ws = 0; ws < 2 && (!ws || s->ws_listen_fd >= 0); ws++) {
+        struct io_uring_sqe *sqe = shard_sqe(s);
+        io_uring_prep_cancel64(sqe, ws ? UD_WS_ACCEPT : UD_ACCEPT, 0);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    }
 }
 
 static void shard_timer_arm(struct shard *s)
@@ -372,11 +394,7 @@ static bool shard_accept_failed(struct shard *s, struct io_uring_cqe *cqe)
     if (s->accept_backoff_ms > SHARD_ACCEPT_BACKOFF_MS_MAX)
         s->accept_backoff_ms = SHARD_ACCEPT_BACKOFF_MS_MAX;
     s->accept_resume_ns = now + (int64_t)s->accept_backoff_ms * 1000000;
-    if (cqe->flags & IORING_CQE_F_MORE) {
-        struct io_uring_sqe *sqe = shard_sqe(s);
-        io_uring_prep_cancel64(sqe, UD_ACCEPT, 0);
-        io_uring_sqe_set_data64(sqe, UD_IGNORE);
-    }
+    shard_accept_cancel(s); /* both listeners: descriptors and memory are the process's */
     return true;
 }
 
@@ -388,16 +406,17 @@ void shard_accept_check(struct shard *s, int64_t now)
     }
 }
 
-static void shard_accept_done(struct shard *s, struct io_uring_cqe *cqe)
+/* A connection accepted on the client listener, or on the WebSocket one (ws). */
+static void shard_accept_done(struct shard *s, struct io_uring_cqe *cqe, bool ws)
 {
     if (cqe->res < 0) {
         bool paused = shard_accept_failed(s, cqe);
         if (!paused && !(cqe->flags & IORING_CQE_F_MORE) && !s->stopping && !s->accept_resume_ns)
-            shard_accept_arm(s);
+            shard_accept_arm_one(s, ws);
         return;
     }
     if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stopping && !s->accept_resume_ns)
-        shard_accept_arm(s);
+        shard_accept_arm_one(s, ws);
     s->accept_backoff_ms = 0;
     int fd = cqe->res;
     if (s->stopping) {
@@ -408,15 +427,17 @@ static void shard_accept_done(struct shard *s, struct io_uring_cqe *cqe)
     if (prev >= s->cfg->connections_max) {
         atomic_fetch_sub_explicit(&s->broker->connections, 1, memory_order_relaxed);
         uint8_t buf[CODEC_CONTROL_BYTES_MAX];
-        int n = codec_error_encode(buf, sizeof(buf), 0, "limit_exceeded",
-                                   "the broker is at --max-connections; try again later");
+        const char *why = "the broker is at --max-connections; try again later";
+        struct ws_upgrade u = {.status = 503, .why = why}; /* a WebSocket client: HTTP */
+        int n = ws ? ws_upgrade_answer(&u, (char *)buf, sizeof(buf))
+                   : codec_error_encode(buf, sizeof(buf), 0, "limit_exceeded", why);
         /* Best effort, non-blocking: the socket buffer of a new connection is empty. */
         if (n > 0 && send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
             log_debug((int)s->index, "refusal not sent: %s", strerror(errno));
+        log_refusal((int)s->index, fd, "connection refused: max_connections=%u reached",
+                    s->cfg->connections_max);
         close(fd);
         stat_add(&s->stats.errors, 1);
-        log_warn((int)s->index, "connection refused: max_connections=%u reached",
-                 s->cfg->connections_max);
         return;
     }
     int one = 1;
@@ -426,6 +447,10 @@ static void shard_accept_done(struct shard *s, struct io_uring_cqe *cqe)
         atomic_fetch_sub_explicit(&s->broker->connections, 1, memory_order_relaxed);
         close(fd);
         log_error((int)s->index, "out of memory accepting a connection");
+        return;
+    }
+    if (conn_ws_accepted(c, ws) < 0) {
+        conn_close(c, "out of memory");
         return;
     }
     conn_recv_arm(c);
@@ -507,11 +532,8 @@ static void shard_begin_stop(struct shard *s)
     s->stopping = true;
     s->drain_stage = DRAIN_INPUT_STOPPED;
     s->stop_deadline_ns = shard_now_ns() + (int64_t)s->cfg->drain_ms * 1000000;
-    if (!s->accept_resume_ns) {
-        struct io_uring_sqe *sqe = shard_sqe(s);
-        io_uring_prep_cancel64(sqe, UD_ACCEPT, 0);
-        io_uring_sqe_set_data64(sqe, UD_IGNORE);
-    }
+    if (!s->accept_resume_ns)
+        shard_accept_cancel(s);
     s->accept_resume_ns = 0;
     for (uint32_t i = 0; s->conns.slots && i <= s->conns.mask; i++)
         if (s->conns.slots[i].val)
@@ -564,9 +586,21 @@ static void shard_drain_step(struct shard *s)
     }
 }
 
+/* The loop is turning: /readyz and the systemd watchdog (metrics_readiness) look at this. */
+static void shard_heartbeat(struct shard *s)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    atomic_store_explicit(&s->stats.heartbeat_ns,
+                          (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec,
+                          memory_order_relaxed);
+}
+
 static void shard_tick(struct shard *s)
 {
     s->timer_armed = false;
+    shard_heartbeat(s);
+    log_refusal_flush((int)s->index);
     int64_t now = shard_now_ns();
     if (!s->stopping && atomic_load_explicit(&s->broker->stop, memory_order_relaxed))
         shard_begin_stop(s);
@@ -599,7 +633,8 @@ void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
     if (!ud_is_conn(ud)) {
         switch (ud) {
         case UD_ACCEPT:
-            shard_accept_done(s, cqe);
+        case UD_WS_ACCEPT:
+            shard_accept_done(s, cqe, ud == UD_WS_ACCEPT);
             break;
         case UD_TIMER:
             shard_tick(s);
@@ -777,6 +812,7 @@ static void shard_wait(struct shard *s, bool busy)
 
 void shard_loop(struct shard *s)
 {
+    shard_heartbeat(s);
     shard_accept_arm(s);
     shard_timer_arm(s);
     s->timer_armed = true;

@@ -41,6 +41,7 @@ struct shard {
     pthread_t thread;
     struct io_uring ring;
     int listen_fd;
+    int ws_listen_fd; /* --ws-listen, -1 without */
 
     struct io_uring_buf_ring *buf_ring;
     size_t buf_ring_bytes;

@@ -35,6 +35,9 @@ struct shard_stats {
      * sampled 1 in SHARD_LATENCY_SAMPLE deliveries: bucket i counts samples < 2^i µs. */
     atomic_uint_fast64_t latency_us_bucket[SHARD_LATENCY_BUCKETS];
     atomic_uint_fast64_t latency_samples, latency_us_sum;
+    /* CLOCK_MONOTONIC ns of the shard loop's last tick (every 100 ms while the loop turns):
+     * /readyz and the systemd watchdog read it to tell a live shard from a stuck one. */
+    atomic_uint_fast64_t heartbeat_ns;
     /* Registered counters, indexed by what stats_register returned. */
     atomic_uint_fast64_t ext[STATS_EXT_MAX];
 };

@@ -25,6 +25,7 @@ enum ud_shard_op {
     UD_STORE_SYNC = 7,  /* its linked fdatasync (--fsync always) */
     UD_STORE_ISYNC = 8, /* an --fsync interval fdatasync */
     UD_STORE_TIMER = 9, /* the wait for the next interval fdatasync */
+    UD_WS_ACCEPT = 10,  /* the multishot accept of the WebSocket listener */
 };
 
 /* Operations of one connection. */

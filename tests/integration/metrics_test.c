@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // The Prometheus endpoint, scraped over HTTP while a load runs: counters move as they should,
-// the exposition parses line by line, and other paths get 404. Scrapes are served beside a
-// client that trickles its request and beside more idle connections than the server holds;
-// routes, methods and oversized requests get their statuses.
+// the exposition parses line by line (and passes `promtool check metrics`), and other paths get
+// 404. Scrapes are served beside a client that trickles its request and beside more idle
+// connections than the server holds; routes, methods and oversized requests get their
+// statuses; /healthz and /readyz answer; the process series (CPU, memory, descriptors, start
+// time), the build info and the media room gauges are there and move.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,7 +13,7 @@
 #include <arpa/inet.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "handlers_util.h"
 
 /* Connects to 127.0.0.1:port; reads on the socket give up after timeout_ms. Returns the socket
  * or -1. */
@@ -121,7 +123,7 @@ static void test_metrics_move(void **state)
     uint16_t mport = h_free_port();
     char maddr[64];
     snprintf(maddr, sizeof(maddr), "127.0.0.1:%u", mport);
-    struct broker_proc b = h_start(2, "--metrics", maddr, "--test-handlers", NULL);
+    struct broker_proc b = H_START(2, "--metrics", maddr, "--test-handlers", NULL);
     static char text[512 * 1024];
     assert_int_equal(http_get(mport, "/metrics", text, sizeof(text)), 200);
     assert_non_null(strstr(text, "Content-Type: text/plain; version=0.0.4"));
@@ -159,7 +161,9 @@ static void test_metrics_move(void **state)
     const char *body = strstr(text, "\r\n\r\n") + 4;
     for (const char *p = body; *p; p = strchr(p, '\n') + 1) {
         if (*p != '#') {
-            const char *sp = strchr(p, ' ');
+            /* the value follows the labels, whose values may hold blanks */
+            const char *rb = strchr(p, '}'), *eol = strchr(p, '\n');
+            const char *sp = strchr(rb && (!eol || rb < eol) ? rb : p, ' ');
             assert_non_null(sp);
             char *end;
             strtod(sp + 1, &end);
@@ -331,13 +335,206 @@ static void test_metrics_routes(void **state)
     assert_int_equal(h_stop(&b), 0);
 }
 
+/* /healthz and /readyz: GET and HEAD, with a query string, and their neighbours 404. */
+static void test_metrics_health_ready(void **state)
+{
+    (void)state;
+    uint16_t mport;
+    struct broker_proc b = start_with_metrics(&mport);
+    static char text[64 * 1024];
+    /* The client port accepts (into its backlog) as soon as it is bound, before the shards'
+     * loops run (after every shard recovered): until then /readyz says 503, and why. */
+    int st = 0;
+    for (int64_t end = h_now_ms() + 10000; h_now_ms() < end; usleep(20000)) {
+        st = http_get(mport, "/readyz", text, sizeof(text));
+        if (st != 503)
+            break;
+        assert_non_null(strstr(text, "{\"status\":\"not ready\",\"reason\":\"shard "));
+    }
+    assert_int_equal(st, 200);
+    assert_non_null(strstr(text, "\r\nContent-Type: application/json\r\n"));
+    assert_non_null(http_body(text));
+    assert_string_equal(http_body(text), "{\"status\":\"ready\"}");
+    assert_int_equal(http_content_length(text), strlen("{\"status\":\"ready\"}"));
+    assert_int_equal(http_get(mport, "/readyz?probe=kubelet&x=1", text, sizeof(text)), 200);
+    assert_string_equal(http_body(text), "{\"status\":\"ready\"}");
+    assert_int_equal(http_get(mport, "/healthz?x", text, sizeof(text)), 200);
+    assert_string_equal(http_body(text), "{\"status\":\"ok\"}");
+    for (int i = 0; i < 2; i++) {
+        const char *path = i ? "/readyz" : "/healthz";
+        assert_int_equal(http_req(mport, "HEAD", path, text, sizeof(text), 10000), 200);
+        assert_non_null(http_body(text));
+        assert_string_equal(http_body(text), ""); /* HEAD: the headers only */
+        assert_int_equal(http_content_length(text), i ? 18 : 15);
+    }
+    static const char *const not_found[] = {"/readyz/", "/readyz/x",  "/ready", "/readyzz",
+                                            "/health",  "/metrics/x", "/READYZ"};
+    for (size_t i = 0; i < sizeof(not_found) / sizeof(not_found[0]); i++) {
+        assert_int_equal(http_get(mport, not_found[i], text, sizeof(text)), 404);
+        assert_non_null(strstr(text, "/readyz"));
+    }
+    assert_int_equal(http_req(mport, "POST", "/readyz", text, sizeof(text), 10000), 405);
+    assert_int_equal(h_stop(&b), 0);
+}
+
+/* The value of the unlabelled sample `name value` in an exposition, or -1. */
+static double metric_value(const char *text, const char *name)
+{
+    size_t nl = strlen(name);
+    for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, name, nl) == 0 && p[nl] == ' ')
+            return strtod(p + nl + 1, NULL);
+    return -1;
+}
+
+/* Runs `promtool check metrics` on the body of an answer: it must exit 0 with nothing to say.
+ * promtool missing is a failure (CI installs the prometheus package), not a skip. */
+static void promtool_check(const char *answer)
+{
+    const char *body = http_body(answer);
+    assert_non_null(body);
+    char path[] = "/tmp/nexus-metrics-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, body, strlen(body)), (ssize_t)strlen(body));
+    close(fd);
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "promtool check metrics < %s", path);
+    const char *argv[] = {"sh", "-c", cmd, NULL};
+    struct h_child ch;
+    int rc = h_run(&ch, argv, 30000);
+    print_message("promtool check metrics: exit %d, stdout \"%s\", stderr \"%s\"\n", rc,
+                  ch.out ? ch.out : "", ch.err ? ch.err : "");
+    assert_int_equal(rc, 0);
+    assert_non_null(ch.out);
+    assert_string_equal(ch.out, "");
+    h_child_free(&ch);
+    unlink(path);
+}
+
+/* The process series and the build info: present, plausible, moving with the load;
+ * promtool accepts the whole exposition. */
+static void test_metrics_process(void **state)
+{
+    (void)state;
+    uint16_t mport;
+    time_t t0 = time(NULL);
+    struct broker_proc b = start_with_metrics(&mport);
+    static char text[512 * 1024];
+    assert_int_equal(http_get(mport, "/metrics", text, sizeof(text)), 200);
+    promtool_check(text);
+    double cpu0 = metric_value(text, "process_cpu_seconds_total");
+    double fds0 = metric_value(text, "process_open_fds");
+    double start = metric_value(text, "process_start_time_seconds");
+    double rss = metric_value(text, "process_resident_memory_bytes");
+    struct rlimit rl;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    print_message("cpu %.3f s, fds %.0f, start %.0f (test began %lld), rss %.0f, max fds %.0f\n",
+                  cpu0, fds0, start, (long long)t0, rss, metric_value(text, "process_max_fds"));
+    assert_true(cpu0 >= 0);
+    assert_true(fds0 > 3);
+    assert_true(start >= (double)t0 - 5 && start <= (double)time(NULL) + 5);
+    assert_true(rss > 1e6 && (double)h_rss_bytes(&b) / rss > 0.5 &&
+                (double)h_rss_bytes(&b) / rss < 2);
+    assert_true(metric_value(text, "process_virtual_memory_bytes") >= rss);
+    assert_true(metric_value(text, "process_max_fds") == (double)rl.rlim_cur);
+    assert_non_null(strstr(text, "\nnexus_build_info{version=\"" NEXUS_VERSION "\",compiler=\""));
+    assert_true(metric_sum(text, "nexus_shard_heartbeat_age_seconds", NULL) < 2 * 2.0);
+
+    /* 10 connections are 10 more descriptors; their load costs CPU time. */
+    struct nexus_client *c[10];
+    for (int i = 0; i < 10; i++)
+        assert_non_null(c[i] = h_connect(&b, NULL));
+    double cpu = cpu0;
+    for (int round = 0; round < 20 && cpu <= cpu0; round++) {
+        for (int i = 0; i < 10; i++)
+            for (int k = 0; k < 200; k++)
+                assert_int_equal(h_ping(c[i], 5000), 1);
+        assert_int_equal(http_get(mport, "/metrics", text, sizeof(text)), 200);
+        cpu = metric_value(text, "process_cpu_seconds_total");
+    }
+    print_message("cpu %.3f s -> %.3f s, fds %.0f -> %.0f\n", cpu0, cpu, fds0,
+                  metric_value(text, "process_open_fds"));
+    assert_true(cpu > cpu0);
+    assert_true(metric_value(text, "process_open_fds") >= fds0 + 10);
+    promtool_check(text);
+    for (int i = 0; i < 10; i++)
+        nexus_close(c[i]);
+    assert_int_equal(h_stop(&b), 0);
+}
+
+static int media_join(struct nexus_client *c, int64_t camp, const char *ctx, const char *peer,
+                      const char *id, struct hev *e)
+{
+    struct hs_writer w;
+    hp_begin(&w);
+    hs_put_cstring(&w, "context_id", ctx);
+    hs_put_cstring(&w, "peer_id", peer);
+    hp_end(&w);
+    int r = h_request(c, "media:join_room:v1:requested", camp, id, w.buf, w.len, e);
+    hs_free(&w);
+    return r;
+}
+
+/* Waits until the media gauges, summed over shards, read rooms and peers (the scrape races
+ * the owner's update by a ring hop). */
+static bool media_gauges_become(uint16_t mport, double rooms, double peers, char *text, size_t cap)
+{
+    for (int i = 0; i < 100; i++) {
+        if (http_get(mport, "/metrics", text, cap) == 200 &&
+            metric_sum(text, "nexus_media_rooms", NULL) == rooms &&
+            metric_sum(text, "nexus_media_peers", NULL) == peers)
+            return true;
+        usleep(50000);
+    }
+    print_message("media gauges: rooms %.0f peers %.0f, wanted %.0f %.0f\n",
+                  metric_sum(text, "nexus_media_rooms", NULL),
+                  metric_sum(text, "nexus_media_peers", NULL), rooms, peers);
+    return false;
+}
+
+/* nexus_media_rooms and nexus_media_peers follow the rooms: two peers join two rooms, one
+ * leaves by closing its connection, and everything is back to 0 at the end. The stats frame
+ * carries the same numbers. */
+static void test_metrics_media(void **state)
+{
+    (void)state;
+    uint16_t mport;
+    struct broker_proc b = start_with_metrics(&mport);
+    static char text[512 * 1024];
+    assert_true(media_gauges_become(mport, 0, 0, text, sizeof(text)));
+    int64_t camp = h_campaign_on(1, 2, 7000);
+    struct nexus_client *pa = h_connect_on(&b, 0), *pb = h_connect_on(&b, 1);
+    assert_true(pa && pb);
+    struct hev e = {0};
+    assert_int_equal(media_join(pa, camp, "room-1", "a", "ja", &e), 1);
+    assert_true(hev_state(&e, "success"));
+    assert_true(media_gauges_become(mport, 1, 1, text, sizeof(text)));
+    assert_int_equal(h_stat_sum(pa, offsetof(struct codec_shard_stats, media_rooms)), 1);
+    assert_int_equal(media_join(pb, camp, "room-1", "b", "jb", &e), 1);
+    assert_true(hev_state(&e, "success"));
+    assert_int_equal(media_join(pb, camp, "room-2", "b", "jb2", &e), 1);
+    assert_true(hev_state(&e, "success"));
+    assert_true(media_gauges_become(mport, 2, 3, text, sizeof(text)));
+    assert_int_equal(h_stat_sum(pa, offsetof(struct codec_shard_stats, media_peers)), 3);
+    nexus_close(pb); /* b leaves both rooms; room-2 is empty and freed */
+    assert_true(media_gauges_become(mport, 1, 1, text, sizeof(text)));
+    nexus_close(pa);
+    assert_true(media_gauges_become(mport, 0, 0, text, sizeof(text)));
+    hev_clear(&e);
+    assert_int_equal(h_stop(&b), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_metrics_move),
+        cmocka_unit_test_teardown(test_metrics_move, h_teardown),
         cmocka_unit_test_teardown(test_metrics_slow_client, h_teardown),
         cmocka_unit_test_teardown(test_metrics_many_idle, h_teardown),
         cmocka_unit_test_teardown(test_metrics_routes, h_teardown),
+        cmocka_unit_test_teardown(test_metrics_health_ready, h_teardown),
+        cmocka_unit_test_teardown(test_metrics_process, h_teardown),
+        cmocka_unit_test_teardown(test_metrics_media, h_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,15 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // tests/unit/dedup_test.c: unit tests for broker/dedup.h, the per-campaign duplicate window.
-// The documented semantics: a hash accepted at time t is a duplicate until the window has
-// passed (an entry exactly window_ns old still counts; a duplicate is not recorded, so it does
-// not extend the window), and at most entries_max entries are remembered, the oldest
-// forgotten first. Tests cover the window, the FIFO bound, growth of the table up to (and never
-// past) the bound, hashes chosen to collide in the index (so expiry and eviction delete from the
-// middle of probe runs), dedup_key, and a randomized model check with a fixed seed against a
-// plain reference of those semantics, for power-of-two and other entries_max values (the config
-// accepts any value in 16..2^24). Runs that could loop forever go to a forked child with an
-// alarm, so a hang is reported as a failure.
+// The documented guarantee (dedup.h): a key accepted at t, with n keys accepted after it and
+// checked at t + e, is a duplicate while e / window + n / (entries * 15/16) < 1; it is new
+// again once e > window * 16/15 or n >= 16 * ceil(entries / 16); a duplicate is not recorded
+// (it does not extend the window). Tests cover the window, the entry bound, growth up to (and
+// never past) the size bound, freeing when everything expired, the reuse of generation tags
+// (a key from 255 generations ago must not come back), keys that share their home bucket
+// (long overflow runs, expired from the middle), restoring a window with past times,
+// dedup_key, and a randomized check with fixed seeds against a reference that knows, for each
+// check, whether the guarantee requires "duplicate", requires "new", or allows either. Runs
+// that could loop forever go to a forked child with an alarm, so a hang is a failure.
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -45,20 +46,26 @@ static uint64_t dedup_test_hash(uint64_t i)
     return dedup_test_rand(&s) | (1ull << 63);
 }
 
-// The table's size fields stay within the bound: used after every operation of the tests below.
-static void dedup_test_check_bounds(const struct dedup *d)
+// Keys the table may hold at most: 16 generations of ceil(entries / 16).
+static uint32_t dedup_test_keys_max(uint32_t entries)
 {
-    assert_true(d->count <= d->cap);
-    assert_true(d->cap <= d->cap_max);
-    if (d->cap) {
-        assert_non_null(d->fifo_hash);
-        assert_non_null(d->fifo_ns);
-        assert_non_null(d->index);
-        assert_true(d->head < d->cap);
-        // The index: a power of two of slots (its probe wraps with the mask), at least 2 * cap.
-        assert_int_equal((d->index_mask + 1) & d->index_mask, 0);
-        assert_true((uint64_t)d->index_mask + 1 >= 2 * (uint64_t)d->cap);
-    }
+    return DEDUP_GENS * ((entries + DEDUP_GENS - 1) / DEDUP_GENS);
+}
+
+// The size fields stay within the bounds: used after the operations of the tests below.
+static bool dedup_test_bounds_ok(const struct dedup *d)
+{
+    if (d->keys > dedup_test_keys_max(d->entries_max) || d->live > DEDUP_GENS ||
+        d->nb > d->nb_max || (d->nb && !d->b) || (!d->nb && d->b))
+        return false;
+    // Never more than 2/3 full once grown: room for 1.5 times the keys it may hold.
+    if (3ull * dedup_test_keys_max(d->entries_max) >
+        2ull * d->nb_max * DEDUP_SLOTS + 2 * DEDUP_SLOTS)
+        return false;
+    // The ring has a place for every live key.
+    if (d->b && (d->keys > d->ring_cap || (d->ring_cap & (d->ring_cap - 1))))
+        return false;
+    return dedup_bytes(d) == (uint64_t)d->nb * 64 + (uint64_t)d->ring_cap * 8;
 }
 
 static void test_init_free_empty(void **state)
@@ -67,19 +74,22 @@ static void test_init_free_empty(void **state)
     struct dedup d;
     memset(&d, 0xa5, sizeof(d)); // init must not depend on prior contents
     dedup_init(&d, 1024);
-    assert_int_equal(d.cap_max, 1024);
-    assert_int_equal(d.cap, 0);
-    assert_int_equal(d.count, 0);
-    assert_null(d.fifo_hash); // nothing allocated until the first insert
-    assert_null(d.index);
+    assert_int_equal(d.entries_max, 1024);
+    assert_int_equal(d.keys, 0);
+    assert_null(d.b); // nothing allocated until the first key
+    assert_int_equal(dedup_bytes(&d), 0);
     dedup_free(&d); // freeing an unused table is fine
-    assert_int_equal(d.cap_max, 1024);
-    assert_int_equal(d.cap, 0);
-    assert_null(d.fifo_hash);
-    // The bound is exactly what was configured, even below the first table size (64).
+    assert_int_equal(d.entries_max, 1024);
+    assert_null(d.b);
+    assert_int_equal(sizeof(struct dedup_bucket), 64); // one cache line
+    // A small bound is kept too (16 keys, one per generation).
     dedup_init(&d, 16);
-    assert_int_equal(d.cap_max, 16);
+    assert_int_equal(d.gen_keys, 1);
+    assert_false(dedup_check_insert(&d, dedup_test_hash(1), 0, MS));
+    assert_true(dedup_check_insert(&d, dedup_test_hash(1), 1, MS));
+    assert_true(dedup_test_bounds_ok(&d));
     dedup_free(&d);
+    assert_null(d.b);
 }
 
 static void test_window(void **state)
@@ -91,167 +101,213 @@ static void test_window(void **state)
     const uint64_t a = dedup_test_hash(1), b = dedup_test_hash(2);
 
     assert_false(dedup_check_insert(&d, a, t0, w)); // new
-    assert_int_equal(d.count, 1);
+    assert_int_equal(d.keys, 1);
     assert_true(dedup_check_insert(&d, a, t0, w)); // same instant
     assert_true(dedup_check_insert(&d, a, t0 + 1, w));
-    assert_false(dedup_check_insert(&d, b, t0 + 1, w)); // another hash is not a duplicate
+    assert_false(dedup_check_insert(&d, b, t0 + 1, w)); // another key is not a duplicate
     assert_true(dedup_check_insert(&d, b, t0 + 2, w));
     assert_true(dedup_check_insert(&d, a, t0 + w / 2, w));
-    assert_int_equal(d.count, 2); // duplicates are not recorded
+    assert_int_equal(d.keys, 2); // duplicates are not recorded
     assert_true(dedup_check_insert(&d, a, t0 + w - 1, w));
     assert_true(dedup_check_insert(&d, a, t0 + w, w)); // exactly window_ns old: still inside
-    // Past the window: accepted again, although it was seen as a duplicate at t0 + w (a
-    // duplicate does not extend the window).
-    assert_false(dedup_check_insert(&d, a, t0 + w + 1, w));
-    // b (accepted at t0 + 1) is still inside its window at t0 + w + 1...
-    assert_true(dedup_check_insert(&d, b, t0 + w + 1, w));
-    // ...and has left it one nanosecond later, when a (re-accepted at t0 + w + 1) has not.
-    assert_false(dedup_check_insert(&d, b, t0 + w + 2, w));
-    assert_true(dedup_check_insert(&d, a, t0 + w + 2, w));
-    assert_true(dedup_check_insert(&d, a, t0 + 2 * w + 1, w));
-    assert_false(dedup_check_insert(&d, a, t0 + 2 * w + 2, w));
-    dedup_test_check_bounds(&d);
+    // Past window * 16/15 both are gone (and the duplicate checks did not extend a's window).
+    assert_false(dedup_check_insert(&d, a, t0 + w + w / 15 + 2, w));
+    assert_false(dedup_check_insert(&d, b, t0 + w + w / 15 + 3, w));
+    assert_true(dedup_check_insert(&d, a, t0 + w + w / 15 + 4, w));
+    assert_true(dedup_test_bounds_ok(&d));
     dedup_free(&d);
-}
 
-// Entries that leave the window are forgotten, which frees their room.
-static void test_window_expiry_empties_table(void **state)
-{
-    (void)state;
-    struct dedup d;
-    dedup_init(&d, 256);
-    const int64_t w = 200; // all 200 insertions fit in it
-    for (uint64_t i = 0; i < 200; i++)
-        assert_false(dedup_check_insert(&d, dedup_test_hash(i), (int64_t)i, w));
-    assert_int_equal(d.count, 200);
-    // At time 350 the entries of times < 150 have left the window (350 - t > 200).
-    assert_false(dedup_check_insert(&d, dedup_test_hash(1000), 350, w));
-    assert_int_equal(d.count, 51); // times 150..199, plus the new one
-    for (uint64_t i = 0; i < 200; i++)
-        assert_int_equal(dedup_check_insert(&d, dedup_test_hash(i), 350, w), i >= 150);
-    // The expired ones were inserted again by the loop just above.
-    assert_int_equal(d.count, 201);
-    dedup_test_check_bounds(&d);
-    dedup_free(&d);
-}
-
-// Full table: the oldest entry is forgotten first, whatever the window.
-static void test_fifo_bound(void **state)
-{
-    (void)state;
-    enum { N = 1024 };
-    struct dedup d;
-    dedup_init(&d, N);
-    for (uint64_t i = 0; i <= N; i++) { // N + 1 distinct hashes
-        assert_false(dedup_check_insert(&d, dedup_test_hash(i), (int64_t)i, BIG_WINDOW));
-        dedup_test_check_bounds(&d);
-        assert_int_equal(d.count, i < N ? i + 1 : N);
+    // Keys at a steady low rate: each is a duplicate for its whole window, and new again
+    // after window * 16/15.
+    dedup_init(&d, 1024);
+    const int64_t step = w / 100;
+    for (int64_t i = 0; i < 1000; i++) {
+        int64_t now = t0 + i * step;
+        assert_false(dedup_check_insert(&d, dedup_test_hash(1000 + (uint64_t)i), now, w));
+        for (int64_t back = 0; back * step <= w && back <= i; back += 7)
+            assert_true(
+                dedup_check_insert(&d, dedup_test_hash(1000 + (uint64_t)(i - back)), now, w));
+        assert_true(dedup_test_bounds_ok(&d));
     }
-    assert_int_equal(d.cap, N);
-    assert_int_equal(d.count, N);
-    // Hashes 1..N are remembered (checked newest first: a duplicate is not recorded, so the
-    // checks do not disturb the table).
-    for (uint64_t i = N; i >= 1; i--)
-        assert_true(dedup_check_insert(&d, dedup_test_hash(i), N + 1, BIG_WINDOW));
-    assert_int_equal(d.count, N);
-    // Hash 0, the oldest, was forgotten: it is new, and inserting it forgets hash 1.
-    assert_false(dedup_check_insert(&d, dedup_test_hash(0), N + 2, BIG_WINDOW));
-    assert_false(dedup_check_insert(&d, dedup_test_hash(1), N + 3, BIG_WINDOW));
-    assert_true(dedup_check_insert(&d, dedup_test_hash(0), N + 4, BIG_WINDOW));
-    assert_true(dedup_check_insert(&d, dedup_test_hash(3), N + 4, BIG_WINDOW));
-    assert_false(dedup_check_insert(&d, dedup_test_hash(2), N + 5, BIG_WINDOW));
-    assert_int_equal(d.count, N);
-    assert_int_equal(d.cap, N);
-    dedup_test_check_bounds(&d);
     dedup_free(&d);
 }
 
-// The table starts at 64 entries and doubles only when full, never past entries_max, and the
-// entries survive each growth (also when the FIFO ring has wrapped before growing).
-static void test_growth_bounded(void **state)
+// A steady rate above entries * 15/16 per window: generations end by count, and each key is
+// recognised until 15/16 * entries newer keys arrived (well inside the window here).
+static void test_steady_high_rate(void **state)
+{
+    (void)state;
+    struct dedup d;
+    dedup_init(&d, 1024);
+    const int64_t w = 3000 * MS, step = 100000; // 10,000 keys a second: 960 keys in 96 ms
+    for (int64_t i = 0; i < 20000; i++) {
+        int64_t now = (int64_t)i * step;
+        assert_false(dedup_check_insert(&d, dedup_test_hash(50000 + (uint64_t)i), now, w));
+        if (i % 97 == 0)
+            for (int64_t back = 1; back <= 959 && back <= i; back += 13)
+                assert_true(
+                    dedup_check_insert(&d, dedup_test_hash(50000 + (uint64_t)(i - back)), now, w));
+    }
+    assert_true(d.keys <= 1024);
+    assert_true(dedup_test_bounds_ok(&d));
+    dedup_free(&d);
+}
+
+// Nothing new for longer than the window: everything is forgotten and the table freed; the
+// next key starts a small one.
+static void test_expiry_frees(void **state)
 {
     (void)state;
     struct dedup d;
     dedup_init(&d, 4096);
-    uint32_t expect_cap = 64;
-    for (uint64_t i = 0; i < 20000; i++) {
-        assert_false(dedup_check_insert(&d, dedup_test_hash(i), (int64_t)i, BIG_WINDOW));
-        uint64_t n = i + 1;
-        if (n > expect_cap && expect_cap < 4096)
-            expect_cap *= 2;
-        assert_int_equal(d.cap, expect_cap);
-        assert_int_equal(d.count, n < 4096 ? n : 4096);
-        dedup_test_check_bounds(&d);
-        if ((n & (n - 1)) == 0 || n == 4097) { // around each growth
-            uint64_t lo = n > 4096 ? n - 4096 : 0;
-            for (uint64_t j = lo; j < n; j++)
-                assert_true(dedup_check_insert(&d, dedup_test_hash(j), (int64_t)i, BIG_WINDOW));
-        }
-    }
-    dedup_free(&d);
-
-    // Wrap the ring first (a short window expires the head), then grow.
-    dedup_init(&d, 1024);
-    int64_t now = 0;
-    for (uint64_t i = 0; i < 60; i++)
-        assert_false(dedup_check_insert(&d, dedup_test_hash(i), now++, 1000));
-    assert_int_equal(d.cap, 64);
-    now += 2000;                              // all 60 expire at the next check
-    for (uint64_t i = 100; i < 100 + 64; i++) // fills the 64 slots, head in the middle
-        assert_false(dedup_check_insert(&d, dedup_test_hash(i), now, 1000));
-    assert_int_equal(d.cap, 64);
-    assert_true(d.head != 0);
-    assert_false(dedup_check_insert(&d, dedup_test_hash(500), now, 1000)); // grows
-    assert_int_equal(d.cap, 128);
-    assert_int_equal(d.count, 65);
-    for (uint64_t i = 100; i < 100 + 64; i++)
-        assert_true(dedup_check_insert(&d, dedup_test_hash(i), now, 1000));
-    for (uint64_t i = 0; i < 60; i++)
-        assert_false(dedup_check_insert(&d, dedup_test_hash(i), now, 1000));
-    dedup_test_check_bounds(&d);
+    for (uint64_t i = 0; i < 3000; i++)
+        assert_false(dedup_check_insert(&d, dedup_test_hash(i), (int64_t)i, 10 * MS));
+    uint64_t full = dedup_bytes(&d);
+    assert_true(full >= 3000 * 8 * 3 / 2);
+    // 18 bytes per key at most once grown: a bucket line per 6.7 keys, and the ring.
+    assert_true(full <= (uint64_t)d.nb_max * 64 + 4096 * 8);
+    assert_true(full <= 18ull * 4096);
+    assert_int_equal(d.keys, 3000);
+    int64_t later = 3000 + 10 * MS + 10 * MS / 15 + 1;
+    assert_false(dedup_check_insert(&d, dedup_test_hash(0), later, 10 * MS)); // forgotten
+    assert_int_equal(d.keys, 1);
+    assert_true(dedup_bytes(&d) <= 4 * 64 + 32 * 8); // a new, small table
+    for (uint64_t i = 1; i < 3000; i++)
+        assert_false(dedup_check_insert(&d, dedup_test_hash(i), later, 10 * MS));
+    assert_true(dedup_test_bounds_ok(&d));
     dedup_free(&d);
 }
 
-// Hashes that share their low bits land in one probe run of the index; forgetting entries
-// (by window, then by the FIFO bound) deletes from the front and middle of that run, and the
-// rest must stay findable. The run starts near the end of the index so it wraps.
-static void test_index_collisions(void **state)
+// Many keys at one instant: the entry bound. At least the newest 15/16 of entries are
+// remembered, nothing past 16 * ceil(entries / 16), and the table never passes its bound.
+static void test_entry_bound(void **state)
 {
     (void)state;
-    for (uint64_t low = 0; low < 128; low += 7) {
+    const uint32_t sizes[] = {16, 100, 1000, 4096};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        uint32_t e = sizes[k], kmax = dedup_test_keys_max(e);
         struct dedup d;
-        dedup_init(&d, 64); // 64 entries, 128 index slots: all these hashes have home `low`
-        uint64_t h[64];
-        for (uint64_t i = 0; i < 64; i++)
-            h[i] = ((i + 1) << 32) | low | (1ull << 63);
-        for (uint64_t i = 0; i < 48; i++)
-            assert_false(dedup_check_insert(&d, h[i], (int64_t)i * 10, 1000));
-        assert_int_equal(d.cap, 64);
-        // At 1205, times < 205 expire: i = 0..20 are forgotten.
-        assert_false(dedup_check_insert(&d, h[48], 1205, 1000));
-        for (uint64_t i = 21; i <= 48; i++)
-            assert_true(dedup_check_insert(&d, h[i], 1205, 1000));
-        for (uint64_t i = 0; i <= 20; i++)
-            assert_false(dedup_check_insert(&d, h[i], 1205, 1000));
-        // Now 49 entries; fill to 64 and beyond with a huge window: FIFO eviction of 21..
-        for (uint64_t i = 49; i < 64; i++)
-            assert_false(dedup_check_insert(&d, h[i], 1206, BIG_WINDOW));
-        assert_int_equal(d.count, 64);
-        // h[21] is now the oldest and still remembered; fresh hashes evict from there on.
-        assert_true(dedup_check_insert(&d, h[21], 1207, BIG_WINDOW));
-        for (uint64_t i = 0; i < 5; i++)
-            assert_false(dedup_check_insert(&d, dedup_test_hash(i), 1207, BIG_WINDOW));
-        // The 5 oldest (h[21]..h[25]) were forgotten; h[26].. remain.
-        for (uint64_t i = 26; i < 64; i++)
-            assert_true(dedup_check_insert(&d, h[i], 1208, BIG_WINDOW));
-        for (uint64_t i = 0; i <= 20; i++)
-            assert_true(dedup_check_insert(&d, h[i], 1208, BIG_WINDOW));
-        for (uint64_t i = 21; i <= 25; i++)
-            assert_false(dedup_check_insert(&d, h[i], 1208, BIG_WINDOW));
-        assert_int_equal(d.count, 64);
-        dedup_test_check_bounds(&d);
+        dedup_init(&d, e);
+        for (uint64_t i = 0; i < 5ull * e; i++) {
+            assert_false(dedup_check_insert(&d, dedup_test_hash(i), 7, BIG_WINDOW));
+            assert_true(d.keys <= kmax);
+            assert_true(dedup_test_bounds_ok(&d));
+        }
+        uint64_t n = 5ull * e, keep = (uint64_t)e * 15 / 16;
+        for (uint64_t j = n - keep; j < n; j++)
+            assert_true(dedup_check_insert(&d, dedup_test_hash(j), 8, BIG_WINDOW));
+        for (uint64_t j = 0; j + kmax < n; j++) // forgotten, so accepted (and recorded) again
+            assert_false(dedup_check_insert(&d, dedup_test_hash(j), 9, BIG_WINDOW));
+        assert_true(dedup_test_bounds_ok(&d));
         dedup_free(&d);
     }
+}
+
+// Generation tags come back after 255 generations: a key accepted once, long forgotten, must
+// not look alive when its tag does (the sweep clears dead tags before that). Generations turn
+// over by time here with a key in each, so the table is never freed in between.
+static void test_tag_reuse(void **state)
+{
+    (void)state;
+    struct dedup d;
+    dedup_init(&d, 64 * 1024);
+    const int64_t w = 15000; // a generation per 1000 ns
+    const uint64_t old = dedup_test_hash(424242);
+    int64_t now = 0;
+    // Fill a table big enough that the sweep takes many generations per pass.
+    for (uint64_t i = 0; i < 2000; i++)
+        assert_false(dedup_check_insert(&d, dedup_test_hash(i), now, w));
+    assert_false(dedup_check_insert(&d, old, now, w));
+    uint32_t born = d.cur;
+    for (uint64_t g = 0; g < 3 * 255; g++) {
+        now += 1000;
+        assert_false(dedup_check_insert(&d, dedup_test_hash(10000 + g), now, w));
+        if (d.cur - born == 255 || d.cur - born == 510) { // its tag is the current one again
+            assert_false(dedup_check_insert(&d, old, now, w));
+            assert_true(dedup_check_insert(&d, old, now, w)); // now recorded, once
+        }
+        assert_true(d.b != NULL);
+        assert_true(dedup_test_bounds_ok(&d));
+    }
+    dedup_free(&d);
+}
+
+// Keys that share their home bucket form one overflow run (it wraps at the table's end, and
+// is rehashed as the table grows); a generation expires from its front and the rest stays
+// findable through it, and new keys reuse the freed slots.
+static void test_shared_home(void **state)
+{
+    (void)state;
+    struct dedup d;
+    dedup_init(&d, 4096); // 256 keys per generation: generations turn over by time only here
+    uint64_t h[200];
+    for (uint64_t i = 0; i < 200; i++)
+        h[i] = 0xfffffff000000000ull | (i + 1); // same top 32 bits: the last bucket is home
+    const int64_t w = 15 * 1000;                // a generation per 1000 ns
+    // One key per 100 ns: generation k (1..10) holds h[10(k-1)] .. h[10k-1], accepted from
+    // 1000(k-1) to 1000(k-1) + 900.
+    for (uint64_t i = 0; i < 100; i++)
+        assert_false(dedup_check_insert(&d, h[i], (int64_t)i * 100, w));
+    assert_int_equal(d.live, 10);
+    for (uint64_t i = 0; i < 100; i++)
+        assert_true(dedup_check_insert(&d, h[i], 9900, w));
+    // One nanosecond after generation 1's newest key (900) left the window: it is gone.
+    int64_t t = 900 + w + 1;
+    for (uint64_t i = 10; i < 100; i++)
+        assert_true(dedup_check_insert(&d, h[i], t, w));
+    assert_int_equal(d.live, 9);
+    for (uint64_t i = 0; i < 10; i++)
+        assert_false(dedup_check_insert(&d, h[i], t, w)); // accepted again, recorded at t
+    for (uint64_t i = 100; i < 200; i++)
+        assert_false(dedup_check_insert(&d, h[i], t, w));
+    for (uint64_t i = 0; i < 200; i++)
+        assert_true(dedup_check_insert(&d, h[i], t, w));
+    assert_int_equal(d.keys, 200);
+    assert_true(dedup_test_bounds_ok(&d));
+    dedup_free(&d);
+}
+
+// Keys with the same home bucket and the same fingerprint differ only in the whole key: one
+// accepted is no duplicate of another, and each is found after the table grew.
+static void test_fingerprint_collisions(void **state)
+{
+    (void)state;
+    struct dedup d;
+    dedup_init(&d, 1024);
+    uint64_t h[300];
+    for (uint64_t i = 0; i < 300; i++)
+        h[i] = 0x1234567800000000ull | i << 16 | 0xbeef;
+    for (uint64_t i = 0; i < 300; i += 2)
+        assert_false(dedup_check_insert(&d, h[i], 5, MS));
+    for (uint64_t i = 0; i < 300; i++)
+        assert_int_equal(dedup_check_insert(&d, h[i], 6, MS), i % 2 == 0);
+    for (uint64_t i = 0; i < 300; i++)
+        assert_true(dedup_check_insert(&d, h[i], 7, MS));
+    assert_int_equal(d.keys, 300);
+    assert_true(dedup_test_bounds_ok(&d));
+    dedup_free(&d);
+}
+
+// Restoring a window after a restart: keys replayed with the times they were accepted, then
+// checked at the present; those inside the window are duplicates, older ones are not.
+static void test_restore(void **state)
+{
+    (void)state;
+    struct dedup d;
+    dedup_init(&d, 8192);
+    const int64_t w = 3000 * MS, now = 100000 * MS;
+    for (uint64_t i = 0; i < 600; i++) // one every 10 ms up to `now`
+        dedup_check_insert(&d, dedup_test_hash(i), now - 6000 * MS + (int64_t)i * 10 * MS, w);
+    for (uint64_t i = 0; i < 600; i++) {
+        int64_t age = 6000 * MS - (int64_t)i * 10 * MS;
+        bool dup = dedup_check_insert(&d, dedup_test_hash(i), now, w);
+        if (age <= w)
+            assert_true(dup);
+        else if (age > w + w / 15)
+            assert_false(dup);
+    }
+    assert_true(dedup_test_bounds_ok(&d));
+    dedup_free(&d);
 }
 
 static void test_key(void **state)
@@ -274,7 +330,7 @@ static void test_key(void **state)
     assert_int_not_equal(dedup_key("abc", 3, "", 0), dedup_key("", 0, "abc", 3));
     assert_int_not_equal(dedup_key("x", 1, "y", 1), dedup_key("y", 1, "x", 1)); // order matters
     assert_int_not_equal(dedup_key("a", 1, "", 0), dedup_key("a\0", 2, "", 0));
-    // Never 0 (0 marks an empty index slot), and no collisions among many distinct pairs.
+    // Never 0, and no collisions among many distinct pairs.
     enum { N = 20000 };
     static uint64_t keys[N];
     for (uint32_t i = 0; i < N; i++) {
@@ -297,61 +353,47 @@ static void test_key(void **state)
     dedup_free(&d);
 }
 
-// --- model check ----------------------------------------------------------------------------
+// --- randomized check against the guarantee ------------------------------------------------
 
-// A plain reference of the documented semantics: a FIFO of (hash, time), linear search.
-struct dedup_model {
-    uint64_t *hash;
-    int64_t *ns;
-    uint32_t head, count, bound;
+// The reference: for every key of the universe, when it was last accepted and how many keys
+// had been accepted before it then.
+struct dedup_ref {
+    int64_t *at;    // time of the last acceptance, or INT64_MIN: never
+    uint64_t *seq;  // accepted keys before it
+    uint64_t total; // accepted keys
 };
 
-static bool dedup_model_check_insert(struct dedup_model *m, uint64_t h, int64_t now, int64_t w)
+// Runs `ops` random checks and returns 0, or the 1-based index of the first one that breaks
+// the guarantee (or a size bound). No cmocka assertion, so that it can run in a forked child.
+// Keys come from a universe of `universe` values: a third spread, a third sharing their top 32
+// bits (long runs in one home bucket), a third sharing their home bucket and their 16-bit
+// fingerprint (only the whole key tells them apart); times advance in phases of different rates.
+static uint64_t dedup_ref_run(uint32_t entries, uint64_t seed, uint32_t ops, uint32_t universe)
 {
-    while (m->count && now - m->ns[m->head] > w) {
-        m->head = (m->head + 1) % m->bound;
-        m->count--;
-    }
-    for (uint32_t k = 0; k < m->count; k++)
-        if (m->hash[(m->head + k) % m->bound] == h)
-            return true;
-    if (m->count == m->bound) {
-        m->head = (m->head + 1) % m->bound;
-        m->count--;
-    }
-    uint32_t tail = (m->head + m->count) % m->bound;
-    m->hash[tail] = h;
-    m->ns[tail] = now;
-    m->count++;
-    return false;
-}
-
-// Runs `ops` random operations against both and returns 0, or the 1-based index of the first
-// operation where they disagree (result, count, or a size bound). Uses no cmocka assertion so
-// that it can run in a forked child. Hashes come from a universe of `universe` values, half of
-// them sharing their low 16 bits (long probe runs in the index), half spread.
-static uint64_t dedup_model_run(uint32_t entries_max, uint64_t seed, uint32_t ops,
-                                uint32_t universe)
-{
-    uint32_t bound = entries_max;
-    struct dedup_model m = {.bound = bound};
-    m.hash = calloc(bound, sizeof(*m.hash));
-    m.ns = calloc(bound, sizeof(*m.ns));
-    uint64_t *hashes = calloc(universe, sizeof(*hashes));
-    if (!m.hash || !m.ns || !hashes)
+    struct dedup_ref m = {0};
+    m.at = malloc(sizeof(*m.at) * universe);
+    m.seq = calloc(universe, sizeof(*m.seq));
+    uint64_t *keys = calloc(universe, sizeof(*keys));
+    if (!m.at || !m.seq || !keys)
         abort();
-    for (uint32_t i = 0; i < universe; i++)
-        hashes[i] = i % 2 ? dedup_test_hash(seed * 1000003 + i)
-                          : ((uint64_t)(i + 1) << 16) | 0x2a; // nonzero, low bits shared
+    for (uint32_t i = 0; i < universe; i++) {
+        m.at[i] = INT64_MIN;
+        // Spread, sharing a home bucket, or sharing a home bucket and a fingerprint.
+        keys[i] = i % 3 == 0   ? dedup_test_hash(seed * 1000003 + i)
+                  : i % 3 == 1 ? (0x2aull << 32) | (i + 1)
+                               : (0x2bull << 32) | (uint64_t)(i + 1) << 16 | 0x77;
+    }
     struct dedup d;
-    dedup_init(&d, entries_max);
+    dedup_init(&d, entries);
+    const double keep = (double)entries * 15 / 16;
+    const uint32_t kmax = dedup_test_keys_max(entries);
+    const int64_t w = 15000;
     uint64_t s = seed, bad = 0;
     int64_t now = 0;
-    const int64_t w = 10000;
     for (uint32_t op = 0; op < ops && !bad; op++) {
         uint64_t r = dedup_test_rand(&s);
-        // Phases of different rates: slow (the window bounds the table), fast (the FIFO bound
-        // does), and standing still (only the bound).
+        // Slow (the window bounds it), fast (the entry bound does), standing still, and a
+        // rare long pause (everything expires, the table is freed).
         switch ((op / 2000) % 3) {
         case 0:
             now += (int64_t)(r % 400);
@@ -362,61 +404,55 @@ static uint64_t dedup_model_run(uint32_t entries_max, uint64_t seed, uint32_t op
         default:
             break;
         }
-        uint64_t h = hashes[(r >> 20) % universe];
-        bool got = dedup_check_insert(&d, h, now, w);
-        bool want = dedup_model_check_insert(&m, h, now, w);
-        if (got != want || d.count != m.count || d.count > d.cap || d.cap > d.cap_max ||
-            d.cap_max != bound)
+        if (r % 9973 == 0)
+            now += 2 * w;
+        uint32_t i = (uint32_t)((r >> 20) % universe);
+        bool got = dedup_check_insert(&d, keys[i], now, w);
+        if (m.at[i] != INT64_MIN) {
+            double e = (double)(now - m.at[i]);
+            uint64_t n = m.total - m.seq[i] - 1;
+            bool must_dup = e / (double)w + (double)n / keep < 1;
+            bool must_new = e > (double)w * 16 / 15 || n >= kmax;
+            if ((must_dup && !got) || (must_new && got))
+                bad = op + 1;
+        } else if (got) {
+            bad = op + 1; // never accepted: a duplicate of nothing
+        }
+        if (!got) {
+            m.at[i] = now;
+            m.seq[i] = m.total++;
+        }
+        if (!dedup_test_bounds_ok(&d))
             bad = op + 1;
     }
     dedup_free(&d);
-    free(m.hash);
-    free(m.ns);
-    free(hashes);
+    free(m.at);
+    free(m.seq);
+    free(keys);
     return bad;
 }
 
-static void test_model_pow2(void **state)
+// Each size runs in a child with an alarm: a probe loop that cannot end would hang the suite.
+static void test_reference(void **state)
 {
     (void)state;
-    uint64_t bad;
-    bad = dedup_model_run(64, 1, 60000, 300);
-    if (bad)
-        print_error("entries_max 64: mismatch at op %llu\n", (unsigned long long)bad);
-    assert_int_equal(bad, 0);
-    bad = dedup_model_run(16, 2, 30000, 300); // below the first table size
-    if (bad)
-        print_error("entries_max 16: mismatch at op %llu\n", (unsigned long long)bad);
-    assert_int_equal(bad, 0);
-    bad = dedup_model_run(512, 3, 60000, 2000);
-    if (bad)
-        print_error("entries_max 512: mismatch at op %llu\n", (unsigned long long)bad);
-    assert_int_equal(bad, 0);
-}
-
-// entries_max values that are not powers of two are valid (--dedup-entries takes any value in
-// 16..2^24) and must behave the same. Each runs in a child with an alarm: an index whose probe
-// loop cannot terminate would otherwise hang the suite.
-static void test_model_not_pow2(void **state)
-{
-    (void)state;
-    const uint32_t sizes[] = {100, 1000, 3000};
-    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+    const uint32_t sizes[] = {16, 64, 100, 512, 1000, 3000};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
         fflush(NULL);
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
-            alarm(10);
-            uint64_t bad = dedup_model_run(sizes[i], 10 + i, 30000, sizes[i] * 3);
+            alarm(20);
+            uint64_t bad = dedup_ref_run(sizes[k], 10 + k, 60000, sizes[k] * 3 + 50);
             if (bad)
-                fprintf(stderr, "entries_max %u: mismatch at op %llu\n", sizes[i],
+                fprintf(stderr, "entries %u: guarantee broken at op %llu\n", sizes[k],
                         (unsigned long long)bad);
             _exit(bad ? 1 : 0);
         }
         int st = 0;
         assert_int_equal(waitpid(pid, &st, 0), pid);
         if (WIFSIGNALED(st))
-            print_error("entries_max %u: child killed by signal %d (%s)\n", sizes[i], WTERMSIG(st),
+            print_error("entries %u: child killed by signal %d (%s)\n", sizes[k], WTERMSIG(st),
                         WTERMSIG(st) == SIGALRM ? "hung" : "crashed");
         assert_true(WIFEXITED(st));
         assert_int_equal(WEXITSTATUS(st), 0);
@@ -426,15 +462,12 @@ static void test_model_not_pow2(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_init_free_empty),
-        cmocka_unit_test(test_window),
-        cmocka_unit_test(test_window_expiry_empties_table),
-        cmocka_unit_test(test_fifo_bound),
-        cmocka_unit_test(test_growth_bounded),
-        cmocka_unit_test(test_index_collisions),
-        cmocka_unit_test(test_key),
-        cmocka_unit_test(test_model_pow2),
-        cmocka_unit_test(test_model_not_pow2),
+        cmocka_unit_test(test_init_free_empty),  cmocka_unit_test(test_window),
+        cmocka_unit_test(test_steady_high_rate), cmocka_unit_test(test_expiry_frees),
+        cmocka_unit_test(test_entry_bound),      cmocka_unit_test(test_tag_reuse),
+        cmocka_unit_test(test_shared_home),      cmocka_unit_test(test_fingerprint_collisions),
+        cmocka_unit_test(test_restore),          cmocka_unit_test(test_key),
+        cmocka_unit_test(test_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
