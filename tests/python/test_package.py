@@ -4,7 +4,8 @@ proto/*.proto (regenerated with protoc into a temporary folder and compared; a c
 is noticed), and `pip install ./client/python` works offline on Debian 12 — into a venv made
 with --system-site-packages (Debian's python3-protobuf and setuptools), with
 --no-build-isolation --no-index — after which the installed package, imported from outside the
-source tree with no protoc on PATH, does a round trip with a real nexusd."""
+source tree with no protoc on PATH, runs against a real nexusd: blocking and asyncio
+emit/subscribe, serve (streaming, a HandlerError), request and cancel (the handler sees it)."""
 
 import os
 import shutil
@@ -21,6 +22,112 @@ GEN = os.path.join(PKG_DIR, "gen_proto.py")
 def run(argv, **kw):
     kw.setdefault("timeout", 240)
     return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)
+
+
+# What the installed package does against the broker (argv[1]), run by the venv's python from
+# outside the source tree: blocking and asyncio emit/subscribe, serve, request and cancel.
+INSTALLED_SCRIPT = r"""
+import asyncio, sys, threading
+import nexus, nexus.aio
+assert nexus.__file__.startswith(sys.prefix), nexus.__file__
+assert nexus.aio.__file__.startswith(sys.prefix), nexus.aio.__file__
+addr = sys.argv[1]
+W = 10
+
+with nexus.connect(addr) as c, nexus.connect(addr) as server:
+    sub = c.subscribe('demo:*:v1:*', campaign=2)
+    ack = c.emit('demo:venv:v1:completed', {'from': 'venv'}, campaign=2)
+    ev = sub.next(timeout=W)
+    assert ev.data == {'from': 'venv'} and ev.sequence == ack.sequence, ev
+    assert c.call('test:echo:v1', {'x': 1}) == {'x': 1}
+    print('blocking-emit-subscribe ok')
+
+    cancelled = threading.Event()
+    def quote(req):
+        if req.data.get('qty', 0) <= 0:
+            raise nexus.HandlerError('bad_qty', 'qty must be positive')
+        if req.data.get('hang'):
+            req.send({'waiting': True})
+            if req.wait_cancelled(W):
+                cancelled.set()
+            return {}
+        yield {'progress': 'pricing'}
+        return {'price': 4.75 * req.data['qty']}
+    server.serve('shop:quote', quote, streaming=True)
+    r = c.request('shop:quote:v1', {'qty': 2}, campaign=5)
+    states = []
+    for _ in range(10):
+        ev = r.next(timeout=W)
+        states.append((ev.state, ev.data))
+        if ev.state in ('success', 'failed', 'cancelled'):
+            break
+    assert states[0][0] == 'started', states
+    assert ('stream', {'progress': 'pricing'}) in states, states
+    assert states[-1] == ('success', {'price': 9.5}), states
+    try:
+        c.call('shop:quote:v1', {'qty': 0})
+        raise AssertionError('no failure')
+    except nexus.RequestFailed as e:
+        assert e.code == 'bad_qty', e
+    print('blocking-serve ok')
+
+    r = c.request('shop:quote:v1', {'qty': 1, 'hang': True}, campaign=5)
+    while True:
+        ev = r.next(timeout=W)
+        assert ev is not None and ev.state != 'success', ev
+        if ev.state == 'stream':
+            break
+    r.cancel(timeout=W)
+    assert r.wait(timeout=W).state == 'cancelled'
+    assert cancelled.wait(W), 'the handler did not see the cancel'
+    print('blocking-cancel ok')
+
+
+async def aio_main():
+    async with await nexus.aio.connect(addr) as c, await nexus.aio.connect(addr) as server:
+        sub = await c.subscribe('math:*:*:*', campaign=3)
+        await c.emit('math:note:v1:completed', {'n': 1}, campaign=3)
+        ev = await sub.next(timeout=W)
+        assert ev.event_type == 'math:note:v1:completed' and ev.data == {'n': 1}, ev
+        print('aio-emit-subscribe ok')
+
+        gone = asyncio.Event()
+        async def double(req):
+            await req.send({'working': True})
+            if req.data.get('hang'):
+                try:
+                    await asyncio.sleep(3 * W)
+                except asyncio.CancelledError:
+                    gone.set()
+                    raise
+            return {'twice': req.data['n'] * 2}
+        await server.serve('math:double', double, streaming=True)
+        assert await c.call('math:double:v1', {'n': 21}, campaign=3) == {'twice': 42}
+        seen = []
+        while not seen or seen[-1] != 'success':
+            ev = await sub.next(timeout=W)
+            assert ev is not None, seen
+            if ev.action == 'math:double:v1':
+                seen.append(ev.state)
+        assert seen == ['requested', 'started', 'stream', 'success'], seen
+        print('aio-serve ok')
+
+        r = await c.request('math:double:v1', {'n': 1, 'hang': True}, campaign=3)
+        while (await r.next(timeout=W)).state != 'stream':
+            pass
+        await r.cancel(timeout=W)
+        assert (await r.wait(timeout=W)).state == 'cancelled'
+        await asyncio.wait_for(gone.wait(), W)
+        try:
+            await r.result(timeout=W)
+            raise AssertionError('no cancel')
+        except nexus.RequestCancelled:
+            pass
+        print('aio-cancel ok')
+
+asyncio.run(aio_main())
+print('installed-ok', nexus.__file__)
+"""
 
 
 class GeneratedCode(unittest.TestCase):
@@ -66,21 +173,17 @@ class VenvInstall(unittest.TestCase):
 
         b = Broker("--test-handlers").start()
         self.addCleanup(b.kill)
-        script = (
-            "import nexus, nexus.aio, sys\n"
-            "assert nexus.__file__.startswith(sys.prefix), nexus.__file__\n"
-            "with nexus.connect(sys.argv[1]) as c:\n"
-            "    sub = c.subscribe('demo:*:v1:*', campaign=2)\n"
-            "    c.emit('demo:venv:v1:completed', {'from': 'venv'}, campaign=2)\n"
-            "    ev = sub.next(timeout=10)\n"
-            "    assert ev.data == {'from': 'venv'}, ev\n"
-            "    assert c.call('test:echo:v1', {'x': 1}) == {'x': 1}\n"
-            "print('installed-ok', nexus.__file__)\n")
+        script = os.path.join(tmp, "installed.py")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write(INSTALLED_SCRIPT)
         # No PATH: nothing can run protoc; cwd outside the source tree.
         run_env = {"PYTHONDONTWRITEBYTECODE": "1", "PATH": ""}
-        res = run([py, "-c", script, b.address], env=run_env, cwd=tmp)
+        res = run([py, script, b.address], env=run_env, cwd=tmp, timeout=120)
         self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
         self.assertIn("installed-ok " + venv, res.stdout)
+        for step in ("blocking-emit-subscribe", "blocking-serve", "blocking-cancel",
+                     "aio-emit-subscribe", "aio-serve", "aio-cancel"):
+            self.assertIn(step + " ok", res.stdout, res.stdout + res.stderr)
         self.assertEqual(b.stop(), 0)
         # And the source tree was left alone.
         for leftover in ("build", "nexus_client.egg-info"):
