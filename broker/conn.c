@@ -508,8 +508,7 @@ static bool conn_stage(struct conn *c)
         uint32_t len = f->len - c->q_off;
         if (len > CONN_STAGE_FRAME_MAX || n + len > CONN_STAGE_BYTES)
             break;
-        if (frames != 1)
-            memcpy(c->stage + n, f->data + c->q_off, len);
+        memcpy(c->stage + n, f->data + c->q_off, len);
         n += len;
         c->q_off = 0;
         c->q_head = (c->q_head + 1) & (c->q_cap - 1);
