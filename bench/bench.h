@@ -45,6 +45,10 @@
 #define BENCH_SEQ_BITS 40
 #define BENCH_SEQ_MASK ((1ull << BENCH_SEQ_BITS) - 1)
 
+/* --ids client: "p" + publisher (4 digits) + "-" + per-publisher counter (12 digits). */
+#define BENCH_EVENT_ID_LEN  18
+#define BENCH_EVENT_ID_TMPL "p0000-000000000000"
+
 struct ssl_st; /* OpenSSL's SSL, used through tls.c */
 
 /* JETSTREAM (NATS JetStream) and RSTREAM (Redis Streams) are spoken by the durable preset
@@ -86,6 +90,11 @@ struct bench_cfg {
     char tls_key[1024];
     char tls_server_name[256]; /* the name the certificate must carry; default: host */
     bool no_replay;            /* durable preset: skip reading the events back */
+    /* --ids client: nexus emits carry event ids p<publisher>-<counter> (checked against the
+     * broker's duplicate window) instead of an empty id the broker fills in. */
+    bool client_ids;
+    /* --payload string: the record travels as hex text in one string field (bench_payload). */
+    bool string_payload;
 };
 
 /* Parses argv into cfg. Returns 0, 1 after --help (exit 0), or -EINVAL after printing the
@@ -104,11 +113,19 @@ struct bench_payload {
     uint32_t ts_off;
     uint32_t id_off;
     uint32_t campaign_off;
+    /* --payload string: the data Struct holds one entry, "d", a string_value whose first 48
+     * bytes are the three values as 16 lowercase hex digits each (then 'x' padding); the
+     * offsets above point at the digits. The broker checks the string as UTF-8 like any
+     * application string, which numbers skip. */
+    bool text;
 };
 
-/* Builds a payload of exactly `bytes` bytes (>= BENCH_PAYLOAD_MIN). Returns 0 or -ENOMEM. */
-int bench_payload_build(struct bench_payload *p, uint32_t bytes);
+/* Builds a payload of exactly `bytes` bytes (>= BENCH_PAYLOAD_MIN), of numbers or, when
+ * `text`, of one string. Returns 0, -EINVAL (no such size) or -ENOMEM. */
+int bench_payload_build(struct bench_payload *p, uint32_t bytes, bool text);
 void bench_payload_free(struct bench_payload *p);
+/* The smallest payload whose string (--payload string) is `n` bytes long (for the presets). */
+uint32_t bench_payload_text_len(uint32_t n);
 
 static inline void bench_put64(uint8_t *p, uint64_t v)
 {
@@ -118,6 +135,35 @@ static inline uint64_t bench_get64(const uint8_t *p)
 {
     uint64_t v;
     __builtin_memcpy(&v, p, 8);
+    return v;
+}
+
+/* A record value at p in the payload's form: 8 bytes, or 16 hex digits (text). */
+static inline void bench_pl_put(const struct bench_payload *pl, uint8_t *p, uint64_t v)
+{
+    if (!pl->text) {
+        bench_put64(p, v);
+        return;
+    }
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        p[i] = (uint8_t) "0123456789abcdef"[v & 15];
+}
+/* Reads a value written by bench_pl_put; text that is not 16 hex digits reads as
+ * UINT64_MAX, which no check accepts. */
+static inline uint64_t bench_pl_get(const struct bench_payload *pl, const uint8_t *p)
+{
+    if (!pl->text)
+        return bench_get64(p);
+    uint64_t v = 0;
+    for (int i = 0; i < 16; i++) {
+        uint8_t ch = p[i];
+        uint64_t d = ch >= '0' && ch <= '9'   ? (uint64_t)(ch - '0')
+                     : ch >= 'a' && ch <= 'f' ? (uint64_t)(ch - 'a' + 10)
+                                              : 16;
+        if (d == 16)
+            return UINT64_MAX;
+        v = v << 4 | d;
+    }
     return v;
 }
 
@@ -166,8 +212,9 @@ struct bench_conn {
     uint8_t *out;
     uint32_t out_head, out_len, out_cap;
     /* publisher */
-    uint32_t next_campaign; /* round robin over the campaigns */
-    uint64_t sched_next;    /* fixed rate: index of the next scheduled event */
+    uint32_t next_campaign;            /* round robin over the campaigns */
+    char event_id[BENCH_EVENT_ID_LEN]; /* --ids client: the last id sent, counted up in place */
+    uint64_t sched_next;               /* fixed rate: index of the next scheduled event */
     /* subscriber, [publishers] each: next expected sequence and unique events accepted */
     uint64_t *next_seq;
     uint64_t *received;
@@ -204,6 +251,7 @@ struct bench_run {
     /* publish frame of campaign c: tmpl + tmpl_off[c], tmpl_len[c] bytes, payload at +pl_off */
     uint8_t *tmpl;
     uint32_t *tmpl_off, *tmpl_len, *tmpl_pl_off;
+    uint32_t *tmpl_id_off; /* --ids client (nexus): where the event id's bytes are, else NULL */
     uint32_t frame_len_max;
     uint32_t window_events;     /* min(window, window_bytes / frame_len_max), at least 1 */
     _Atomic uint64_t *gen;      /* [publisher * campaigns + c]: events generated */

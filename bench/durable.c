@@ -707,7 +707,7 @@ int bench_durable_main(const struct bench_cfg *cfg, volatile sig_atomic_t *inter
     r->n = cfg->publishers;
     r->window = cfg->window;
     hist_reset(&r->hist);
-    if (bench_payload_build(&r->pl, cfg->payload_bytes) < 0) {
+    if (bench_payload_build(&r->pl, cfg->payload_bytes, false) < 0) {
         fprintf(stderr, "nexus-bench: cannot build a %u-byte payload\n", cfg->payload_bytes);
         return 2;
     }

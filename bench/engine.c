@@ -114,9 +114,9 @@ void bench_on_message(struct bench_conn *c, const uint8_t *payload, uint32_t len
         t->local[BC_CORRUPT]++;
         return;
     }
-    uint64_t ts = bench_get64(payload + r->pl.ts_off);
-    uint64_t id = bench_get64(payload + r->pl.id_off);
-    uint64_t camp = bench_get64(payload + r->pl.campaign_off);
+    uint64_t ts = bench_pl_get(&r->pl, payload + r->pl.ts_off);
+    uint64_t id = bench_pl_get(&r->pl, payload + r->pl.id_off);
+    uint64_t camp = bench_pl_get(&r->pl, payload + r->pl.campaign_off);
     uint64_t pub = id >> BENCH_SEQ_BITS, seq = id & BENCH_SEQ_MASK;
     if (pub >= r->cfg.publishers || camp != c->campaign || seq == 0) {
         t->local[BC_CORRUPT]++;
@@ -304,6 +304,23 @@ static uint64_t pub_inflight(const struct bench_conn *c)
     return sum;
 }
 
+/* Counts c's event id (BENCH_EVENT_ID_TMPL) up by one, in decimal, in place. */
+static inline void next_event_id(struct bench_conn *c)
+{
+    if (c->event_id[0] != 'p') {
+        memcpy(c->event_id, BENCH_EVENT_ID_TMPL, BENCH_EVENT_ID_LEN);
+        for (uint32_t i = 4, v = c->index; i >= 1; i--, v /= 10)
+            c->event_id[i] = (char)('0' + v % 10);
+    }
+    for (int i = BENCH_EVENT_ID_LEN - 1; i > 5; i--) {
+        if (c->event_id[i] != '9') {
+            c->event_id[i]++;
+            return;
+        }
+        c->event_id[i] = '0';
+    }
+}
+
 /* Appends one event for the next campaign to c->out, stamped with ts. */
 static inline void pub_put(struct bench_conn *c, uint64_t ts)
 {
@@ -317,8 +334,12 @@ static inline void pub_put(struct bench_conn *c, uint64_t ts)
     uint32_t len = r->tmpl_len[cc];
     memcpy(dst, r->tmpl + r->tmpl_off[cc], len);
     uint8_t *pl = dst + r->tmpl_pl_off[cc];
-    bench_put64(pl + r->pl.ts_off, ts);
-    bench_put64(pl + r->pl.id_off, ((uint64_t)c->index << BENCH_SEQ_BITS) | seq);
+    bench_pl_put(&r->pl, pl + r->pl.ts_off, ts);
+    bench_pl_put(&r->pl, pl + r->pl.id_off, ((uint64_t)c->index << BENCH_SEQ_BITS) | seq);
+    if (r->tmpl_id_off) {
+        next_event_id(c);
+        memcpy(dst + r->tmpl_id_off[cc], c->event_id, BENCH_EVENT_ID_LEN);
+    }
     c->out_len += len;
     st(g, seq);
 }

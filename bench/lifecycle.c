@@ -385,7 +385,7 @@ int bench_lifecycle_main(const struct bench_cfg *cfg, volatile sig_atomic_t *int
     r->cfg = cfg;
     r->n = cfg->publishers;
     hist_reset(&r->hist);
-    if (bench_payload_build(&r->pl, cfg->payload_bytes) < 0) {
+    if (bench_payload_build(&r->pl, cfg->payload_bytes, false) < 0) {
         fprintf(stderr, "nexus-bench: cannot build a %u-byte payload\n", cfg->payload_bytes);
         return 2;
     }

@@ -114,6 +114,10 @@ static int build_templates(struct bench_run *r)
     r->tmpl_off = bench_calloc(c->campaigns, sizeof(uint32_t));
     r->tmpl_len = bench_calloc(c->campaigns, sizeof(uint32_t));
     r->tmpl_pl_off = bench_calloc(c->campaigns, sizeof(uint32_t));
+    /* Client-chosen event ids exist in the Nexus protocol only (core NATS and Redis pub/sub
+     * have none: --ids client changes nothing there). */
+    if (c->client_ids && c->broker == BENCH_NEXUS)
+        r->tmpl_id_off = bench_calloc(c->campaigns, sizeof(uint32_t));
     size_t off = 0;
     for (uint32_t cc = 0; cc < c->campaigns; cc++) {
         uint32_t pl_off;
@@ -122,7 +126,18 @@ static int build_templates(struct bench_run *r)
             fprintf(stderr, "nexus-bench: cannot build the publish frame of campaign %u\n", cc);
             return n;
         }
-        bench_put64(r->tmpl + off + pl_off + r->pl.campaign_off, cc);
+        bench_pl_put(&r->pl, r->tmpl + off + pl_off + r->pl.campaign_off, cc);
+        if (r->tmpl_id_off) {
+            /* The driver wrote BENCH_EVENT_ID_TMPL as the event id: find it, before the
+             * payload (the frame's last field). */
+            const uint8_t *at =
+                memmem(r->tmpl + off, pl_off, BENCH_EVENT_ID_TMPL, BENCH_EVENT_ID_LEN);
+            if (!at) {
+                fprintf(stderr, "nexus-bench: no event id in the frame of campaign %u\n", cc);
+                return -EPROTO;
+            }
+            r->tmpl_id_off[cc] = (uint32_t)(at - (r->tmpl + off));
+        }
         r->tmpl_off[cc] = (uint32_t)off;
         r->tmpl_len[cc] = (uint32_t)n;
         r->tmpl_pl_off[cc] = pl_off;
@@ -489,7 +504,7 @@ int main(int argc, char **argv)
     if (durable)
         return bench_durable_main(c, &interrupted);
 
-    if (bench_payload_build(&r->pl, c->payload_bytes) < 0) {
+    if (bench_payload_build(&r->pl, c->payload_bytes, c->string_payload) < 0) {
         fprintf(stderr, "nexus-bench: cannot build a %u-byte payload\n", c->payload_bytes);
         return 2;
     }

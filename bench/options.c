@@ -16,37 +16,68 @@ struct preset {
     uint32_t publishers, subscribers, campaigns, payload_bytes;
     uint64_t rate;
     const char *shape;
-    uint32_t window; /* 0: the default */
+    uint32_t window;       /* 0: the default */
+    uint64_t window_bytes; /* 0: the default */
+    bool client_ids;       /* --ids client */
+    bool string_payload;   /* --payload string */
 };
+
+/* Deep presets: a window of 65,536 events per publisher (the queues of slow subscribers tens of
+ * thousands of events deep), with a byte window that lets all of them be in flight. */
+#define DEEP_WINDOW       65536
+#define DEEP_WINDOW_BYTES (64ull << 20)
+/* The string preset: one string field of 64 bytes (bench_payload_text_len(64)). */
+#define STR_PAYLOAD_BYTES 75
 
 /* The workload table of issue 6 (64-byte payloads unless said). */
 static const struct preset presets[] = {
-    {"fanout-1", 1, 1, 1, 64, 0, "1 publisher, 1 campaign, 1 subscriber, max rate", 0},
-    {"fanout-10", 1, 10, 1, 64, 0, "1 publisher, 1 campaign, 10 subscribers, max rate", 0},
-    {"fanout-100", 1, 100, 1, 64, 0, "1 publisher, 1 campaign, 100 subscribers, max rate", 0},
-    {"fanin", 4, 1, 1, 64, 0, "4 publishers, 1 campaign, 1 subscriber, max rate", 0},
+    {"fanout-1", 1, 1, 1, 64, 0, "1 publisher, 1 campaign, 1 subscriber, max rate", 0, 0, false,
+     false},
+    {"fanout-10", 1, 10, 1, 64, 0, "1 publisher, 1 campaign, 10 subscribers, max rate", 0, 0, false,
+     false},
+    {"fanout-100", 1, 100, 1, 64, 0, "1 publisher, 1 campaign, 100 subscribers, max rate", 0, 0,
+     false, false},
+    {"fanin", 4, 1, 1, 64, 0, "4 publishers, 1 campaign, 1 subscriber, max rate", 0, 0, false,
+     false},
     {"campaigns", 4, 100, 100, 64, 0,
-     "4 publishers over 100 campaigns, 100 subscribers (one per campaign), max rate", 0},
-    {"latency", 1, 10, 1, 64, 50000, "1 publisher at 50,000 events/s, 10 subscribers", 0},
-    {"large", 1, 10, 1, 4096, 0, "4 KiB payloads, 1 publisher, 10 subscribers, max rate", 0},
+     "4 publishers over 100 campaigns, 100 subscribers (one per campaign), max rate", 0, 0, false,
+     false},
+    {"latency", 1, 10, 1, 64, 50000, "1 publisher at 50,000 events/s, 10 subscribers", 0, 0, false,
+     false},
+    {"large", 1, 10, 1, 4096, 0, "4 KiB payloads, 1 publisher, 10 subscribers, max rate", 0, 0,
+     false, false},
+    {"fanout-10-deep", 1, 10, 1, 64, 0,
+     "fanout-10 with 65,536 events in flight (--window 65536): deep queues", DEEP_WINDOW,
+     DEEP_WINDOW_BYTES, false, false},
+    {"fanin-deep", 4, 1, 1, 64, 0,
+     "fanin with 65,536 events in flight per publisher (262,144 queued)", DEEP_WINDOW,
+     DEEP_WINDOW_BYTES, false, false},
+    {"campaigns-ids", 4, 100, 100, 64, 0,
+     "campaigns with client event ids (--ids client): the duplicate window\n"
+     "                     checks every emit",
+     0, 0, true, false},
+    {"fanout-10-str", 1, 10, 1, STR_PAYLOAD_BYTES, 0,
+     "fanout-10 with a payload of one 64-byte string field (--payload\n"
+     "                     string, 75 bytes)",
+     0, 0, false, true},
     {"lifecycle", 1, 0, 1, 64, 0,
      "nexus only (nexusd --test-handlers): test:echo request -> started ->\n"
-     "                   success round trips, --requesters connections (default 1), each\n"
-     "                   with --window requests open (default 64) or paced by --rate",
-     64},
+     "                     success round trips, --requesters connections (default 1), each\n"
+     "                     with --window requests open (default 64) or paced by --rate",
+     64, 0, false, false},
     {"streams", 10, 0, 1, 64, 0,
      "nexus only (nexusd --test-handlers): --requesters connections (default\n"
-     "                   10) each hold --window test:stream_ticks streams open (default\n"
-     "                   1000), each with a stream event and a heartbeat every second;\n"
-     "                   checks every tick and heartbeat, then cancels them all",
-     1000},
+     "                     10) each hold --window test:stream_ticks streams open (default\n"
+     "                     1000), each with a stream event and a heartbeat every second;\n"
+     "                     checks every tick and heartbeat, then cancels them all",
+     1000, 0, false, false},
     {"durable", 4, 0, 4, 64, 0,
      "acknowledged durable publishes: --publishers (default 4) each keep\n"
-     "                   --window (default 64) publishes unacknowledged; acked events/s and\n"
-     "                   send-to-ack latency; --broker nexus (emit_ack), jetstream (PubAck\n"
-     "                   of a file stream) or redis-stream (XADD); then reads them back\n"
-     "                   (jetstream, redis-stream; --no-replay skips it)",
-     64},
+     "                     --window (default 64) publishes unacknowledged; acked events/s and\n"
+     "                     send-to-ack latency; --broker nexus (emit_ack), jetstream (PubAck\n"
+     "                     of a file stream) or redis-stream (XADD); then reads them back\n"
+     "                     (jetstream, redis-stream; --no-replay skips it)",
+     64, 0, false, false},
 };
 
 const char *bench_broker_name(enum bench_broker b)
@@ -77,6 +108,13 @@ static void usage(void)
            "  --campaigns N              campaigns (subjects, channels); publishers cycle\n"
            "                             through all of them\n"
            "  --payload-bytes N          payload size (>= %u)\n"
+           "  --payload numbers|string   what the payload's Struct holds: the record as three\n"
+           "                             numbers (default), or one string field carrying it as\n"
+           "                             hex text (>= 59 bytes)\n"
+           "  --ids broker|client        nexus event ids: empty, assigned by the broker\n"
+           "                             (default), or p<publisher>-<counter> chosen by the\n"
+           "                             client, which the broker checks for duplicates (no\n"
+           "                             effect on nats and redis: they have no event ids)\n"
            "  --rate N                   events/s over all publishers, open loop, latency from\n"
            "                             the scheduled send time; 0 = max rate (k, M suffixes)\n"
            "  --duration-s S             measured time (default 10)\n"
@@ -117,7 +155,7 @@ static void usage(void)
            "  --preset NAME              a workload of docs/BENCHMARKS.md:\n",
            BENCH_PAYLOAD_MIN);
     for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
-        printf("      %-12s %s\n", presets[i].name, presets[i].shape);
+        printf("      %-14s %s\n", presets[i].name, presets[i].shape);
     printf("\nExit status: 0 every event delivered once and in order; 1 loss, disorder,\n"
            "duplicates, corruption or a broker error (the run is not a result); 2 usage;\n"
            "3 the broker could not be reached or set up.\n");
@@ -172,6 +210,10 @@ static int apply_preset(struct bench_cfg *cfg, const char *name)
         cfg->rate = p->rate;
         if (p->window)
             cfg->window = p->window;
+        if (p->window_bytes)
+            cfg->window_bytes = p->window_bytes;
+        cfg->client_ids = p->client_ids;
+        cfg->string_payload = p->string_payload;
         snprintf(cfg->preset, sizeof(cfg->preset), "%s", p->name);
         return 0;
     }
@@ -211,6 +253,8 @@ enum {
     O_TLS_KEY,
     O_TLS_NAME,
     O_NO_REPLAY,
+    O_IDS,
+    O_PAYLOAD_KIND,
 };
 
 static const struct option longopts[] = {
@@ -245,6 +289,8 @@ static const struct option longopts[] = {
     {"tls-key", required_argument, NULL, O_TLS_KEY},
     {"tls-server-name", required_argument, NULL, O_TLS_NAME},
     {"no-replay", no_argument, NULL, O_NO_REPLAY},
+    {"ids", required_argument, NULL, O_IDS},
+    {"payload", required_argument, NULL, O_PAYLOAD_KIND},
     {NULL, 0, NULL, 0},
 };
 
@@ -407,6 +453,20 @@ static int set_flag(struct bench_cfg *cfg, int opt, const char *arg)
         return 0;
     case O_NO_REPLAY:
         cfg->no_replay = true;
+        return 0;
+    case O_IDS:
+        if (strcmp(arg, "broker") && strcmp(arg, "client")) {
+            fprintf(stderr, "nexus-bench: --ids wants broker or client, got \"%s\"\n", arg);
+            return -EINVAL;
+        }
+        cfg->client_ids = !strcmp(arg, "client");
+        return 0;
+    case O_PAYLOAD_KIND:
+        if (strcmp(arg, "numbers") && strcmp(arg, "string")) {
+            fprintf(stderr, "nexus-bench: --payload wants numbers or string, got \"%s\"\n", arg);
+            return -EINVAL;
+        }
+        cfg->string_payload = !strcmp(arg, "string");
         return 0;
     case O_JSON:
         cfg->json = true;

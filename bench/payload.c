@@ -13,6 +13,10 @@
 //
 // number_value is a protobuf double (fixed64), so any 64-bit pattern is a legal value and the
 // bytes can be patched in place without re-encoding anything.
+//
+// --payload string instead (text): Payload { data (1): Struct { fields["d"] = string_value
+// "<t: 16 hex digits><s: 16><c: 16>xxxx..." } }, the three values written as lowercase hex
+// digits in place (bench_pl_put), so the string stays valid UTF-8 and of a fixed length.
 #include "bench/bench.h"
 
 #include <errno.h>
@@ -87,9 +91,76 @@ static uint8_t *put_number_entry(uint8_t *p, const char *key, uint32_t key_len, 
     return p + 8;
 }
 
-int bench_payload_build(struct bench_payload *pl, uint32_t bytes)
+/* Bytes of the text payload whose string is n bytes, with the 2-byte versioning field when
+ * `vers`: Payload.data { Struct.fields { key "d", value { string_value } } }. */
+static uint32_t text_payload_len(uint32_t n, bool vers)
+{
+    uint32_t value = 1 + varint_len(n) + n;
+    uint32_t entry = 3 + 1 + varint_len(value) + value;
+    uint32_t st = 1 + varint_len(entry) + entry;
+    return 1 + varint_len(st) + st + (vers ? 2 : 0);
+}
+
+uint32_t bench_payload_text_len(uint32_t n)
+{
+    return text_payload_len(n, false);
+}
+
+/* The text form (see the top of the file): exactly `bytes` bytes or -EINVAL. */
+static int build_text(struct bench_payload *pl, uint32_t bytes)
+{
+    uint32_t n = 0;
+    bool found = false, vers = false;
+    for (int v = 0; v < 2 && !found; v++)
+        for (n = 48; n <= bytes && !found; n++)
+            if (text_payload_len(n, v) == bytes) {
+                found = true;
+                vers = v;
+                break;
+            }
+    if (!found)
+        return -EINVAL;
+    if (!(pl->bytes = malloc(bytes)))
+        return -ENOMEM;
+    uint8_t *b = pl->bytes, *p = b;
+    uint32_t value = 1 + varint_len(n) + n;
+    uint32_t entry = 3 + 1 + varint_len(value) + value;
+    *p++ = 0x0a; /* Payload.data, LEN */
+    p = put_varint(p, 1 + varint_len(entry) + entry);
+    *p++ = 0x0a; /* Struct.fields, LEN */
+    p = put_varint(p, entry);
+    *p++ = 0x0a; /* key "d" */
+    *p++ = 1;
+    *p++ = 'd';
+    *p++ = 0x12; /* value: Value, LEN */
+    p = put_varint(p, value);
+    *p++ = 0x1a; /* Value.string_value */
+    p = put_varint(p, n);
+    pl->ts_off = (uint32_t)(p - b);
+    pl->id_off = pl->ts_off + 16;
+    pl->campaign_off = pl->ts_off + 32;
+    memset(p, '0', 48);
+    memset(p + 48, 'x', n - 48);
+    p += n;
+    if (vers) {
+        *p++ = 0x12;
+        *p++ = 0;
+    }
+    if ((uint32_t)(p - b) != bytes) {
+        free(pl->bytes);
+        pl->bytes = NULL;
+        return -EINVAL;
+    }
+    pl->len = bytes;
+    pl->text = true;
+    return 0;
+}
+
+int bench_payload_build(struct bench_payload *pl, uint32_t bytes, bool text)
 {
     memset(pl, 0, sizeof(*pl));
+    if (text)
+        return build_text(pl, bytes);
     uint32_t key_len = 0, pad_n = 0;
     bool pad = false, vers = false;
     /* Small sizes lengthen the third key; larger ones add a padding string, whose length is

@@ -2,7 +2,8 @@
 //
 // The Nexus driver of nexus-bench: length-prefixed nexus.v1.Frame messages (docs/PROTOCOL.md)
 // built and read with codec/envelope.h. Publishers send fire-and-forget emits (correlation 0,
-// empty event id: the broker assigns one, as for any client that does not ask for acks) of
+// empty event id: the broker assigns one, as for any client that does not ask for acks; with
+// --ids client an id p<publisher>-<counter> the broker checks for duplicates) of
 // type bench:load:v1:success to campaign campaign_base + c; subscribers subscribe to one
 // campaign with no pattern (every type) and check the broker's per-campaign sequence as well
 // as the benchmark's own per-publisher one. Setup functions run on the main thread, parse on
@@ -153,6 +154,10 @@ static int nexus_frame(const struct bench_run *r, uint32_t c, uint8_t *out, size
     e.payload.ptr = r->pl.bytes;
     e.payload.len = r->pl.len;
     e.has_payload = true;
+    if (r->tmpl_id_off) { /* --ids client: the publisher patches its ids over this one */
+        e.event_id.ptr = (const uint8_t *)BENCH_EVENT_ID_TMPL;
+        e.event_id.len = BENCH_EVENT_ID_LEN;
+    }
     uint8_t md[256];
     if (r->cfg.event_user_id[0]) {
         int ml = codec_metadata_build(md, sizeof(md), r->cfg.event_user_id, NULL);

@@ -56,9 +56,10 @@ static void workload_line(const struct bench_run *r, FILE *f)
         snprintf(rate, sizeof(rate), "max rate, window %u events", r->window_events);
     fprintf(f,
             "nexus-bench: %s, preset %s: %u publisher(s), %u subscriber(s), %u campaign(s), "
-            "%u-byte payload, %s, %u thread(s)\n",
+            "%u-byte payload (%s), %s ids, %s, %u thread(s)\n",
             bench_broker_name(c->broker), c->preset, c->publishers, c->subscribers, c->campaigns,
-            r->pl.len, rate, c->threads);
+            r->pl.len, c->string_payload ? "one string" : "numbers",
+            c->client_ids ? "client" : "broker", rate, c->threads);
 }
 
 void bench_report_text(const struct bench_run *r, const struct bench_result *res, FILE *f)
@@ -135,9 +136,10 @@ void bench_report_json(const struct bench_run *r, const struct bench_result *res
     fprintf(f,
             ",\"publishers\":%u,\"subscribers\":%u,\"campaigns\":%u,\"payload_bytes\":%u,"
             "\"rate\":%llu,\"window\":%u,\"window_events\":%u,\"threads\":%u,\"warmup_s\":%.3f,"
-            "\"measured_s\":%.3f,",
+            "\"measured_s\":%.3f,\"ids\":\"%s\",\"payload_kind\":\"%s\",",
             c->publishers, c->subscribers, c->campaigns, r->pl.len, (unsigned long long)c->rate,
-            c->window, r->window_events, c->threads, c->warmup_s, s);
+            c->window, r->window_events, c->threads, c->warmup_s, s,
+            c->client_ids ? "client" : "broker", c->string_payload ? "string" : "numbers");
     fprintf(f,
             "\"published_per_s\":%.1f,\"delivered_per_s\":%.1f,\"payload_mb_per_s\":%.3f,"
             "\"wire_mb_per_s\":%.3f,",

@@ -36,6 +36,14 @@
 #define DEDUP_SWEEP_GENS (DEDUP_TAGS - 2 * DEDUP_GENS)
 #define DEDUP_RING_MAX   (1u << 24) /* a ring place is 24 bits */
 
+/* The generations' counts and times sit just before the buckets (dedup.h). */
+#define DEDUP_GENS_BYTES ((sizeof(struct dedup_gens) + 63) & ~(size_t)63)
+
+static inline struct dedup_gens *gens(const struct dedup *d)
+{
+    return (struct dedup_gens *)(void *)((uint8_t *)d->b - DEDUP_GENS_BYTES);
+}
+
 static inline uint8_t gen_tag(uint32_t g)
 {
     return (uint8_t)(g % DEDUP_TAGS + 1);
@@ -98,7 +106,7 @@ void dedup_init(struct dedup *d, uint32_t entries_max)
 
 static void drop_table(struct dedup *d)
 {
-    free(d->b);
+    free(gens(d));
     free(d->ring);
     d->b = NULL;
     d->ring = NULL;
@@ -108,14 +116,17 @@ static void drop_table(struct dedup *d)
 
 void dedup_free(struct dedup *d)
 {
-    free(d->b);
+    if (d->b)
+        free(gens(d));
     free(d->ring);
     dedup_init(d, d->entries_max);
 }
 
 uint64_t dedup_bytes(const struct dedup *d)
 {
-    return (uint64_t)d->nb * sizeof(struct dedup_bucket) + (uint64_t)d->ring_cap * 8;
+    return d->b ? DEDUP_GENS_BYTES + (uint64_t)d->nb * sizeof(struct dedup_bucket) +
+                      (uint64_t)d->ring_cap * 8
+                : 0;
 }
 
 uint64_t dedup_key(const void *event_id, uint32_t id_len, const void *event_type, uint32_t type_len)
@@ -131,7 +142,7 @@ static void kill_oldest(struct dedup *d)
 {
     uint32_t g = d->cur - d->live + 1;
     tag_set(d, gen_tag(g), false);
-    d->keys -= d->count[g % DEDUP_GENS];
+    d->keys -= gens(d)->count[g % DEDUP_GENS];
     d->live--;
 }
 
@@ -139,7 +150,7 @@ static void kill_oldest(struct dedup *d)
  * none is left. */
 static void expire(struct dedup *d, int64_t now, int64_t window)
 {
-    while (d->live && now - d->last_ns[(d->cur - d->live + 1) % DEDUP_GENS] > window)
+    while (d->live && now - gens(d)->last_ns[(d->cur - d->live + 1) % DEDUP_GENS] > window)
         kill_oldest(d);
     if (!d->live && d->b)
         drop_table(d);
@@ -165,7 +176,8 @@ static void sweep(struct dedup *d)
 static void maybe_advance(struct dedup *d, int64_t now, int64_t window)
 {
     int64_t span = window / (DEDUP_GENS - 1);
-    if (d->live && d->count[d->cur % DEDUP_GENS] < d->gen_keys &&
+    struct dedup_gens *gs = gens(d);
+    if (d->live && gs->count[d->cur % DEDUP_GENS] < d->gen_keys &&
         now - d->cur_first_ns < (span > 0 ? span : 1))
         return;
     if (d->live == DEDUP_GENS)
@@ -173,8 +185,8 @@ static void maybe_advance(struct dedup *d, int64_t now, int64_t window)
     d->cur++;
     d->live++;
     uint32_t i = d->cur % DEDUP_GENS;
-    d->count[i] = 0;
-    d->cur_first_ns = d->last_ns[i] = now;
+    gs->count[i] = 0;
+    d->cur_first_ns = gs->last_ns[i] = now;
     tag_set(d, gen_tag(d->cur), true);
     if (d->b)
         sweep(d);
@@ -210,14 +222,19 @@ static bool place(struct dedup *d, uint64_t key, uint8_t t, uint32_t pos)
  * (the old table stays). */
 static int resize(struct dedup *d, uint32_t nb, uint32_t ring_cap)
 {
-    struct dedup_bucket *nbk = aligned_alloc(64, (size_t)nb * sizeof(*nbk));
+    uint8_t *block = aligned_alloc(64, DEDUP_GENS_BYTES + (size_t)nb * sizeof(struct dedup_bucket));
     uint64_t *nring = malloc((size_t)ring_cap * sizeof(*nring));
-    if (!nbk || !nring) {
-        free(nbk);
+    if (!block || !nring) {
+        free(block);
         free(nring);
         return -1;
     }
+    struct dedup_bucket *nbk = (struct dedup_bucket *)(void *)(block + DEDUP_GENS_BYTES);
     memset(nbk, 0, (size_t)nb * sizeof(*nbk));
+    if (d->b)
+        memcpy(block, gens(d), sizeof(struct dedup_gens));
+    else
+        memset(block, 0, sizeof(struct dedup_gens));
     struct dedup_bucket *old = d->b;
     uint64_t *oring = d->ring;
     uint32_t onb = d->nb;
@@ -241,7 +258,8 @@ static int resize(struct dedup *d, uint32_t nb, uint32_t ring_cap)
             }
     }
     d->ring_next &= ring_cap - 1;
-    free(old);
+    if (old)
+        free((uint8_t *)old - DEDUP_GENS_BYTES);
     free(oring);
     return 0;
 }
@@ -286,13 +304,14 @@ bool dedup_check_insert(struct dedup *d, uint64_t key, int64_t now_ns, int64_t w
     expire(d, now_ns, window_ns);
     if (d->b && lookup(d, key))
         return true;
+    uint32_t nb0 = DEDUP_NB_MIN < d->nb_max ? DEDUP_NB_MIN : d->nb_max;
+    if (!d->b && resize(d, nb0, ring_for(d, nb0)) < 0)
+        return false; /* no memory: not remembered */
     maybe_advance(d, now_ns, window_ns);
     /* At most 2/3 full, so that most keys stay in their home bucket. */
     if (3 * ((uint64_t)d->keys + 1) > 2 * (uint64_t)d->nb * DEDUP_SLOTS && d->nb < d->nb_max) {
-        uint32_t nb = d->nb ? d->nb * 2 : DEDUP_NB_MIN;
-        nb = nb < d->nb_max ? nb : d->nb_max;
-        if (resize(d, nb, ring_for(d, nb)) < 0 && !d->b)
-            return false;
+        uint32_t nb = d->nb * 2 < d->nb_max ? d->nb * 2 : d->nb_max;
+        resize(d, nb, ring_for(d, nb)); /* no memory: the table stays as it is */
     }
     /* Out of memory to grow: a key whose ring place would still be in use is not kept. */
     if (d->keys + 1 > d->ring_cap)
@@ -303,9 +322,10 @@ bool dedup_check_insert(struct dedup *d, uint64_t key, int64_t now_ns, int64_t w
     d->ring[pos] = key;
     d->ring_next = (pos + 1) & (d->ring_cap - 1);
     uint32_t i = d->cur % DEDUP_GENS;
-    d->count[i]++;
+    struct dedup_gens *gs = gens(d);
+    gs->count[i]++;
     d->keys++;
-    if (now_ns > d->last_ns[i])
-        d->last_ns[i] = now_ns;
+    if (now_ns > gs->last_ns[i])
+        gs->last_ns[i] = now_ns;
     return false;
 }

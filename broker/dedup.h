@@ -60,8 +60,13 @@ struct dedup {
     uint32_t sweep; /* next bucket the tag sweep visits */
     int64_t cur_first_ns;
     uint64_t live_tags[4]; /* bit t: tag t is a live generation's */
+};
+
+/* Keys and newest key's time of generation g at [g % DEDUP_GENS]; kept just before the
+ * buckets, in the same allocation (a campaign without keys has neither). */
+struct dedup_gens {
     uint32_t count[DEDUP_GENS];
-    int64_t last_ns[DEDUP_GENS]; /* generation g at [g % DEDUP_GENS] */
+    int64_t last_ns[DEDUP_GENS];
 };
 
 void dedup_init(struct dedup *d, uint32_t entries_max);

@@ -142,6 +142,109 @@ static void test_fixed_rate_measures_latency(void **state)
     assert_int_equal(h_stop(&b), 0);
 }
 
+/* The issue-15 shapes: client-chosen event ids (checked by the broker's duplicate window: a
+ * false duplicate would show as loss) with a string payload; and fan-in with 65,536 events in
+ * flight per publisher, ~30 MB queued for one subscriber, which the default outbound bound
+ * (64 MiB) must hold without a disconnect. */
+static void test_client_ids_string_and_deep(void **state)
+{
+    (void)state;
+    struct broker_proc b = h_start(1, NULL);
+    static char out[OUT_BYTES];
+    int rc = run_bench(&b, out, sizeof(out), "--publishers", "2", "--subscribers", "4",
+                       "--campaigns", "2", "--ids", "client", "--payload", "string",
+                       "--payload-bytes", "75", "--duration-s", "1", "--warmup-s", "0.2", NULL);
+    fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "\"ok\":true"));
+    assert_non_null(strstr(out, "\"ids\":\"client\""));
+    assert_non_null(strstr(out, "\"payload_kind\":\"string\""));
+    assert_true(json_num(out, "delivered") == json_num(out, "expected"));
+    assert_true(json_num(out, "expected") > 0);
+    rc = run_bench(&b, out, sizeof(out), "--preset", "fanin-deep", "--duration-s", "1",
+                   "--warmup-s", "0", "--drain-s", "30", NULL);
+    fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "\"ok\":true"));
+    assert_true(json_num(out, "window_events") == 65536);
+    assert_true(json_num(out, "disconnects") == 0);
+    assert_int_equal(h_stop(&b), 0);
+}
+
+/* Payload { data: Struct { fields { "p": string_value of n 'x' } } }, n < 16384. */
+static size_t mixed_payload(uint8_t *out, size_t n)
+{
+    size_t val = 1 + (n < 128 ? 1 : 2) + n, ent = 3 + 1 + (val < 128 ? 1 : 2) + val;
+    size_t st = 1 + (ent < 128 ? 1 : 2) + ent, k = 0;
+    size_t lens[3] = {st, ent, 0};
+    for (int i = 0; i < 2; i++) {
+        out[k++] = 0x0a;
+        if (lens[i] < 128) {
+            out[k++] = (uint8_t)lens[i];
+        } else {
+            out[k++] = (uint8_t)(lens[i] | 0x80);
+            out[k++] = (uint8_t)(lens[i] >> 7);
+        }
+    }
+    memcpy(out + k, "\x0a\x01p\x12", 4);
+    k += 4;
+    size_t vl[2] = {val, n};
+    for (int i = 0; i < 2; i++) {
+        if (i)
+            out[k++] = 0x1a;
+        if (vl[i] < 128) {
+            out[k++] = (uint8_t)vl[i];
+        } else {
+            out[k++] = (uint8_t)(vl[i] | 0x80);
+            out[k++] = (uint8_t)(vl[i] >> 7);
+        }
+    }
+    memset(out + k, 'x', n);
+    return k + n;
+}
+
+/* The send path of a deep queue (broker/conn.c): a subscriber that does not read while
+ * thousands of events queue up gets them all, in order, once it reads, when runs of small
+ * frames (copied into the connection's send buffer) alternate with frames too large for it
+ * (sent by reference). */
+static void test_deep_queue_mixed_sizes(void **state)
+{
+    (void)state;
+    struct broker_proc b = h_start(1, NULL);
+    struct nexus_client *sub = h_connect(&b, NULL), *pub = h_connect(&b, NULL);
+    assert_true(sub && pub);
+    int small_buf = 4096;
+    setsockopt(nexus_fd(sub), SOL_SOCKET, SO_RCVBUF, &small_buf, sizeof(small_buf));
+    const int64_t camp = 91501;
+    assert_int_equal(nexus_subscribe_sync(sub, camp, NULL, 0, NULL, NULL, NULL, 5000), 1);
+    enum { N = 3000 };
+    static uint8_t pl[2][4096];
+    size_t pl_len[2] = {mixed_payload(pl[0], 40), mixed_payload(pl[1], 3000)};
+    struct codec_emit_in e;
+    char id[32];
+    for (int i = 1; i <= N; i++) { /* five small, then one large (over 2 KiB) */
+        snprintf(id, sizeof(id), "m%d", i);
+        nexus_emit_init(&e, "mix:test:v1:success", camp, id, pl[i % 6 == 0], pl_len[i % 6 == 0]);
+        assert_int_equal(nexus_send_emit(pub, &e), 0);
+        if (i % 500 == 0)
+            assert_int_equal(nexus_flush(pub), 0);
+    }
+    struct nexus_frame f;
+    nexus_emit_init(&e, "mix:test:v1:success", camp, "last", pl[0], pl_len[0]);
+    assert_int_equal(nexus_emit_sync(pub, &e, &f, 10000), 1); /* all of them are queued */
+    for (int i = 1; i <= N + 1; i++) {
+        assert_int_equal(nexus_recv(sub, &f, 10000), 1);
+        assert_int_equal(f.kind, CODEC_KIND_EVENT);
+        assert_int_equal(f.u.event.sequence, (uint64_t)i);
+        snprintf(id, sizeof(id), i <= N ? "m%d" : "last", i);
+        assert_true(h_slice_eq(f.u.event.event_id, id));
+        assert_int_equal(f.u.event.payload.len, pl_len[i <= N && i % 6 == 0]);
+    }
+    nexus_close(sub);
+    nexus_close(pub);
+    assert_int_equal(h_stop(&b), 0);
+}
+
 /* A broker that may queue only 4 KiB per subscriber disconnects them under a burst: the
  * benchmark must call that loss and exit 1, not report a throughput. */
 static void test_loss_fails_the_run(void **state)
@@ -337,6 +440,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_max_rate_delivers_everything),
         cmocka_unit_test(test_fixed_rate_measures_latency),
+        cmocka_unit_test(test_client_ids_string_and_deep),
+        cmocka_unit_test(test_deep_queue_mixed_sizes),
         cmocka_unit_test(test_loss_fails_the_run),
         cmocka_unit_test(test_lifecycle_round_trips),
         cmocka_unit_test(test_streams_with_heartbeats),

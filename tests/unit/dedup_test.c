@@ -65,7 +65,8 @@ static bool dedup_test_bounds_ok(const struct dedup *d)
     // The ring has a place for every live key.
     if (d->b && (d->keys > d->ring_cap || (d->ring_cap & (d->ring_cap - 1))))
         return false;
-    return dedup_bytes(d) == (uint64_t)d->nb * 64 + (uint64_t)d->ring_cap * 8;
+    // The buckets, the generations' counts and times before them (192 bytes), the ring.
+    return dedup_bytes(d) == (d->b ? 192 + (uint64_t)d->nb * 64 + (uint64_t)d->ring_cap * 8 : 0);
 }
 
 static void test_init_free_empty(void **state)
@@ -165,13 +166,13 @@ static void test_expiry_frees(void **state)
     uint64_t full = dedup_bytes(&d);
     assert_true(full >= 3000 * 8 * 3 / 2);
     // 18 bytes per key at most once grown: a bucket line per 6.7 keys, and the ring.
-    assert_true(full <= (uint64_t)d.nb_max * 64 + 4096 * 8);
+    assert_true(full <= 192 + (uint64_t)d.nb_max * 64 + 4096 * 8);
     assert_true(full <= 18ull * 4096);
     assert_int_equal(d.keys, 3000);
     int64_t later = 3000 + 10 * MS + 10 * MS / 15 + 1;
     assert_false(dedup_check_insert(&d, dedup_test_hash(0), later, 10 * MS)); // forgotten
     assert_int_equal(d.keys, 1);
-    assert_true(dedup_bytes(&d) <= 4 * 64 + 32 * 8); // a new, small table
+    assert_true(dedup_bytes(&d) <= 192 + 4 * 64 + 32 * 8); // a new, small table
     for (uint64_t i = 1; i < 3000; i++)
         assert_false(dedup_check_insert(&d, dedup_test_hash(i), later, 10 * MS));
     assert_true(dedup_test_bounds_ok(&d));
@@ -286,6 +287,37 @@ static void test_fingerprint_collisions(void **state)
     assert_int_equal(d.keys, 300);
     assert_true(dedup_test_bounds_ok(&d));
     dedup_free(&d);
+}
+
+// Many tables at once, as on a shard with many busy campaigns: their memory comes from shared
+// chunks (dedup.c), and each table keeps its own keys while others grow, expire and go.
+static void test_many_tables(void **state)
+{
+    (void)state;
+    enum { T = 300, K = 700 };
+    static struct dedup d[T];
+    for (uint32_t t = 0; t < T; t++)
+        dedup_init(&d[t], 4096);
+    for (uint64_t k = 0; k < K; k++) // interleaved: the tables grow side by side
+        for (uint32_t t = 0; t < T; t++)
+            assert_false(dedup_check_insert(&d[t], dedup_test_hash(t * 100000 + k), 1, MS));
+    for (uint32_t t = 0; t < T; t++) {
+        assert_int_equal(d[t].keys, K);
+        assert_true(dedup_test_bounds_ok(&d[t]));
+        for (uint64_t k = 0; k < K; k += 3)
+            assert_true(dedup_check_insert(&d[t], dedup_test_hash(t * 100000 + k), 2, MS));
+        assert_false(dedup_check_insert(&d[t], dedup_test_hash((t + 1) * 100000 + K), 2, MS));
+    }
+    for (uint32_t t = 0; t < T; t += 2) // half of them go: freed, or expired
+        if (t % 4)
+            dedup_free(&d[t]);
+        else
+            assert_false(dedup_check_insert(&d[t], dedup_test_hash(7), 3 * MS, MS));
+    for (uint32_t t = 1; t < T; t += 2)
+        for (uint64_t k = 0; k < K; k += 5)
+            assert_true(dedup_check_insert(&d[t], dedup_test_hash(t * 100000 + k), 2, MS));
+    for (uint32_t t = 0; t < T; t++)
+        dedup_free(&d[t]);
 }
 
 // Restoring a window after a restart: keys replayed with the times they were accepted, then
@@ -462,11 +494,17 @@ static void test_reference(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_init_free_empty),  cmocka_unit_test(test_window),
-        cmocka_unit_test(test_steady_high_rate), cmocka_unit_test(test_expiry_frees),
-        cmocka_unit_test(test_entry_bound),      cmocka_unit_test(test_tag_reuse),
-        cmocka_unit_test(test_shared_home),      cmocka_unit_test(test_fingerprint_collisions),
-        cmocka_unit_test(test_restore),          cmocka_unit_test(test_key),
+        cmocka_unit_test(test_init_free_empty),
+        cmocka_unit_test(test_window),
+        cmocka_unit_test(test_steady_high_rate),
+        cmocka_unit_test(test_expiry_frees),
+        cmocka_unit_test(test_entry_bound),
+        cmocka_unit_test(test_tag_reuse),
+        cmocka_unit_test(test_shared_home),
+        cmocka_unit_test(test_fingerprint_collisions),
+        cmocka_unit_test(test_many_tables),
+        cmocka_unit_test(test_restore),
+        cmocka_unit_test(test_key),
         cmocka_unit_test(test_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
