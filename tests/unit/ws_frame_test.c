@@ -488,7 +488,9 @@ static void test_random_property(void **state)
         lens[m] = len;
         for (size_t i = 0; i < len; i++)
             expect[e + i] = (uint8_t)RND();
-        uint8_t mask[4] = {(uint8_t)RND(), (uint8_t)RND(), (uint8_t)RND(), (uint8_t)RND()};
+        uint8_t mask[4];
+        for (int k = 0; k < 4; k++)
+            mask[k] = (uint8_t)RND();
         bool first = true;
         do {
             size_t part = len - done ? 1 + RND() % (len - done) : 0;
