@@ -1284,7 +1284,8 @@ static uint32_t seg_of(const struct store *st, uint64_t off)
 }
 
 /* Reads segment file fd from pos, calling each(arg, r) for each valid record until it returns
- * false (then returns 1) or the valid records end (returns 0). buf and cap: the read buffer, grown as needed. */
+ * false (then returns 1) or the valid records end (returns 0). buf and cap: the read buffer, grown
+ * as needed. */
 static int walk_file(int fd, uint64_t pos, uint8_t **buf, size_t *cap,
                      bool (*each)(void *arg, const struct logrec *r), void *arg)
 {

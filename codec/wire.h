@@ -69,8 +69,8 @@ static inline int wire_read_varint(struct wire_cursor *c, uint64_t *out)
 
 /* Reads the next field. Returns 1 with *f filled, 0 at the end of the buffer, -EBADMSG on
  * malformed input (bad tag — longer than 5 bytes or field number 0 —, truncated value,
- * groups, which proto3 never writes). Inline: every decoder walks every field with it (a call per field was ~5 ns, a
- * quarter of checking a small payload). */
+ * groups, which proto3 never writes). Inline: every decoder walks every field with it (a call per
+ * field was ~5 ns, a quarter of checking a small payload). */
 static inline __attribute__((always_inline)) int wire_next(struct wire_cursor *c,
                                                            struct wire_field *f)
 {
