@@ -197,13 +197,16 @@ class Subscription(_Waitable):
         return f
 
     async def _resubscribe(self):
-        reply = await self._client._call(self._subscribe_frame(), internal=True)
-        self.id = reply.subscribe_ack.subscription_id
+        frame = self._subscribe_frame()
         if self._reconnect_gap:
+            # Queued before the subscribe goes out: the new connection's events may be read
+            # (and queued) before this coroutine resumes with the ack.
             self._reconnect_gap = False
             first = self._last.get(self.campaign_id, 0) + 1 if self.campaign_id else 0
             self._last.clear()  # a restarted broker without a log numbers campaigns anew
             self._put(Gap(self.campaign_id, first, 0, 0, "reconnect"))
+        reply = await self._client._call(frame, internal=True)
+        self.id = reply.subscribe_ack.subscription_id
 
     async def next(self, timeout=None):
         """The next Event or Gap; None on timeout, or once the subscription is closed (closed
