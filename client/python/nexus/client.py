@@ -145,7 +145,18 @@ class Client:
         self.close()
 
 
-class Subscription:
+class _Iterates:
+    """Iteration over next() until it returns None (shared by Subscription and Request)."""
+
+    def __iter__(self):
+        while True:
+            item = self.next()
+            if item is None:
+                return
+            yield item
+
+
+class Subscription(_Iterates):
     """The blocking face of nexus.aio.Subscription."""
 
     def __init__(self, client, asub):
@@ -163,18 +174,11 @@ class Subscription:
         """The next Event or Gap; None on timeout or once closed."""
         return self._c._run(self._s.next(timeout))
 
-    def __iter__(self):
-        while True:
-            item = self.next()
-            if item is None:
-                return
-            yield item
-
     def unsubscribe(self, timeout=None):
         return self._c._run(self._s.unsubscribe(timeout))
 
 
-class Request:
+class Request(_Iterates):
     """The blocking face of nexus.aio.Request."""
 
     def __init__(self, client, areq):
@@ -192,13 +196,6 @@ class Request:
     def next(self, timeout=None):
         """The next lifecycle Event; None on timeout or after the terminal one."""
         return self._c._run(self._r.next(timeout))
-
-    def __iter__(self):
-        while True:
-            item = self.next()
-            if item is None:
-                return
-            yield item
 
     def wait(self, timeout=None):
         """The terminal Event (TimeoutError if it does not come in time)."""
