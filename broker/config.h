@@ -65,6 +65,7 @@ struct config {
     /* The event log (docs/OPERATIONS.md, "Data directory"). */
     char data_dir[1024];        /* non-empty: every sequenced event is logged under it */
     uint32_t fsync_interval_ms; /* 0: --fsync always (group commit); else interval:MS */
+    uint32_t fsync_depth;       /* --fsync always: fdatasyncs of written batches in flight */
     uint64_t segment_bytes;     /* a segment file is rolled past this size */
     bool recover_truncate;      /* --recover truncate: cut a corrupt log at the damage */
     uint64_t retain_bytes;      /* per shard: delete the oldest segments past it (0 = never) */

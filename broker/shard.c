@@ -640,7 +640,6 @@ void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
             shard_tick(s);
             break;
         case UD_STORE_WRITE:
-        case UD_STORE_SYNC:
         case UD_STORE_ISYNC:
         case UD_STORE_TIMER:
             store_cqe(s, ud, cqe->res);
@@ -651,7 +650,9 @@ void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
                 core_hooks->timer(s, shard_now_ns());
             break;
         default:
-            break; /* wake-ups and ignored results */
+            if (ud >= UD_STORE_SYNC0 && ud < UD_STORE_SYNC0 + UD_STORE_SYNC_SLOTS)
+                store_cqe(s, ud, cqe->res);
+            break; /* otherwise: wake-ups and ignored results */
         }
         return;
     }
@@ -848,7 +849,7 @@ void shard_loop(struct shard *s)
             if (drained && s->conns.count == 0 && s->dead_count == 0)
                 break;
         }
-        shard_wait(s, busy || n == SHARD_PASS_CQES || !store_idle_or_writing(s));
+        shard_wait(s, busy || n == SHARD_PASS_CQES || !store_waits(s));
     }
 }
 

@@ -5,11 +5,15 @@
 //   DIR/shard-NNN/OFFSET.seg      records (codec/logrec.h); OFFSET (20 digits) is the logical
 //                                 byte offset of the segment's first record in the shard's log
 // One batch is written at a time: records of a loop pass go to `cur`; store_flush moves `cur`
-// to `inflight` and submits one write (linked to an fdatasync with --fsync always). What was
-// deferred behind a batch — fan-outs, acknowledgements, later frames — is released, in order,
-// when that batch completes. A failed write or sync is never retried: the shard stops
-// acknowledging (storage_failed; storage_full for ENOSPC) and deferred acknowledgements become
-// errors, their events undelivered.
+// to `inflight` and submits one write. With --fsync interval a batch is released once written;
+// with --fsync always it then waits in the sync queue for an fdatasync issued after its write
+// completed, so that sync covers it and every batch before it. Up to --fsync-depth syncs are in
+// flight at once (concurrent syncs of one file complete more per second than one at a time),
+// and the queue is released strictly in order: a batch only once its own sync and every
+// earlier one succeeded. What was deferred behind a batch — fan-outs, acknowledgements, later
+// frames — is released, in order, with it. A failed write or sync is never retried: the shard
+// stops acknowledging (storage_failed; storage_full for ENOSPC) and deferred acknowledgements
+// become errors, their events undelivered.
 #include "broker/store.h"
 
 #include <dirent.h>
@@ -38,6 +42,7 @@
 #define READ_CHUNK (1u << 20)
 
 enum defer_kind { DEFER_FANOUT, DEFER_FRAME };
+enum sq_state { SQ_SYNCING, SQ_SYNCED, SQ_FAILED };
 
 struct deferred {
     uint8_t kind;
@@ -62,8 +67,11 @@ struct store {
     uint64_t seg_base; /* logical offset of the open segment's first byte */
     uint64_t seg_len;  /* bytes in it, written or being written */
     struct batch cur, inflight;
-    bool writing;        /* inflight holds a batch being written */
-    uint32_t ops;        /* SQEs of the inflight batch not yet completed */
+    bool writing; /* inflight holds a batch being written */
+    /* --fsync always: written batches waiting for their fdatasync, oldest first (a ring). */
+    struct batch synq[UD_STORE_SYNC_SLOTS];
+    uint8_t sq_state[UD_STORE_SYNC_SLOTS]; /* enum sq_state */
+    uint32_t sq_head, sq_n;
     uint64_t write_off;  /* file offset of the inflight batch's unwritten rest */
     size_t write_done;   /* bytes of the inflight batch written */
     bool sync_pending;   /* --fsync interval: data written since the last sync */
@@ -73,8 +81,6 @@ struct store {
     int64_t last_sync_ns;
     const char *refusal; /* NULL, "storage_failed" or "storage_full" */
     int writes, syncs;   /* completions seen (NEXUS_TEST_LOG_FAIL) */
-    bool resubmit;       /* the inflight batch was written short: write the rest */
-    bool batch_failed;   /* a write or sync of the inflight batch failed */
     struct map floor;    /* campaign id -> last sequence of a campaign not in the table */
     struct map restore;  /* campaign id -> its last logged snapshot (core_restore_types) */
     /* Retention (--retain-bytes, --retain-age): the segments, oldest first. */
@@ -878,19 +884,14 @@ int store_append(struct shard *s, const struct oframe *f, uint64_t dedup_key)
 bool store_holding(const struct shard *s)
 {
     const struct store *st = s->store;
-    return st && (st->releasing || st->cur.nd || st->cur.records || st->writing);
-}
-
-bool store_idle_or_writing(const struct shard *s)
-{
-    const struct store *st = s->store;
-    return !st || st->writing || (!st->cur.nd && !st->cur.records);
+    return st && (st->releasing || st->cur.nd || st->cur.records || st->writing || st->sq_n);
 }
 
 bool store_idle(const struct shard *s)
 {
     const struct store *st = s->store;
-    return !st || (!st->cur.nd && !st->cur.records && !st->writing && !st->isync_inflight);
+    return !st ||
+           (!st->cur.nd && !st->cur.records && !st->writing && !st->sq_n && !st->isync_inflight);
 }
 
 static int defer(struct shard *s, const struct deferred *d)
@@ -977,14 +978,6 @@ static void submit_write(struct shard *s)
     io_uring_prep_write(sqe, st->seg_fd, b->buf + st->write_done,
                         (unsigned)(b->len - st->write_done), st->write_off);
     io_uring_sqe_set_data64(sqe, UD_STORE_WRITE);
-    st->ops = 1;
-    if (s->cfg->fsync_interval_ms == 0) {
-        sqe->flags |= IOSQE_IO_LINK;
-        sqe = shard_sqe(s);
-        io_uring_prep_fsync(sqe, st->seg_fd, IORING_FSYNC_DATASYNC);
-        io_uring_sqe_set_data64(sqe, UD_STORE_SYNC);
-        st->ops = 2;
-    }
 }
 
 /* --fsync interval:MS: an fdatasync once MS have passed since the last, or a timeout that
@@ -1055,41 +1048,66 @@ static void release_cur(struct shard *s)
     }
 }
 
+/* What store_flush can do now. A batch holding no record (only what waited behind earlier
+ * ones), or any batch once the log has failed, is released without a write, but only behind
+ * every batch still in the sync queue. A segment is rolled only with nothing in flight on it. */
+enum flush_step { FLUSH_NONE, FLUSH_RELEASE, FLUSH_WRITE, FLUSH_ROLL };
+
+static enum flush_step flush_step(const struct shard *s)
+{
+    const struct store *st = s->store;
+    if (st->writing || (!st->cur.records && !st->cur.nd))
+        return FLUSH_NONE;
+    if (!st->cur.records || st->refusal)
+        return st->sq_n ? FLUSH_NONE : FLUSH_RELEASE;
+    if (st->seg_len >= s->cfg->segment_bytes)
+        return st->sq_n || st->isync_inflight ? FLUSH_NONE : FLUSH_ROLL;
+    return st->sq_n < s->cfg->fsync_depth ? FLUSH_WRITE : FLUSH_NONE;
+}
+
+bool store_waits(const struct shard *s)
+{
+    return !s->store || flush_step(s) == FLUSH_NONE;
+}
+
+/* Moves `cur` to `inflight` and starts writing it at the end of the open segment. */
+static void start_write(struct shard *s)
+{
+    struct store *st = s->store;
+    struct batch t = st->inflight;
+    st->inflight = st->cur;
+    st->cur = (struct batch){.buf = t.buf, .cap = t.cap, .d = t.d, .cap_d = t.cap_d};
+    st->writing = true;
+    st->write_done = 0;
+    st->write_off = st->seg_len;
+    st->seg_len += st->inflight.len;
+    struct seginfo *cur = &st->segs[st->nsegs - 1];
+    cur->bytes += st->inflight.len;
+    st->total_bytes += st->inflight.len;
+    if (st->inflight.max_ts > cur->max_ts)
+        cur->max_ts = st->inflight.max_ts;
+    st->inflight.max_ts = 0;
+    submit_write(s);
+}
+
 void store_flush(struct shard *s)
 {
     struct store *st = s->store;
     if (!st)
         return;
-    if (!st->writing && (st->cur.records || st->cur.nd)) {
-        bool full = st->cur.records && !st->refusal && st->seg_len >= s->cfg->segment_bytes;
-        if (full && st->isync_inflight) {
-            /* An interval sync of the old segment is in flight: roll once it is back. */
-        } else {
-            int r = full ? roll(s) : 0;
-            if (r < 0)
-                store_fail(s, r, "rolling to a new segment");
-            if (!st->cur.records || st->refusal) {
-                release_cur(s);
-            } else {
-                struct batch t = st->inflight;
-                st->inflight = st->cur;
-                st->cur = (struct batch){.buf = t.buf, .cap = t.cap, .d = t.d, .cap_d = t.cap_d};
-                st->writing = true;
-                st->write_done = 0;
-                st->write_off = st->seg_len;
-                st->seg_len += st->inflight.len;
-                struct seginfo *cur = &st->segs[st->nsegs - 1];
-                cur->bytes += st->inflight.len;
-                st->total_bytes += st->inflight.len;
-                if (st->inflight.max_ts > cur->max_ts)
-                    cur->max_ts = st->inflight.max_ts;
-                st->inflight.max_ts = 0;
-                submit_write(s);
-            }
-        }
+    enum flush_step step = flush_step(s);
+    if (step == FLUSH_ROLL) {
+        int r = roll(s);
+        if (r < 0)
+            store_fail(s, r, "rolling to a new segment");
+        step = r < 0 ? FLUSH_RELEASE : FLUSH_WRITE;
     }
+    if (step == FLUSH_RELEASE)
+        release_cur(s);
+    else if (step == FLUSH_WRITE)
+        start_write(s);
     store_interval_sync(s);
-    if (s->cfg->retain_age_s && !st->writing) {
+    if (s->cfg->retain_age_s && !st->writing && !st->sq_n) {
         int64_t now = shard_now_ns();
         if (now - st->retain_check_ns >= 1000000000) {
             st->retain_check_ns = now;
@@ -1098,15 +1116,69 @@ void store_flush(struct shard *s)
     }
 }
 
-/* The inflight batch is on disk (or failed): release what waited for it. */
-static void batch_done(struct shard *s, bool failed)
+/* Releases the sync queue from its oldest batch while those are synced (or failed): in
+ * order, so that no acknowledgement overtakes an earlier one, and a batch counts as durable
+ * only when every sync issued before its own succeeded too. */
+static void syncq_release(struct shard *s)
+{
+    struct store *st = s->store;
+    while (st->sq_n && st->sq_state[st->sq_head] != SQ_SYNCING) {
+        struct batch *b = &st->synq[st->sq_head];
+        stat_bump(s, st_records, b->records);
+        stat_bump(s, st_bytes, b->len);
+        release(s, b, st->sq_state[st->sq_head] == SQ_FAILED || st->refusal != NULL);
+        st->sq_head = (st->sq_head + 1) % UD_STORE_SYNC_SLOTS;
+        st->sq_n--;
+    }
+}
+
+/* The inflight batch is written (or failed). --fsync interval: release what waited for it.
+ * --fsync always: queue it behind the earlier batches and sync it. */
+static void batch_written(struct shard *s, bool failed)
 {
     struct store *st = s->store;
     st->writing = false;
-    stat_bump(s, st_records, st->inflight.records);
-    stat_bump(s, st_bytes, st->inflight.len);
-    release(s, &st->inflight, failed);
+    failed = failed || st->refusal != NULL;
+    if (s->cfg->fsync_interval_ms) {
+        if (!failed)
+            st->sync_pending = true;
+        stat_bump(s, st_records, st->inflight.records);
+        stat_bump(s, st_bytes, st->inflight.len);
+        release(s, &st->inflight, failed);
+    } else {
+        uint32_t slot = (st->sq_head + st->sq_n) % UD_STORE_SYNC_SLOTS;
+        struct batch t = st->synq[slot];
+        st->synq[slot] = st->inflight;
+        st->inflight = t;
+        st->sq_state[slot] = failed ? SQ_FAILED : SQ_SYNCING;
+        st->sq_n++;
+        if (!failed) {
+            struct io_uring_sqe *sqe = shard_sqe(s);
+            io_uring_prep_fsync(sqe, st->seg_fd, IORING_FSYNC_DATASYNC);
+            io_uring_sqe_set_data64(sqe, UD_STORE_SYNC0 + slot);
+        }
+        syncq_release(s);
+    }
     store_flush(s); /* the next batch, gathered meanwhile */
+}
+
+static void write_cqe(struct shard *s, int res)
+{
+    struct store *st = s->store;
+    if (g_fail_write && ++st->writes == g_fail_write)
+        res = -EIO;
+    if (res <= 0) {
+        store_fail(s, res < 0 ? res : -EIO, res < 0 ? "a write" : "a write (no progress)");
+        batch_written(s, true);
+        return;
+    }
+    st->write_done += (size_t)res;
+    if (st->write_done < st->inflight.len && !st->refusal) {
+        st->write_off += (uint64_t)res; /* short: write the rest */
+        submit_write(s);
+        return;
+    }
+    batch_written(s, st->write_done < st->inflight.len);
 }
 
 void store_cqe(struct shard *s, uint64_t ud, int res)
@@ -1119,51 +1191,23 @@ void store_cqe(struct shard *s, uint64_t ud, int res)
         store_interval_sync(s);
         return;
     }
-    if (ud == UD_STORE_ISYNC) {
-        st->isync_inflight = false;
-        stat_bump(s, st_syncs, 1);
-        if (g_fail_sync && res >= 0 && ++st->syncs == g_fail_sync)
-            res = -EIO;
-        if (res < 0)
-            store_fail(s, res, "an interval fdatasync");
-        return;
-    }
     if (ud == UD_STORE_WRITE) {
-        if (g_fail_write && ++st->writes == g_fail_write)
-            res = -EIO;
-        if (res < 0) {
-            store_fail(s, res, "a write");
-            st->batch_failed = true;
-        } else if ((st->write_done += (size_t)res) < st->inflight.len) {
-            st->write_off += (uint64_t)res; /* short: the rest once the linked sync is back */
-            st->resubmit = res > 0;
-            if (res == 0) {
-                store_fail(s, -EIO, "a write (no progress)");
-                st->batch_failed = true;
-            }
-        }
-    } else if (ud == UD_STORE_SYNC && res != -ECANCELED) {
-        stat_bump(s, st_syncs, 1);
-        if (g_fail_sync && res >= 0 && ++st->syncs == g_fail_sync)
-            res = -EIO;
-        if (res < 0) {
-            store_fail(s, res, "an fdatasync");
-            st->batch_failed = true;
-        }
-    }
-    if (--st->ops > 0)
-        return;
-    bool failed = st->batch_failed || st->refusal != NULL;
-    if (st->resubmit && !failed) {
-        st->resubmit = false;
-        submit_write(s);
+        write_cqe(s, res);
         return;
     }
-    st->resubmit = false;
-    st->batch_failed = false;
-    if (s->cfg->fsync_interval_ms && !failed)
-        st->sync_pending = true;
-    batch_done(s, failed);
+    bool isync = ud == UD_STORE_ISYNC;
+    stat_bump(s, st_syncs, 1);
+    if (g_fail_sync && res >= 0 && ++st->syncs == g_fail_sync)
+        res = -EIO;
+    if (res < 0)
+        store_fail(s, res, isync ? "an interval fdatasync" : "an fdatasync");
+    if (isync) {
+        st->isync_inflight = false;
+        return;
+    }
+    st->sq_state[ud - UD_STORE_SYNC0] = res < 0 ? SQ_FAILED : SQ_SYNCED;
+    syncq_release(s);
+    store_flush(s);
 }
 
 void store_close(struct shard *s)
@@ -1181,8 +1225,10 @@ void store_close(struct shard *s)
     }
     if (st->seg_fd >= 0 && fdatasync(st->seg_fd) != 0)
         log_error((int)s->index, "log: fdatasync at shutdown failed: %s", strerror(errno));
-    struct batch *bs[2] = {&st->cur, &st->inflight};
-    for (int k = 0; k < 2; k++) {
+    struct batch *bs[2 + UD_STORE_SYNC_SLOTS] = {&st->cur, &st->inflight};
+    for (int k = 0; k < UD_STORE_SYNC_SLOTS; k++)
+        bs[2 + k] = &st->synq[k];
+    for (int k = 0; k < 2 + UD_STORE_SYNC_SLOTS; k++) {
         for (uint32_t i = 0; i < bs[k]->nd; i++)
             oframe_unref(bs[k]->d[i].f);
         free(bs[k]->d);

@@ -73,14 +73,16 @@ int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to,
 struct oframe;
 int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, uint64_t conn_id,
                  bool (*match)(const void *arg, const struct oframe *f), const void *arg);
-/* End of a loop pass: starts writing the current batch (one write in flight per shard). */
+/* End of a loop pass: starts writing the current batch (one write in flight per shard; with
+ * --fsync always, up to --fsync-depth written batches waiting for their fdatasync). */
 void store_flush(struct shard *s);
 /* Completion of a store operation (user_data UD_STORE_*). */
 void store_cqe(struct shard *s, uint64_t ud, int res);
-/* True unless something is batched but not yet handed to the kernel (the loop must not sleep
- * on it). */
-bool store_idle_or_writing(const struct shard *s);
-/* True when nothing is batched or being written (the drain waits for it). */
+/* True when store_flush has nothing to do until a store completion arrives (the loop may
+ * sleep); false when something batched can be handed to the kernel now. */
+bool store_waits(const struct shard *s);
+/* True when nothing is batched, being written or waiting for a sync (the drain waits for
+ * it). */
 bool store_idle(const struct shard *s);
 
 #endif

@@ -22,11 +22,14 @@ enum ud_shard_op {
     UD_IGNORE = 4,      /* results nobody waits for (cancels, wake-ups sent) */
     UD_HOOK_TIMER = 5,  /* the handlers layer's timer (core_timer_at) */
     UD_STORE_WRITE = 6, /* the event log's batch write (store.c) */
-    UD_STORE_SYNC = 7,  /* its linked fdatasync (--fsync always) */
     UD_STORE_ISYNC = 8, /* an --fsync interval fdatasync */
     UD_STORE_TIMER = 9, /* the wait for the next interval fdatasync */
     UD_WS_ACCEPT = 10,  /* the multishot accept of the WebSocket listener */
+    /* UD_STORE_SYNC0 + slot: the fdatasync of the written batch in that slot of the event
+     * log's sync queue (--fsync always; store.c) */
+    UD_STORE_SYNC0 = 16,
 };
+#define UD_STORE_SYNC_SLOTS 8
 
 /* Operations of one connection. */
 enum ud_conn_op {
@@ -36,7 +39,7 @@ enum ud_conn_op {
 };
 
 #define UD_OP_MASK  0xfull
-#define UD_CONN_MIN 16u /* connections are 16-byte aligned: their pointers are >= 16 */
+#define UD_CONN_MIN 64u /* connections are 16-byte aligned heap pointers, far above 64 */
 
 static inline uint64_t ud_of_conn(const struct conn *c, enum ud_conn_op op)
 {

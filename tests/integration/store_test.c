@@ -15,7 +15,9 @@
 // - one nexusd per directory (lock); the shard count cannot change.
 // - NEXUS_TEST_LOG_FAIL=fsync:3 / write:3 and a full filesystem (a 2 MiB tmpfs, when root):
 //   storage_failed / storage_full, never an ack for an event not in the log, ping and subscribe
-//   still served.
+//   still served; a sync failing among others in flight (--fsync-depth 8, pipelined emits):
+//   acknowledgements stop at the failed batch, none after, and the subscriber sees exactly the
+//   acknowledged events.
 // Environment: NEXUS_KILL9_CYCLES (default 20), NEXUS_KILL9_SEED (default: time), NEXUS_STORE_ONLY
 // (run only the test whose name contains it, e.g. "kill9": scripts/kill9-loop).
 #include <pthread.h>
@@ -916,6 +918,67 @@ static void test_fsync_fails(void **state)
 {
     (void)state;
     run_injected_failure("fsync:3");
+}
+
+/* The sync queue (docs/ARCHITECTURE.md, "The event log"): with --fsync-depth 8 and emits
+ * pipelined, the 8th fdatasync fails while others are in flight. The acknowledgements form a
+ * prefix — every answer after the first storage_failed is one too, even for batches whose own
+ * sync succeeded — every acknowledged event is in the log, and the subscriber sees exactly the
+ * acknowledged events. */
+static void test_fsync_fails_in_the_queue(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    int64_t camp = h_campaign_on(0, SHARDS, 97400);
+    setenv("NEXUS_TEST_LOG_FAIL", "fsync:8", 1);
+    const char *flags[] = {"--fsync-depth", "8", NULL};
+    int log_fd;
+    struct broker_proc b = start_captured(dir, NULL, flags, &log_fd);
+    unsetenv("NEXUS_TEST_LOG_FAIL");
+    struct nexus_client *sub = h_connect_on(&b, 0);
+    assert_non_null(sub);
+    assert_int_equal(nexus_subscribe_sync(sub, camp, NULL, 0, NULL, NULL, NULL, 5000), 1);
+    struct nexus_client *c = h_connect_on(&b, 0);
+    assert_non_null(c);
+    struct seen_vec acked = {0};
+    int errors = 0;
+    /* A window of 16: many small batches, so that far more than 8 syncs are asked for. */
+    stream_until_refused(c, camp, 1, 3000, 16, 100, "storage_failed", &acked, &errors);
+    if (acked.n == 0 || errors == 0 || acked.n + (size_t)errors != 3000)
+        fail_msg("acked %zu, storage_failed %d: want some of each, 3000 in all", acked.n, errors);
+    for (size_t i = 0; i < acked.n; i++) /* a prefix: no later batch acknowledged past a hole */
+        if (acked.v[i].seq != i + 1)
+            fail_msg("acknowledgement %zu has sequence %" PRIu64, i, acked.v[i].seq);
+    assert_int_equal(h_ping(sub, 5000), 1);
+    struct seen_vec got = {0};
+    struct nexus_frame f;
+    while (nexus_recv(sub, &f, 0) == 1)
+        if (f.kind == CODEC_KIND_EVENT)
+            seen_add(&got, f.u.event.campaign_id, f.u.event.sequence,
+                     st_key_of(f.u.event.event_id));
+    if (got.n != acked.n)
+        fail_msg("the subscriber got %zu events, want the %zu acknowledged", got.n, acked.n);
+    for (size_t i = 0; i < got.n; i++)
+        if (got.v[i].seq != acked.v[i].seq || got.v[i].key != acked.v[i].key)
+            fail_msg("delivery %zu: seq %" PRIu64 ", acknowledged seq %" PRIu64, i, got.v[i].seq,
+                     acked.v[i].seq);
+    nexus_close(c);
+    nexus_close(sub);
+    assert_int_equal(h_stop(&b), 0);
+    close(log_fd);
+    struct st_log L;
+    st_scan(&L, dir, SHARDS);
+    assert_false(L.stopped);
+    st_check_sequences(&L);
+    st_check_seen(&L, acked.v, acked.n, "acknowledged");
+    print_message("fsync:8 with --fsync-depth 8: %zu acknowledged, then %d storage_failed; the "
+                  "subscriber got exactly the %zu\n",
+                  acked.n, errors, got.n);
+    st_log_free(&L);
+    free(acked.v);
+    free(got.v);
+    st_rmtree(dir);
 }
 
 static void test_write_fails(void **state)
@@ -1881,6 +1944,10 @@ static void test_retention(void **state)
                  'A' + k, (unsigned)sh);
         check_resume_gap(&b, (uint32_t)sh, camps[k], lo[k] ? lo[k] : next[k], next[k] - 1,
                          key_base[k], what);
+    }
+    /* Emits only after every resume: the first may roll a full segment, and retention then
+     * deletes the oldest one (the ranges above would move). */
+    for (int k = 0; k < NC; k++) {
         expect_next(&b, camps[k], next[k], key_base[k] + next[k]);
         next[k]++;
     }
@@ -1991,6 +2058,7 @@ int main(void)
         cmocka_unit_test_teardown(test_interval_sync_and_roll, st_teardown),
         cmocka_unit_test_teardown(test_fsync_fails, st_teardown),
         cmocka_unit_test_teardown(test_write_fails, st_teardown),
+        cmocka_unit_test_teardown(test_fsync_fails_in_the_queue, st_teardown),
         cmocka_unit_test_teardown(test_disk_full, disk_full_teardown),
         cmocka_unit_test_teardown(test_resume_after_restart, st_teardown),
         cmocka_unit_test_teardown(test_resume_concurrent, st_teardown),
