@@ -640,6 +640,7 @@ void shard_cqe(struct shard *s, struct io_uring_cqe *cqe)
             shard_tick(s);
             break;
         case UD_STORE_WRITE:
+        case UD_STORE_PREP:
         case UD_STORE_ISYNC:
         case UD_STORE_TIMER:
             store_cqe(s, ud, cqe->res);

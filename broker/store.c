@@ -3,7 +3,9 @@
 // The shard's event log (store.h). Layout (docs/OPERATIONS.md, "Data directory"):
 //   DIR/meta                      "nexus-data 1\nshards N\n"
 //   DIR/shard-NNN/OFFSET.seg      records (codec/logrec.h); OFFSET (20 digits) is the logical
-//                                 byte offset of the segment's first record in the shard's log
+//                                 byte offset of the segment's first record in the shard's log;
+//                                 zero bytes may follow the last record (preallocated)
+//   DIR/shard-NNN/next.tmp        the next segment, being zero-filled (renamed at the roll)
 // One batch is written at a time: records of a loop pass go to `cur`; store_flush moves `cur`
 // to `inflight` and submits one write. With --fsync interval a batch is released once written;
 // with --fsync always it then waits in the sync queue for an fdatasync issued after its write
@@ -43,6 +45,12 @@
 
 enum defer_kind { DEFER_FANOUT, DEFER_FRAME };
 enum sq_state { SQ_SYNCING, SQ_SYNCED, SQ_FAILED };
+/* The next segment's preparation (prep_start): none, zero-filling, syncing, ready, or given up
+ * until the next roll (an error: segments are then appended, as without it). */
+enum prep_state { PREP_NONE, PREP_ZEROING, PREP_SYNCING, PREP_READY, PREP_OFF };
+#define PREP_NAME  "next.tmp"
+#define PREP_CHUNK (1u << 20)
+#define PREP_MAX   (1ull << 30) /* a larger --segment-bytes is zero-filled this far */
 
 struct deferred {
     uint8_t kind;
@@ -66,6 +74,12 @@ struct store {
     int dir_fd, seg_fd;
     uint64_t seg_base; /* logical offset of the open segment's first byte */
     uint64_t seg_len;  /* bytes in it, written or being written */
+    /* The next segment, zero-filled ahead of its use: writes into blocks that already hold
+     * written zeros change no file size and no extent, so their fdatasync flushes data only,
+     * without a journal commit (docs/OPERATIONS.md, "Data directory"). */
+    int prep_fd;
+    uint8_t prep_state; /* enum prep_state */
+    uint64_t prep_done; /* bytes zero-filled */
     struct batch cur, inflight;
     bool writing; /* inflight holds a batch being written */
     /* --fsync always: written batches waiting for their fdatasync, oldest first (a ring). */
@@ -327,6 +341,22 @@ static bool valid_after(const uint8_t *buf, size_t len, size_t from)
         if (logrec_decode(buf + p, len - p, &r, &used) == LOGREC_OK)
             return true;
     return false;
+}
+
+/* Whether buf[0..len) is all zero bytes: the preallocated end of a segment, not damage. */
+static bool all_zero(const uint8_t *buf, size_t len)
+{
+    size_t i = 0;
+    for (; i < len && ((uintptr_t)(buf + i) & 7); i++)
+        if (buf[i])
+            return false;
+    for (; i + 8 <= len; i += 8)
+        if (*(const uint64_t *)(buf + i))
+            return false;
+    for (; i < len; i++)
+        if (buf[i])
+            return false;
+    return true;
 }
 
 static int floor_raise(struct store *st, int64_t id, uint64_t seq)
@@ -681,7 +711,7 @@ static int recover(struct shard *s, uint64_t **segs_out, int *n_out)
             free(segs);
             return r;
         }
-        if (good < len) {
+        if (good < len && !all_zero(buf + good, len - good)) {
             bool middle = i < n - 1 || valid_after(buf, len, good);
             char name[32];
             seg_name(name, segs[i]);
@@ -722,8 +752,9 @@ static int recover(struct shard *s, uint64_t **segs_out, int *n_out)
     return 0;
 }
 
-/* Opens (creating) the segment starting at logical offset off for appending. */
-static int open_segment(struct shard *s, uint64_t off)
+/* Opens (creating) the segment starting at logical offset off for appending after its first
+ * `content` bytes (what follows them, if anything, is preallocated zeros). */
+static int open_segment(struct shard *s, uint64_t off, uint64_t content)
 {
     struct store *st = s->store;
     char name[32];
@@ -741,7 +772,7 @@ static int open_segment(struct shard *s, uint64_t off)
         close(st->seg_fd);
     st->seg_fd = fd;
     st->seg_base = off;
-    st->seg_len = (uint64_t)sb.st_size;
+    st->seg_len = content;
     return 0;
 }
 
@@ -798,7 +829,7 @@ int store_open(struct shard *s)
     struct store *st = calloc(1, sizeof(*st));
     if (!st)
         return -ENOMEM;
-    st->seg_fd = st->dir_fd = -1;
+    st->seg_fd = st->dir_fd = st->prep_fd = -1;
     map_init(&st->floor);
     map_init(&st->restore);
     map_init(&st->index);
@@ -817,7 +848,10 @@ int store_open(struct shard *s)
     int r = recover(s, &segs, &n);
     if (r < 0)
         return -EIO;
-    r = open_segment(s, n ? segs[n - 1] : 0);
+    if (unlinkat(st->dir_fd, PREP_NAME, 0) != 0 && errno != ENOENT) /* a crash's, half done */
+        log_warn((int)s->index, "log: cannot delete %s/shard-%03u/" PREP_NAME ": %s", g_dir,
+                 s->index, strerror(errno));
+    r = open_segment(s, n ? segs[n - 1] : 0, st->nsegs ? st->segs[st->nsegs - 1].bytes : 0);
     if (r == 0 && st->nsegs == 0)
         r = seg_push(st, 0, 0, 0);
     free(segs);
@@ -1022,10 +1056,87 @@ static int roll(struct shard *s)
         st->last_sync_ns = shard_now_ns();
     }
     uint64_t base = st->seg_base + st->seg_len;
-    if (open_segment(s, base) < 0 || seg_push(st, base, 0, 0) < 0)
+    if (st->prep_state == PREP_READY) {
+        char name[32];
+        seg_name(name, base);
+        close(st->prep_fd);
+        st->prep_fd = -1;
+        st->prep_state = PREP_NONE;
+        if (renameat(st->dir_fd, PREP_NAME, st->dir_fd, name) != 0)
+            log_warn((int)s->index, "log: cannot rename " PREP_NAME " to %s: %s", name,
+                     strerror(errno)); /* open_segment creates an empty one */
+    } else if (st->prep_state == PREP_OFF) {
+        st->prep_state = PREP_NONE; /* try again for the next one */
+    }
+    if (open_segment(s, base, 0) < 0 || seg_push(st, base, 0, 0) < 0)
         return -EIO;
     retain(s);
     return 0;
+}
+
+/* Zero-fills the next segment once the open one is half full: one PREP_CHUNK write at a time
+ * through the ring, then an fdatasync (so that its blocks are allocated and written on disk
+ * before the log writes into them). Any error gives up until the next roll: segments are
+ * then appended to, slower to sync but the same on disk. */
+static uint64_t prep_target(const struct shard *s)
+{
+    return s->cfg->segment_bytes < PREP_MAX ? s->cfg->segment_bytes : PREP_MAX;
+}
+
+static void prep_submit(struct shard *s)
+{
+    static const uint8_t zeros[PREP_CHUNK];
+    struct store *st = s->store;
+    struct io_uring_sqe *sqe = shard_sqe(s);
+    if (st->prep_state == PREP_ZEROING) {
+        uint64_t left = prep_target(s) - st->prep_done;
+        io_uring_prep_write(sqe, st->prep_fd, zeros,
+                            left < PREP_CHUNK ? (unsigned)left : PREP_CHUNK, st->prep_done);
+    } else {
+        io_uring_prep_fsync(sqe, st->prep_fd, IORING_FSYNC_DATASYNC);
+    }
+    io_uring_sqe_set_data64(sqe, UD_STORE_PREP);
+}
+
+static void prep_start(struct shard *s)
+{
+    struct store *st = s->store;
+    if (st->prep_state != PREP_NONE || st->refusal || st->seg_len < s->cfg->segment_bytes / 2)
+        return;
+    st->prep_fd = openat(st->dir_fd, PREP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (st->prep_fd < 0) {
+        log_warn((int)s->index, "log: cannot create %s/shard-%03u/" PREP_NAME ": %s", g_dir,
+                 s->index, strerror(errno));
+        st->prep_state = PREP_OFF;
+        return;
+    }
+    st->prep_done = 0;
+    st->prep_state = PREP_ZEROING;
+    prep_submit(s);
+}
+
+static void prep_cqe(struct shard *s, int res)
+{
+    struct store *st = s->store;
+    if (res < 0 || (res == 0 && st->prep_state == PREP_ZEROING)) {
+        log_warn((int)s->index,
+                 "log: zero-filling the next segment of shard %u failed (%s): it will be "
+                 "appended to instead",
+                 s->index, strerror(res < 0 ? -res : EIO));
+        close(st->prep_fd);
+        st->prep_fd = -1;
+        unlinkat(st->dir_fd, PREP_NAME, 0);
+        st->prep_state = PREP_OFF;
+        return;
+    }
+    if (st->prep_state == PREP_SYNCING) {
+        st->prep_state = PREP_READY;
+        return;
+    }
+    st->prep_done += (uint64_t)res;
+    if (st->prep_done >= prep_target(s))
+        st->prep_state = PREP_SYNCING;
+    prep_submit(s);
 }
 
 /* Releases the current batch without writing it: it holds no record (what waits may go at
@@ -1107,6 +1218,7 @@ void store_flush(struct shard *s)
     else if (step == FLUSH_WRITE)
         start_write(s);
     store_interval_sync(s);
+    prep_start(s);
     if (s->cfg->retain_age_s && !st->writing && !st->sq_n) {
         int64_t now = shard_now_ns();
         if (now - st->retain_check_ns >= 1000000000) {
@@ -1195,6 +1307,10 @@ void store_cqe(struct shard *s, uint64_t ud, int res)
         write_cqe(s, res);
         return;
     }
+    if (ud == UD_STORE_PREP) {
+        prep_cqe(s, res);
+        return;
+    }
     bool isync = ud == UD_STORE_ISYNC;
     stat_bump(s, st_syncs, 1);
     if (g_fail_sync && res >= 0 && ++st->syncs == g_fail_sync)
@@ -1236,6 +1352,8 @@ void store_close(struct shard *s)
     }
     if (st->seg_fd >= 0)
         close(st->seg_fd);
+    if (st->prep_fd >= 0)
+        close(st->prep_fd); /* PREP_NAME stays: the next start deletes it */
     if (st->dir_fd >= 0)
         close(st->dir_fd);
     map_free(&st->floor);

@@ -25,6 +25,7 @@ enum ud_shard_op {
     UD_STORE_ISYNC = 8, /* an --fsync interval fdatasync */
     UD_STORE_TIMER = 9, /* the wait for the next interval fdatasync */
     UD_WS_ACCEPT = 10,  /* the multishot accept of the WebSocket listener */
+    UD_STORE_PREP = 11, /* a write or sync zero-filling the event log's next segment */
     /* UD_STORE_SYNC0 + slot: the fdatasync of the written batch in that slot of the event
      * log's sync queue (--fsync always; store.c) */
     UD_STORE_SYNC0 = 16,

@@ -1988,6 +1988,78 @@ static void test_retention(void **state)
 
 /* --retain-age 1s: a segment whose newest event is older than a second is deleted once the
  * shard has rolled past it; a fresh one is not. */
+/* Preallocated segments (docs/OPERATIONS.md, "Data directory"): once the open segment is half
+ * full the next one is zero-filled as next.tmp and renamed at the roll, so the newest segment
+ * is a full-size file of which only the front holds records. kill -9 then: recovery reads the
+ * zero end as the end of the log (nothing cut, every record counted, the stale next.tmp
+ * deleted, the campaign goes on); a stray byte in that zero end is still damage (cut as a
+ * torn tail, counted). */
+static void test_preallocated_segments(void **state)
+{
+    (void)state;
+    char dir[256], next_tmp[600];
+    st_mkdtemp(dir, sizeof(dir));
+    snprintf(next_tmp, sizeof(next_tmp), "%s/shard-000/next.tmp", dir);
+    int64_t camp = h_campaign_on(0, SHARDS, 98300);
+    const uint64_t key_base = 7ull << 40;
+    uint64_t next = 1;
+    const char *flags[] = {"--segment-bytes", "1M", NULL};
+    uint16_t mport;
+    struct broker_proc b = st_start(dir, SHARDS, &mport, flags);
+    struct nexus_client *c = h_connect(&b, NULL);
+    assert_non_null(c);
+    ret_emit(c, camp, key_base, 600, &next); /* ~0.65 MB: past half a segment */
+    struct stat sb = {0};
+    for (int i = 0; i < 100 && (stat(next_tmp, &sb) != 0 || sb.st_size < (1 << 20)); i++)
+        usleep(50 * 1000);
+    if (sb.st_size != (1 << 20))
+        fail_msg("next.tmp: %lld bytes after 5 s, want 1 MiB of zeros", (long long)sb.st_size);
+    usleep(500 * 1000);                      /* its fdatasync */
+    ret_emit(c, camp, key_base, 500, &next); /* rolls into it, ~0.15 MB in */
+    nexus_close(c);
+    assert_int_equal(kill(b.pid, SIGKILL), 0);
+    assert_int_equal(h_wait_exit(&b, 10000), 128 + SIGKILL);
+
+    struct st_log L;
+    st_scan(&L, dir, SHARDS);
+    assert_false(L.stopped);
+    assert_int_equal(L.n, 1100);
+    uint32_t segs[64];
+    size_t ns = st_shard_segs(&L, 0, segs, 64);
+    assert_true(ns >= 2);
+    struct st_seg *last = &L.segs[segs[ns - 1]];
+    assert_int_equal(stat(last->path, &sb), 0);
+    if (sb.st_size != (1 << 20) || last->size == 0 || last->size >= (uint64_t)sb.st_size)
+        fail_msg("newest segment: %lld bytes, %" PRIu64 " of records; want 1 MiB, partly used",
+                 (long long)sb.st_size, last->size);
+    uint64_t content = last->size;
+    char path[1200];
+    snprintf(path, sizeof(path), "%s", last->path);
+    st_log_free(&L);
+
+    b = st_start(dir, SHARDS, &mport, flags);
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_recovered_records"), 1100);
+    assert_int_equal((uint64_t)hx_metric(mport, "nexus_log_truncated_bytes_total"), 0);
+    if (file_exists(next_tmp))
+        fail_msg("the half-made next.tmp of the killed nexusd is still there");
+    expect_next(&b, camp, 1101, key_base + 1101);
+    assert_int_equal(h_stop(&b), 0);
+
+    /* A stray byte 4 KiB past the records (the one emit above took ~1.1 KiB of the zeros). */
+    st_flip(path, content + 4096);
+    b = st_start(dir, SHARDS, &mport, flags);
+    double cut = hx_metric(mport, "nexus_log_truncated_bytes_total");
+    if (cut <= 0)
+        fail_msg("a byte flipped in the zero end of %s was not cut", path);
+    expect_next(&b, camp, 1102, key_base + 1102);
+    assert_int_equal(h_stop(&b), 0);
+    print_message("preallocated: newest segment 1 MiB with %" PRIu64 " bytes of records; after "
+                  "kill -9 1100 recovered, 0 cut, next.tmp gone; a flipped byte in the zero end: "
+                  "%.0f bytes cut\n",
+                  content, cut);
+    st_rmtree(dir);
+}
+
 static void test_retention_age(void **state)
 {
     (void)state;
@@ -2068,6 +2140,7 @@ int main(void)
         cmocka_unit_test_teardown(test_resume_errors, st_teardown),
         cmocka_unit_test_teardown(test_retention, st_teardown),
         cmocka_unit_test_teardown(test_retention_age, st_teardown),
+        cmocka_unit_test_teardown(test_preallocated_segments, st_teardown),
     };
     const char *only = getenv("NEXUS_STORE_ONLY");
     if (only && *only) {

@@ -210,7 +210,7 @@ struct st_rec {
 struct st_seg {
     uint32_t shard;
     uint64_t base; /* the offset in its name */
-    uint64_t size; /* file size */
+    uint64_t size; /* bytes of records: the file size less a preallocated zero end */
     char path[1200];
 };
 
@@ -314,6 +314,13 @@ static inline void st_scan_segment(struct st_log *L, uint32_t segi, bool last)
         size_t used;
         int got = logrec_decode(buf + pos, len - pos, &r, &used);
         if (got != LOGREC_OK) {
+            size_t z = pos;
+            while (z < len && buf[z] == 0)
+                z++;
+            if (z == len) { /* the preallocated end of the segment: not damage */
+                sg->size = pos;
+                break;
+            }
             L->stops++;
             if (!L->stopped) {
                 L->stopped = true;
