@@ -1074,10 +1074,6 @@ static int roll(struct shard *s)
     return 0;
 }
 
-/* Zero-fills the next segment once the open one is half full: one PREP_CHUNK write at a time
- * through the ring, then an fdatasync (so that its blocks are allocated and written on disk
- * before the log writes into them). Any error gives up until the next roll: segments are
- * then appended to, slower to sync but the same on disk. */
 static uint64_t prep_target(const struct shard *s)
 {
     return s->cfg->segment_bytes < PREP_MAX ? s->cfg->segment_bytes : PREP_MAX;
@@ -1098,6 +1094,10 @@ static void prep_submit(struct shard *s)
     io_uring_sqe_set_data64(sqe, UD_STORE_PREP);
 }
 
+/* Zero-fills the next segment once the open one is half full: one PREP_CHUNK write at a time
+ * through the ring, then an fdatasync (so that its blocks are allocated and written on disk
+ * before the log writes into them). Any error gives up until the next roll: segments are
+ * then appended to, slower to sync but the same on disk. */
 static void prep_start(struct shard *s)
 {
     struct store *st = s->store;
