@@ -189,6 +189,20 @@ static const struct config_setting *find_ext(const char *name, size_t len)
     return NULL;
 }
 
+/* The event log's defaults (docs/OPERATIONS.md, "Data directory"). */
+static void config_defaults_log(struct config *c)
+{
+    /* 64 MiB segments: retention deletes whole files, and a recovery scan reads one at a
+     * time; ~500k small events each. */
+    c->segment_bytes = 64u << 20;
+    /* 4 fdatasyncs in flight: on the disks measured, two concurrent syncs of one file complete
+     * 1.6x as many per second as one, four 2.2x (docs/BENCHMARKS.md). */
+    c->fsync_depth = 4;
+    /* 16 GiB of log per shard: days of a busy campaign set, and a bound on a disk that would
+     * otherwise fill (docs/OPERATIONS.md, "Data directory"). */
+    c->retain_bytes = 16ull << 30;
+}
+
 void config_defaults(struct config *c)
 {
     memset(c, 0, sizeof(*c));
@@ -227,15 +241,7 @@ void config_defaults(struct config *c)
     /* With --token or --accounts, 2 s to be authenticated, TLS handshake included (NATS's
      * auth_timeout): an unauthenticated socket holds a slot and a little memory, nothing else. */
     c->auth_timeout_ms = 2000;
-    /* 64 MiB segments: retention deletes whole files, and a recovery scan reads one at a
-     * time; ~500k small events each. */
-    c->segment_bytes = 64u << 20;
-    /* 4 fdatasyncs in flight: on the disks measured, two concurrent syncs of one file complete
-     * 1.6x as many per second as one, four 2.2x (docs/BENCHMARKS.md). */
-    c->fsync_depth = 4;
-    /* 16 GiB of log per shard: days of a busy campaign set, and a bound on a disk that would
-     * otherwise fill (docs/OPERATIONS.md, "Data directory"). */
-    c->retain_bytes = 16ull << 30;
+    config_defaults_log(c);
     /* 10 s for a frame to complete once started: a 1 MiB frame then needs 100 KiB/s, which any
      * live client sustains, while a trickler holding a frame buffer is cut off. */
     c->frame_timeout_ms = 10000;

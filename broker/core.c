@@ -100,7 +100,7 @@ int core_log_scan(struct shard *s, const struct campaign *cp, uint64_t from, uin
                   void (*ev)(void *arg, struct oframe *f),
                   void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg)
 {
-    return store_scan(s, cp->id, from, to, ev, gap, arg);
+    return store_scan(s, cp->id, from, to, 0, NULL, ev, gap, arg);
 }
 
 void **core_campaign_slot(struct campaign *cp)

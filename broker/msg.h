@@ -22,6 +22,10 @@ enum msg_kind {
     MSG_CONN_GONE,    /* req: arg = connection id that closed (requests it held end) */
     MSG_HOOK_REQ,     /* req: for the handlers layer (aux: its own kind) */
     MSG_HOOK_DEL,     /* del: for the handlers layer (aux: its own kind) */
+    MSG_REPLAY_PAUSE, /* del: arg = connection id, ptr = subscription id (a number): the owner
+                         paused that subscription's replay; ask for more once its connection's
+                         queue is short (pubsub.c, "Paced replay") */
+    MSG_REPLAY_MORE,  /* req: aux = asking shard, ptr = subscription id: go on with its replay */
 };
 
 /* Longest user id a subscription may filter on. */

@@ -359,19 +359,6 @@ static bool match_sub(const void *arg, const struct oframe *f)
     return sub_matches(arg, f);
 }
 
-/* Owner side: the campaign's logged events from `from` up to the last one already fanned out
- * (the later ones reach the new subscription live), to the subscriber's connection. */
-static void replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t conn_id,
-                   bool (*match)(const void *, const struct oframe *), const void *arg)
-{
-    struct campaign *cp = campaign_get(s, campaign_id, false, NULL);
-    uint64_t to = cp ? cp->released : store_floor(s, campaign_id);
-    int r = store_replay(s, campaign_id, from, to, conn_id, match, arg);
-    if (r < 0)
-        log_error((int)s->index, "replay of campaign %lld for connection %llu failed: %s",
-                  (long long)campaign_id, (unsigned long long)conn_id, strerror(-r));
-}
-
 static bool list_any_match(const struct sub_list *l, const struct evtype *t, const char *ts,
                            const uint8_t *u, uint32_t ul)
 {
@@ -460,6 +447,11 @@ static void list_remove(struct sub_list *l, struct sub *sb)
     l->v[i] = l->v[--l->count];
     l->v[i]->list_pos = i;
 }
+
+static void replay_begin(struct shard *s, uint32_t shard, uint64_t conn_id, uint64_t sub_id,
+                         int64_t campaign_id, uint64_t from, uint64_t corr,
+                         struct interest_msg *im);
+static void replay_cancel(struct shard *s, uint32_t shard, uint64_t sub_id);
 
 static void send_sub_ack(struct conn *c, uint64_t corr, uint64_t id)
 {
@@ -657,6 +649,7 @@ static void sub_drop(struct conn *c, uint32_t i)
         free(l->v);
         free(l);
     }
+    replay_cancel(s, s->index, sb->id); /* a local replay of it, if one is going on */
     if (interest_send_all(s, sb, sub_owners(s, sb), -1, 0) < 0)
         log_error((int)s->index,
                   "out of memory withdrawing subscription %llu: its owner keeps routing its "
@@ -703,11 +696,12 @@ void pubsub_subscribe(struct conn *c, uint64_t corr, const uint8_t *body, uint32
      * here; events sequenced after the ack are then certain to arrive. */
     uint64_t owners = sub_owners(s, sb);
     sb->acks_pending = (uint32_t)__builtin_popcountll(owners);
-    sb->replaying = owners && sb->from_seq;
+    sb->replaying = sb->from_seq != 0;
     if (owners == 0) {
-        if (sb->from_seq)
-            replay(s, sb->campaign_id, sb->from_seq, c->id, match_sub, sb);
-        send_sub_ack(c, corr, sb->id);
+        if (sb->from_seq) /* the ack follows the replay */
+            replay_begin(s, s->index, c->id, sb->id, sb->campaign_id, sb->from_seq, corr, NULL);
+        else
+            send_sub_ack(c, corr, sb->id);
     } else if (interest_send_all(s, sb, owners, +1, corr) < 0) {
         sub_drop(c, c->sub_count - 1);
         conn_error(c, corr, "internal", "out of memory registering the subscription");
@@ -786,17 +780,16 @@ static void interest_count(uint32_t *count, uint64_t *mask, uint32_t from, int32
         *mask &= ~(1ull << from);
 }
 
-static bool match_interest(const void *arg, const struct oframe *f)
+static bool match_remote(const void *arg, const struct oframe *f)
 {
-    const struct interest_msg *im = arg;
-    return filter_matches(im->patterns, im->pattern_count, im->user_id, im->user_id_len, &f->type,
+    const struct remote_sub *r = arg;
+    return filter_matches(r->patterns, r->pattern_count, r->user_id, r->user_id_len, &f->type,
                           f->type_str, f->user_id, f->user_id_len);
 }
 
 void pubsub_interest(struct shard *s, struct interest_msg *im)
 {
     uint32_t from = im->from_shard;
-    struct evpattern *pats = im->patterns; /* for the replay: still alive in the summary */
     NX_ASSERT(from < s->broker->shard_count && from != s->index);
     NX_ASSERT(im->delta == 1 || im->delta == -1);
     if (im->campaign_id == 0) {
@@ -818,15 +811,15 @@ void pubsub_interest(struct shard *s, struct interest_msg *im)
         im->status = r < 0 ? r : 0;
     }
     if (im->delta < 0) {
+        replay_cancel(s, from, im->sub_id);
         interest_msg_free(im);
         return;
     }
     if (im->status == 0 && im->from_seq) {
-        /* remote_update moved the filter into the campaign's summary (where it stays): match
-         * the replay against it there. */
-        im->patterns = pats;
-        replay(s, im->campaign_id, im->from_seq, im->conn_id, match_interest, im);
-        im->patterns = NULL;
+        /* The cursor keeps im and sends it back as the ack once the replay is through. */
+        replay_begin(s, from, im->conn_id, im->sub_id, im->campaign_id, im->from_seq,
+                     im->correlation, im);
+        return;
     }
     struct ring_msg m = {.kind = MSG_INTEREST_ACK, .ptr = im};
     if (shard_send(s, from, CORE_DELIVERY, &m) < 0)
@@ -905,6 +898,217 @@ void pubsub_sweep_campaigns(struct shard *s, int64_t now)
     }
 }
 
+/* ---- paced replay ------------------------------------------------------------------------ */
+
+/* A subscription with from_sequence is replayed from the log in steps of about
+ * REPLAY_STEP_BYTES of frames, on the campaign's owner. After each step the owner pauses
+ * until the subscriber's shard asks for more, which it does once the connection's queue is
+ * below REPLAY_STEP_BYTES: so a replay of any length holds about two steps in memory and never
+ * meets --max-outbound-bytes, and a slow reader slows its own replay only. Live events skip
+ * the subscription meanwhile (sb->replaying); each step reads up to the campaign's last
+ * released sequence as it is then, so events released during the replay come from the log,
+ * and the step that reaches it ends the replay and sends the acknowledgement (after every
+ * replayed frame, before any later live event) in the same pass. docs/ARCHITECTURE.md,
+ * "Resume". */
+#define REPLAY_STEP_BYTES (512u << 10)
+
+struct replay_cur {
+    int64_t campaign_id;
+    uint64_t next; /* the next sequence to read */
+    uint64_t conn_id, sub_id, correlation;
+    uint32_t shard;          /* the subscriber's */
+    struct interest_msg *im; /* another shard's subscription: its +1, sent back as the ack */
+};
+
+static uint64_t replay_key(uint32_t shard, uint64_t sub_id)
+{
+    return sub_id << 6 | shard; /* shard < CONFIG_SHARDS_MAX (64) */
+}
+
+static size_t replay_step_bytes(const struct shard *s)
+{
+    size_t q = s->cfg->outbound_bytes_max / 4;
+    return q < REPLAY_STEP_BYTES ? q : REPLAY_STEP_BYTES;
+}
+
+static struct sub *sub_of_conn(struct conn *c, uint64_t sub_id)
+{
+    for (uint32_t i = 0; c && i < c->sub_count; i++)
+        if (c->subs[i]->id == sub_id)
+            return c->subs[i];
+    return NULL;
+}
+
+static const struct remote_sub *remote_find(const struct remote_subs *rs, uint32_t shard,
+                                            uint64_t sub_id)
+{
+    for (uint32_t i = 0; i < rs->count; i++)
+        if (rs->v[i].shard == shard && rs->v[i].sub_id == sub_id)
+            return &rs->v[i];
+    return NULL;
+}
+
+static void replay_free(struct shard *s, struct replay_cur *rc)
+{
+    map_del(&s->replays, replay_key(rc->shard, rc->sub_id));
+    if (rc->im)
+        interest_msg_free(rc->im);
+    free(rc);
+}
+
+static void ask_add(struct shard *s, uint64_t conn_id, uint64_t sub_id)
+{
+    if (GROW(s->asks, s->cap_asks, s->nasks + 1, 8) < 0) {
+        log_error((int)s->index, "out of memory pausing a replay: subscription %llu stays paused",
+                  (unsigned long long)sub_id);
+        return;
+    }
+    s->asks[s->nasks++] = (struct replay_ask){conn_id, sub_id};
+}
+
+/* The replay is through: the subscription goes live with its acknowledgement. */
+static void replay_done(struct shard *s, struct replay_cur *rc)
+{
+    if (rc->im) {
+        struct ring_msg m = {.kind = MSG_INTEREST_ACK, .ptr = rc->im};
+        if (shard_send(s, rc->shard, CORE_DELIVERY, &m) == 0)
+            rc->im = NULL; /* else freed below; the subscriber waits for its ack */
+    } else {
+        struct conn *c = conn_lookup(s, rc->conn_id);
+        struct sub *sb = sub_of_conn(c, rc->sub_id);
+        if (sb) {
+            sb->replaying = false;
+            send_sub_ack(c, rc->correlation, sb->id);
+        }
+    }
+    replay_free(s, rc);
+}
+
+static void replay_step(struct shard *s, struct replay_cur *rc)
+{
+    struct campaign *cp = campaign_get(s, rc->campaign_id, false, NULL);
+    uint64_t to = cp ? cp->released : store_floor(s, rc->campaign_id);
+    const void *arg;
+    if (rc->im)
+        arg = cp ? remote_find(&cp->remote, rc->shard, rc->sub_id) : NULL;
+    else
+        arg = sub_of_conn(conn_lookup(s, rc->conn_id), rc->sub_id);
+    if (!arg) { /* withdrawn meanwhile (its -1 is on the way, or was handled) */
+        replay_free(s, rc);
+        return;
+    }
+    uint64_t next;
+    int r = store_replay(s, rc->campaign_id, rc->next, to, replay_step_bytes(s), &next, rc->conn_id,
+                         rc->im ? match_remote : match_sub, arg);
+    if (r < 0) {
+        log_error((int)s->index, "replay of campaign %lld for connection %llu failed: %s",
+                  (long long)rc->campaign_id, (unsigned long long)rc->conn_id, strerror(-r));
+        next = to + 1; /* the subscription goes live */
+    }
+    rc->next = next;
+    if (next > to) {
+        replay_done(s, rc);
+    } else if (rc->shard == s->index) {
+        ask_add(s, rc->conn_id, rc->sub_id);
+    } else {
+        struct ring_msg m = {
+            .kind = MSG_REPLAY_PAUSE, .ptr = (void *)(uintptr_t)rc->sub_id, .arg = rc->conn_id};
+        if (shard_send(s, rc->shard, CORE_DELIVERY, &m) < 0)
+            replay_free(s, rc); /* logged by shard_send; the subscriber waits for its ack */
+    }
+}
+
+/* Starts the replay of subscription sub_id of shard `shard` (im: its +1, when that is another
+ * shard) from sequence `from`. */
+static void replay_begin(struct shard *s, uint32_t shard, uint64_t conn_id, uint64_t sub_id,
+                         int64_t campaign_id, uint64_t from, uint64_t corr, struct interest_msg *im)
+{
+    struct replay_cur *rc = calloc(1, sizeof(*rc));
+    if (!rc || map_put(&s->replays, replay_key(shard, sub_id), rc) < 0) {
+        free(rc);
+        log_error((int)s->index,
+                  "out of memory starting a replay: subscription %llu gets no "
+                  "replay",
+                  (unsigned long long)sub_id);
+        if (im) {
+            struct ring_msg m = {.kind = MSG_INTEREST_ACK, .ptr = im};
+            if (shard_send(s, shard, CORE_DELIVERY, &m) < 0)
+                interest_msg_free(im);
+        } else {
+            struct conn *c = conn_lookup(s, conn_id);
+            struct sub *sb = sub_of_conn(c, sub_id);
+            if (sb) {
+                sb->replaying = false;
+                conn_error(c, corr, "internal", "out of memory starting the replay");
+            }
+        }
+        return;
+    }
+    *rc = (struct replay_cur){.campaign_id = campaign_id,
+                              .next = from,
+                              .conn_id = conn_id,
+                              .sub_id = sub_id,
+                              .correlation = corr,
+                              .shard = shard,
+                              .im = im};
+    replay_step(s, rc);
+}
+
+/* The subscription went away: its replay ends without an ack. */
+static void replay_cancel(struct shard *s, uint32_t shard, uint64_t sub_id)
+{
+    struct replay_cur *rc =
+        s->replays.count ? map_get(&s->replays, replay_key(shard, sub_id)) : NULL;
+    if (rc)
+        replay_free(s, rc);
+}
+
+void pubsub_replay_more(struct shard *s, uint32_t from, uint64_t sub_id)
+{
+    struct replay_cur *rc = map_get(&s->replays, replay_key(from, sub_id));
+    if (rc)
+        replay_step(s, rc);
+}
+
+void pubsub_replay_paused(struct shard *s, uint64_t conn_id, uint64_t sub_id)
+{
+    ask_add(s, conn_id, sub_id);
+}
+
+bool pubsub_replay_asks(struct shard *s)
+{
+    uint32_t n = s->nasks; /* asks added by the steps below wait for the next pass */
+    size_t low = replay_step_bytes(s);
+    for (uint32_t i = 0; i < n;) {
+        struct replay_ask a = s->asks[i];
+        struct conn *c = conn_lookup(s, a.conn_id);
+        struct sub *sb = sub_of_conn(c, a.sub_id);
+        if (sb && (c->flags & CONN_DEAD) == 0 && c->q_bytes >= low) {
+            i++; /* its queue is still long: ask in a later pass */
+            continue;
+        }
+        s->asks[i] = s->asks[--n]; /* taken: the last of this pass's asks moves here */
+        s->asks[n] = s->asks[--s->nasks];
+        if (!sb || !sb->replaying || (c->flags & CONN_DEAD))
+            continue;
+        uint32_t owner = shard_of_campaign(s, sb->campaign_id);
+        if (owner == s->index) {
+            pubsub_replay_more(s, s->index, a.sub_id);
+        } else {
+            struct ring_msg m = {
+                .kind = MSG_REPLAY_MORE, .aux = s->index, .ptr = (void *)(uintptr_t)a.sub_id};
+            if (shard_send(s, owner, CORE_REQUEST, &m) < 0)
+                ask_add(s, a.conn_id, a.sub_id); /* try again next pass */
+        }
+    }
+    for (uint32_t i = n; i < s->nasks; i++) { /* added this pass: ready at once? */
+        struct conn *c = conn_lookup(s, s->asks[i].conn_id);
+        if (!c || c->q_bytes < low)
+            return true;
+    }
+    return false;
+}
+
 void pubsub_free_shard(struct shard *s)
 {
     for (uint32_t i = 0; s->campaigns.slots && i <= s->campaigns.mask; i++) {
@@ -923,4 +1127,16 @@ void pubsub_free_shard(struct shard *s)
     map_free(&s->sub_lists);
     free(s->firehose.v);
     remote_free(&s->firehose_remote);
+    for (uint32_t i = 0; s->replays.slots && i <= s->replays.mask; i++) {
+        struct replay_cur *rc = s->replays.slots[i].val;
+        if (rc) {
+            if (rc->im)
+                interest_msg_free(rc->im);
+            free(rc);
+        }
+    }
+    map_free(&s->replays);
+    free(s->asks);
+    s->asks = NULL;
+    s->nasks = s->cap_asks = 0;
 }

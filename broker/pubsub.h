@@ -77,6 +77,15 @@ void core_to_conn_now(struct shard *s, uint64_t conn_id, struct oframe *f);
 void core_error_to_conn_now(struct shard *s, uint64_t conn_id, uint64_t correlation,
                             const char *code, const char *message);
 
+/* Paced replay (a subscription with from_sequence; docs/ARCHITECTURE.md, "Resume"). Owner
+ * side: go on with the replay of subscription sub_id of shard `from` (MSG_REPLAY_MORE).
+ * Subscriber side: its owner paused it (MSG_REPLAY_PAUSE); and, once per loop pass, ask for
+ * more for each paused subscription whose connection's queue is short. Returns true when an
+ * ask is ready but was left for the next pass (the loop must not sleep). */
+void pubsub_replay_more(struct shard *s, uint32_t from, uint64_t sub_id);
+void pubsub_replay_paused(struct shard *s, uint64_t conn_id, uint64_t sub_id);
+bool pubsub_replay_asks(struct shard *s);
+
 /* Processes an emit whose campaign this shard owns: duplicate check, the emit hook, publish,
  * acknowledgement. Slices point into body, which may be a receive buffer (valid during the
  * call only). */

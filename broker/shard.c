@@ -268,6 +268,12 @@ static void handle_msg(struct shard *s, const struct ring_msg *m)
         NX_ASSERT(core_hooks && core_hooks->msg);
         core_hooks->msg(s, m->aux, m->ptr, m->arg);
         break;
+    case MSG_REPLAY_PAUSE:
+        pubsub_replay_paused(s, m->arg, (uint64_t)(uintptr_t)m->ptr);
+        break;
+    case MSG_REPLAY_MORE:
+        pubsub_replay_more(s, m->aux, (uint64_t)(uintptr_t)m->ptr);
+        break;
     default:
         NX_ASSERT(!"unknown ring message kind"); /* only shards of this process write rings */
     }
@@ -741,6 +747,7 @@ int shard_init(struct shard *s)
     map_init(&s->conns);
     map_init(&s->campaigns);
     map_init(&s->sub_lists);
+    map_init(&s->replays);
     s->assembly_left = s->cfg->assembly_bytes_max;
     return shard_setup_ring(s);
 }
@@ -832,6 +839,8 @@ void shard_loop(struct shard *s)
 
         bool busy = shard_poll_rings(s);
         auth_poll(s);
+        if (s->nasks && pubsub_replay_asks(s))
+            busy = true;
         shard_run_lists(s);
         /* The batch of this pass goes to the disk; what it released (frames held behind the
          * log with nothing to write) is sent in this pass too, not after a sleep. */
@@ -863,6 +872,8 @@ static void shard_msg_free(const struct ring_msg *m)
         oframe_unref(m->ptr);
         break;
     case MSG_CONN_GONE:
+    case MSG_REPLAY_PAUSE:
+    case MSG_REPLAY_MORE:
         break;
     case MSG_HOOK_REQ:
     case MSG_HOOK_DEL:

@@ -63,7 +63,14 @@ struct shard {
     uint32_t clock_uses;
 
     struct remote_subs firehose_remote; /* owner: other shards' firehose subscriptions */
-    void *hooks_slot;                   /* the handlers layer's per-shard state (core_shard_slot) */
+    /* Paced replay (pubsub.c): owner side, (subscriber shard, subscription id) -> struct
+     * replay_cur; subscriber side, the subscriptions whose owner waits for us to ask. */
+    struct map replays;
+    struct replay_ask {
+        uint64_t conn_id, sub_id;
+    } * asks;
+    uint32_t nasks, cap_asks;
+    void *hooks_slot; /* the handlers layer's per-shard state (core_shard_slot) */
 
     uint64_t delivery_stamp;
     uint32_t latency_tick;

@@ -112,7 +112,10 @@ struct store {
     /* The sparse index (store_replay): campaign id -> struct cindex. */
     struct map index;
     bool index_lost; /* an entry could not be recorded (memory): replays scan the whole log */
-    bool releasing;  /* in release(): what is sent meanwhile waits behind the rest */
+    uint8_t *rbuf;   /* log_walk's read buffer, READ_CHUNK or grown for a large record */
+    size_t rbuf_cap;
+    bool rbuf_busy;
+    bool releasing; /* in release(): what is sent meanwhile waits behind the rest */
 };
 
 struct dkey {
@@ -1358,6 +1361,7 @@ void store_close(struct shard *s)
         close(st->dir_fd);
     map_free(&st->floor);
     index_free(st);
+    free(st->rbuf);
     free(st->persist);
     free(st->dk);
     for (uint32_t i = 0; st->restore.slots && i <= st->restore.mask; i++)
@@ -1484,10 +1488,18 @@ static int walk_file(int fd, uint64_t pos, uint8_t **buf, size_t *cap,
 static int log_walk(struct store *st, uint64_t off, bool (*each)(void *arg, const struct logrec *r),
                     void *arg)
 {
-    size_t cap = READ_CHUNK;
-    uint8_t *buf = malloc(cap);
+    /* The shard's read buffer, kept between walks (a paced replay walks once per step); a walk
+     * from inside another (none today) gets its own. */
+    bool nested = st->rbuf_busy;
+    if (!nested && !st->rbuf) {
+        st->rbuf = malloc(READ_CHUNK);
+        st->rbuf_cap = READ_CHUNK;
+    }
+    size_t cap = nested ? READ_CHUNK : st->rbuf_cap;
+    uint8_t *buf = nested ? malloc(cap) : st->rbuf;
     if (!buf)
         return -ENOMEM;
+    st->rbuf_busy = true;
     int r = 0;
     for (uint32_t i = seg_of(st, off); i < st->nsegs && r == 0; i++) {
         char name[32];
@@ -1499,7 +1511,13 @@ static int log_walk(struct store *st, uint64_t off, bool (*each)(void *arg, cons
         r = walk_file(fd, pos, &buf, &cap, each, arg);
         close(fd);
     }
-    free(buf);
+    if (nested) {
+        free(buf);
+    } else {
+        st->rbuf = buf; /* walk_file may have grown it */
+        st->rbuf_cap = cap;
+        st->rbuf_busy = false;
+    }
     return r < 0 ? r : 0;
 }
 
@@ -1511,6 +1529,8 @@ struct scan {
     void (*gap)(void *arg, uint64_t first, uint64_t last);
     void *arg;
     int events;
+    size_t bytes, max_bytes; /* max_bytes 0: no limit */
+    bool paused;             /* stopped at max_bytes, not at the end */
 };
 
 static bool scan_one(void *arg, const struct logrec *r)
@@ -1531,21 +1551,28 @@ static bool scan_one(void *arg, const struct logrec *r)
                   (long long)sc->campaign_id, (unsigned long long)r->sequence);
         sc->gap(sc->arg, r->sequence, r->sequence);
     } else {
+        sc->bytes += f->len;
         sc->ev(sc->arg, f);
         sc->events++;
+    }
+    if (sc->max_bytes && sc->bytes >= sc->max_bytes && sc->next <= sc->to) {
+        sc->paused = true;
+        return false;
     }
     return sc->next <= sc->to;
 }
 
-int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to,
-               void (*ev)(void *arg, struct oframe *f),
+int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, size_t max_bytes,
+               uint64_t *next, void (*ev)(void *arg, struct oframe *f),
                void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg)
 {
     struct store *st = s->store;
-    if (!st)
-        return -ENOENT;
     if (from == 0)
         from = 1;
+    if (next)
+        *next = to + 1;
+    if (!st)
+        return -ENOENT;
     if (from > to)
         return 0;
     struct scan sc = {.campaign_id = campaign_id,
@@ -1554,13 +1581,18 @@ int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to,
                       .index = (int)s->index,
                       .ev = ev,
                       .gap = gap,
-                      .arg = arg};
+                      .arg = arg,
+                      .max_bytes = max_bytes};
     uint64_t off;
     int r = replay_start(st, campaign_id, from, &off) ? log_walk(st, off, scan_one, &sc) : 0;
     if (r < 0)
         return r;
-    if (sc.next <= to)
+    if (sc.paused) {
+        if (next)
+            *next = sc.next;
+    } else if (sc.next <= to) {
         gap(arg, sc.next, to);
+    }
     return sc.events;
 }
 
@@ -1587,13 +1619,16 @@ static void to_conn_gap(void *arg, uint64_t first, uint64_t last)
     replay_gap(t->s, t->campaign_id, first, last, t->conn_id);
 }
 
-int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, uint64_t conn_id,
+int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, size_t max_bytes,
+                 uint64_t *next, uint64_t conn_id,
                  bool (*match)(const void *arg, const struct oframe *f), const void *arg)
 {
-    if (!s->store || from > to)
+    if (!s->store || from > to) {
+        *next = from > to ? from : to + 1;
         return 0;
+    }
     struct to_conn t = {s, campaign_id, conn_id, match, arg};
-    return store_scan(s, campaign_id, from, to, to_conn_ev, to_conn_gap, &t);
+    return store_scan(s, campaign_id, from, to, max_bytes, next, to_conn_ev, to_conn_gap, &t);
 }
 
 /* ---- restoring the handlers' state -------------------------------------------------------- */

@@ -13,6 +13,7 @@
 #define NEXUS_BROKER_STORE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct shard;
@@ -60,18 +61,21 @@ int store_defer_frame(struct shard *s, uint64_t conn_id, struct oframe *f, uint6
 /* Calls ev(arg, f) (f: the caller's reference, type and user filled) for each logged event of
  * campaign_id with a sequence in from..to, in order, and gap(arg, first, last) for each range
  * the log does not hold. Starts from the sparse index entry at or before `from`, so it reads
- * about the campaign's records from there, not the whole log. Returns the events, -ENOENT
- * without a log, or -errno. Reads the segments synchronously (page cache, READ_CHUNK pieces). */
-int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to,
-               void (*ev)(void *arg, struct oframe *f),
+ * about the campaign's records from there, not the whole log. With max_bytes (0: no limit) it
+ * pauses once the frames handed to ev reach that many bytes: *next (may be NULL) is then the
+ * sequence to go on from, else to + 1. Returns the events, -ENOENT without a log, or -errno.
+ * Reads the segments synchronously (page cache, READ_CHUNK pieces). */
+int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, size_t max_bytes,
+               uint64_t *next, void (*ev)(void *arg, struct oframe *f),
                void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg);
 /* Sends connection conn_id the logged events of campaign_id with sequences from..to that
  * match (match(arg, f) with f's type and user filled), in order, read from the shard's log; a
- * range the log no longer holds is announced with a gap frame (reason "retention"). The
- * caller makes to the campaign's last released sequence (what later deliveries will not
- * repeat). Returns the events sent, or -errno. Reads the segments synchronously. */
+ * range the log no longer holds is announced with a gap frame (reason "retention"). Pauses
+ * after about max_bytes of frames (store_scan): *next is where to go on, to + 1 when done.
+ * Returns the events sent, or -errno. Reads the segments synchronously. */
 struct oframe;
-int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, uint64_t conn_id,
+int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, size_t max_bytes,
+                 uint64_t *next, uint64_t conn_id,
                  bool (*match)(const void *arg, const struct oframe *f), const void *arg);
 /* End of a loop pass: starts writing the current batch (one write in flight per shard; with
  * --fsync always, up to --fsync-depth written batches waiting for their fdatasync). */

@@ -1857,6 +1857,79 @@ static void check_resume_gap(struct broker_proc *b, uint32_t sh, int64_t camp, u
  * goes on at its last acked + 1 — A too, from the floors file alone; a resume from 1 gets
  * gap{retention, 1, first kept - 1} and then the log's events to the end. A corrupt floors
  * file refuses the start; --recover truncate starts without it. */
+/* Paced replay (docs/ARCHITECTURE.md, "Resume"): a resume from 1 of a campaign holding ~33 MB
+ * of events, by a subscriber reading slowly, with --max-outbound-bytes 1M (the whole replay
+ * queued at once would meet the slow-consumer policy) and a publisher adding live events while
+ * it runs. For a subscriber on the owner's shard and one on the other shard: no disconnect,
+ * exactly 1..last in order (the replay, then the live tail, no gap or duplicate at the join),
+ * and nexusd's RSS grows by far less than the replay's size. */
+static void test_resume_paced(void **state)
+{
+    (void)state;
+    char dir[256];
+    st_mkdtemp(dir, sizeof(dir));
+    int64_t camp = h_campaign_on(0, SHARDS, 98600);
+    const uint64_t key_base = 9ull << 40;
+    uint64_t next = 1;
+    const char *flags[] = {"--max-outbound-bytes", "1M", NULL};
+    struct broker_proc b = st_start(dir, SHARDS, NULL, flags);
+    struct nexus_client *pub = h_connect(&b, NULL);
+    assert_non_null(pub);
+    ret_emit(pub, camp, key_base, 30000, &next); /* 1000-byte payloads: ~33 MB of frames */
+    for (uint32_t sh = 0; sh < SHARDS; sh++) {
+        char what[96];
+        snprintf(what, sizeof(what), "paced resume from 1, subscriber on shard %u (%s)", sh,
+                 sh == 0 ? "the owner's" : "the other");
+        double rss0 = hx_rss_mib(&b), rss_peak = rss0;
+        struct nexus_client *sub = connect_on(&b, sh);
+        uint64_t corr = nexus_next_correlation(sub);
+        assert_int_equal(nexus_send_subscribe_from(sub, corr, camp, NULL, 0, NULL, 1), 0);
+        assert_int_equal(nexus_flush(sub), 0);
+        struct st_stream st = {0};
+        uint64_t frames = 0;
+        while (!st.acked || st.n == 0 || st.ev[st.n - 1].seq < next - 1) {
+            struct nexus_frame f;
+            int r = nexus_recv(sub, &f, 10000);
+            if (r != 1)
+                fail_msg("%s: after %zu events: r=%d (disconnected?)", what, st.n, r);
+            if (f.correlation == corr && f.kind == CODEC_KIND_SUBSCRIBE_ACK)
+                st.acked = true;
+            else if (f.kind == CODEC_KIND_ERROR)
+                fail_msg("%s: error %.*s", what, (int)f.u.error.code.len,
+                         (const char *)f.u.error.code.ptr);
+            else
+                st_stream_take(&st, &f);
+            if (++frames % 2000 == 0) { /* a slow reader, with live events meanwhile */
+                usleep(20 * 1000);
+                if (next <= 30000 + 400 * (sh + 1))
+                    ret_emit(pub, camp, key_base, 50, &next);
+                double rss = hx_rss_mib(&b);
+                if (rss > rss_peak)
+                    rss_peak = rss;
+            }
+        }
+        ret_emit(pub, camp, key_base, 50, &next); /* and live after the ack */
+        if (st_stream_until(sub, &st, camp, next - 1, 5000) != 1)
+            fail_msg("%s: the live events after the ack did not all come", what);
+        uint64_t *want = calloc(next + 1, sizeof(uint64_t));
+        assert_non_null(want);
+        for (uint64_t q = 1; q < next; q++)
+            want[q] = key_base + q;
+        st_check_stream(&st, camp, 1, next - 1, want, next, what);
+        if (rss_peak - rss0 > 16)
+            fail_msg("%s: nexusd's RSS grew by %.1f MiB during a 33 MB replay", what,
+                     rss_peak - rss0);
+        print_message("%s: %zu events (%zu before the ack), exact; RSS %.1f -> peak %.1f MiB\n",
+                      what, st.n, st.n_before_ack, rss0, rss_peak);
+        free(want);
+        st_stream_free(&st);
+        nexus_close(sub);
+    }
+    nexus_close(pub);
+    assert_int_equal(h_stop(&b), 0);
+    st_rmtree(dir);
+}
+
 static void test_retention(void **state)
 {
     (void)state;
@@ -2141,6 +2214,7 @@ int main(void)
         cmocka_unit_test_teardown(test_retention, st_teardown),
         cmocka_unit_test_teardown(test_retention_age, st_teardown),
         cmocka_unit_test_teardown(test_preallocated_segments, st_teardown),
+        cmocka_unit_test_teardown(test_resume_paced, st_teardown),
     };
     const char *only = getenv("NEXUS_STORE_ONLY");
     if (only && *only) {
