@@ -196,7 +196,7 @@ static void config_defaults_log(struct config *c)
      * time; ~500k small events each. */
     c->segment_bytes = 64u << 20;
     /* 4 fdatasyncs in flight: on the disks measured, two concurrent syncs of one file complete
-     * 1.6x as many per second as one, four 2.2x (docs/BENCHMARKS.md). */
+     * 1.6x as many per second as one, four 2.2x (bench/results/2026-12-03-sync-queue). */
     c->fsync_depth = 4;
     /* 16 GiB of log per shard: days of a busy campaign set, and a bound on a disk that would
      * otherwise fill (docs/OPERATIONS.md, "Data directory"). */
