@@ -30,6 +30,9 @@ static const char *const subscribe_usage =
     "  -n, --count N          exit 0 after N events\n"
     "  -t, --timeout T        stop after T (500, 500ms, 2s, 1m): exit 0, or 6 when --count\n"
     "                         events had not all arrived\n"
+    "  -f, --from-sequence N  resume: first the campaign's events from sequence N, read from\n"
+    "                         the broker's log (a broker with --data-dir; needs --campaign),\n"
+    "                         then the live ones, with no gap or repeat between them\n"
     "With --verbose, a line `nexusctl: subscribed ...` on stderr says when events emitted from\n"
     "now on will be delivered.\n"
     "\n"
@@ -56,6 +59,8 @@ struct sub_args {
     const char *user_id;
     uint64_t count;
     int64_t timeout_ms;
+    uint64_t from_seq;
+    uint64_t ack_corr; /* with --from-sequence: the subscribe's, until its ack (replay first) */
 };
 
 /* Parses the command's flags; positional arguments are left in argv[optind..]. Returns 0, 1
@@ -68,13 +73,14 @@ static int parse_observe(struct ctl_opts *o, bool subscribe, struct sub_args *a,
         {"user", required_argument, NULL, 'u'},
         {"count", required_argument, NULL, 'n'},
         {"timeout", required_argument, NULL, 't'},
+        {"from-sequence", required_argument, NULL, 'f'},
         CTL_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
     optind = 0;
     opterr = 0;
     int opt;
-    while ((opt = getopt_long(argc, argv, ":c:u:n:t:hb:v", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":c:u:n:t:f:hb:v", opts, NULL)) != -1) {
         int g = ctl_global_option(o, opt, optarg);
         if (g < 0)
             return -1;
@@ -107,12 +113,19 @@ static int parse_observe(struct ctl_opts *o, bool subscribe, struct sub_args *a,
         case 't':
             r = ctl_parse_duration_ms("--timeout", optarg, &a->timeout_ms);
             break;
+        case 'f':
+            r = ctl_parse_u64("--from-sequence", optarg, &a->from_seq);
+            break;
         }
         if (r < 0)
             return -1;
     }
     if (!subscribe && optind != argc) {
         ctl_error("stats: unexpected argument %s", argv[optind]);
+        return -1;
+    }
+    if (a->from_seq && a->campaign_id == 0) {
+        ctl_error("subscribe: --from-sequence replays one campaign: give --campaign");
         return -1;
     }
     if (subscribe && argc - optind > CODEC_SUBSCRIBE_PATTERNS_MAX) {
@@ -123,8 +136,7 @@ static int parse_observe(struct ctl_opts *o, bool subscribe, struct sub_args *a,
 }
 
 /* Receives and prints events until an end condition. Returns the exit status. */
-static int subscribe_loop(const struct ctl_opts *o, struct nexus_client *c,
-                          const struct sub_args *a)
+static int subscribe_loop(const struct ctl_opts *o, struct nexus_client *c, struct sub_args *a)
 {
     int64_t deadline = a->timeout_ms >= 0 ? ctl_now_ms() + a->timeout_ms : -1;
     uint64_t got = 0;
@@ -155,6 +167,17 @@ static int subscribe_loop(const struct ctl_opts *o, struct nexus_client *c,
             continue;
         if (r < 0)
             return ctl_io_error(r, "subscribe");
+        if (a->ack_corr && f.correlation == a->ack_corr && f.kind != CODEC_KIND_EVENT &&
+            f.kind != CODEC_KIND_GAP) {
+            if (f.kind != CODEC_KIND_SUBSCRIBE_ACK)
+                return ctl_broker_error(&f, "subscribe");
+            a->ack_corr = 0;
+            ctl_info(o,
+                     "replayed %" PRIu64 " events from the log: live from here (subscription "
+                     "%" PRIu64 ")",
+                     got, f.u.subscription_id);
+            continue;
+        }
         switch (f.kind) {
         case CODEC_KIND_EVENT:
             got++;
@@ -192,6 +215,17 @@ int ctl_cmd_subscribe(struct ctl_opts *o, int argc, char **argv)
         return code;
     struct nexus_frame f;
     uint64_t sub_id = 0;
+    if (a.from_seq) {
+        /* The replay comes before the ack, and may be long: the loop takes both. */
+        a.ack_corr = nexus_next_correlation(c);
+        int r = nexus_send_subscribe_from(c, a.ack_corr, a.campaign_id, patterns, pattern_count,
+                                          a.user_id, a.from_seq);
+        if (r == 0)
+            r = nexus_flush(c);
+        code = r < 0 ? ctl_io_error(r, "subscribe") : subscribe_loop(o, c, &a);
+        nexus_close(c);
+        return code;
+    }
     int r = nexus_subscribe_sync(c, a.campaign_id, patterns, pattern_count, a.user_id, &sub_id, &f,
                                  CTL_REPLY_TIMEOUT_MS);
     if (r == 1) {

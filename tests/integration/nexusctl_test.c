@@ -401,6 +401,62 @@ static void test_emit_and_subscribe(void **state)
     assert_int_equal(h_stop(&b), 0);
 }
 
+/* subscribe --from-sequence (a broker with --data-dir): the replay from the log first (printed,
+ * counted in the -v line), then live events, no gap or repeat; the flag needs --campaign; a
+ * broker without a log refuses it (bad_request, exit 3). */
+static void test_subscribe_from_sequence(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/nexusctl-log-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    struct broker_proc b = H_START(2, "--data-dir", dir, NULL);
+    snprintf(broker_addr, sizeof(broker_addr), "127.0.0.1:%u", b.port);
+    struct h_child ch, sub;
+    for (int i = 1; i <= 5; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "e%d", i);
+        assert_int_equal(
+            ctl_run(&ch, "emit", "feed:item:v1:completed", "-c", "77", "--id", id, NULL), 0);
+        h_child_free(&ch);
+    }
+    ctl_start(&sub, "-v", "subscribe", "-c", "77", "--from-sequence", "3", "--count", "5",
+              "--timeout", "20s", NULL);
+    assert_true(h_child_wait_for(&sub, 2, "replayed 3 events from the log: live from here", 10000));
+    for (int i = 6; i <= 7; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "e%d", i);
+        assert_int_equal(
+            ctl_run(&ch, "emit", "feed:item:v1:completed", "-c", "77", "--id", id, NULL), 0);
+        h_child_free(&ch);
+    }
+    assert_int_equal(h_child_finish(&sub, 20000), 0);
+    assert_int_equal(h_count_lines(sub.out), 5);
+    for (int i = 0; i < 5; i++) {
+        struct jv ev;
+        char id[16];
+        snprintf(id, sizeof(id), "e%d", i + 3);
+        line_json(sub.out, (size_t)i, &ev);
+        assert_true(jv_num(jv_get(&ev, "sequence")) == i + 3);
+        assert_true(jv_str_is(jv_get(&ev, "event_id"), id));
+        jv_free(&ev);
+    }
+    h_child_free(&sub);
+    assert_int_equal(ctl_run(&ch, "subscribe", "--from-sequence", "2", NULL), 2);
+    assert_one_error_line(&ch, "give --campaign");
+    h_child_free(&ch);
+    assert_int_equal(h_stop(&b), 0);
+
+    b = start_broker(); /* no --data-dir */
+    assert_int_equal(
+        ctl_run(&ch, "subscribe", "-c", "77", "--from-sequence", "1", "--timeout", "5s", NULL), 3);
+    assert_one_error_line(&ch, "bad_request");
+    h_child_free(&ch);
+    assert_int_equal(h_stop(&b), 0);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void test_request_lifecycle(void **state)
 {
     (void)state;
@@ -1137,6 +1193,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_emit_and_subscribe, h_teardown),
+        cmocka_unit_test_teardown(test_subscribe_from_sequence, h_teardown),
         cmocka_unit_test_teardown(test_request_lifecycle, h_teardown),
         cmocka_unit_test_teardown(test_stream_cancel_on_sigint, h_teardown),
         cmocka_unit_test_teardown(test_json_round_trip, h_teardown),
