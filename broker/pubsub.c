@@ -998,8 +998,13 @@ static void replay_step(struct shard *s, struct replay_cur *rc)
         return;
     }
     uint64_t next;
+    bool (*match)(const void *, const struct oframe *) = rc->im ? match_remote : match_sub;
+    bool filtered =
+        rc->im ? ((const struct remote_sub *)arg)->pattern_count ||
+                     ((const struct remote_sub *)arg)->user_id_len
+               : ((const struct sub *)arg)->pattern_count || ((const struct sub *)arg)->user_id_len;
     int r = store_replay(s, rc->campaign_id, rc->next, to, replay_step_bytes(s), &next, rc->conn_id,
-                         rc->im ? match_remote : match_sub, arg);
+                         filtered ? match : NULL, arg); /* NULL: no need to parse the frames */
     if (r < 0) {
         log_error((int)s->index, "replay of campaign %lld for connection %llu failed: %s",
                   (long long)rc->campaign_id, (unsigned long long)rc->conn_id, strerror(-r));

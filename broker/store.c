@@ -1388,6 +1388,21 @@ static void replay_gap(struct shard *s, int64_t campaign_id, uint64_t first, uin
     core_to_conn_now(s, conn_id, f);
 }
 
+/* A logged frame as a delivered one, with its routing fields only (for a reader that does not
+ * filter: parsing the type and user is most of a replay's cost otherwise). */
+static struct oframe *raw_frame(const struct logrec *r)
+{
+    struct oframe *f = oframe_alloc(r->len);
+    if (!f)
+        return NULL;
+    memcpy(f->data, r->frame, r->len);
+    f->is_event = true;
+    f->campaign_id = r->campaign_id;
+    f->sequence = r->sequence;
+    f->ts_ns = r->ts_ns;
+    return f;
+}
+
 /* A logged frame as a delivered one: its routing fields, type and user filled for matching. */
 static struct oframe *replay_frame(const struct logrec *r)
 {
@@ -1531,6 +1546,7 @@ struct scan {
     int events;
     size_t bytes, max_bytes; /* max_bytes 0: no limit */
     bool paused;             /* stopped at max_bytes, not at the end */
+    bool raw;                /* frames without their type and user parsed (nobody filters) */
 };
 
 static bool scan_one(void *arg, const struct logrec *r)
@@ -1543,7 +1559,7 @@ static bool scan_one(void *arg, const struct logrec *r)
     if (r->sequence > sc->next)
         sc->gap(sc->arg, sc->next, r->sequence - 1);
     sc->next = r->sequence + 1;
-    struct oframe *f = replay_frame(r);
+    struct oframe *f = sc->raw ? raw_frame(r) : replay_frame(r);
     if (!f) {
         log_error(sc->index,
                   "replay: campaign %lld sequence %llu could not be read back (memory, or a "
@@ -1562,9 +1578,9 @@ static bool scan_one(void *arg, const struct logrec *r)
     return sc->next <= sc->to;
 }
 
-int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, size_t max_bytes,
-               uint64_t *next, void (*ev)(void *arg, struct oframe *f),
-               void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg)
+static int scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, size_t max_bytes,
+                uint64_t *next, bool raw, void (*ev)(void *arg, struct oframe *f),
+                void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg)
 {
     struct store *st = s->store;
     if (from == 0)
@@ -1582,7 +1598,8 @@ int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to,
                       .ev = ev,
                       .gap = gap,
                       .arg = arg,
-                      .max_bytes = max_bytes};
+                      .max_bytes = max_bytes,
+                      .raw = raw};
     uint64_t off;
     int r = replay_start(st, campaign_id, from, &off) ? log_walk(st, off, scan_one, &sc) : 0;
     if (r < 0)
@@ -1596,6 +1613,13 @@ int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to,
     return sc.events;
 }
 
+int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to, size_t max_bytes,
+               uint64_t *next, void (*ev)(void *arg, struct oframe *f),
+               void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg)
+{
+    return scan(s, campaign_id, from, to, max_bytes, next, false, ev, gap, arg);
+}
+
 struct to_conn {
     struct shard *s;
     int64_t campaign_id;
@@ -1607,7 +1631,7 @@ struct to_conn {
 static void to_conn_ev(void *arg, struct oframe *f)
 {
     struct to_conn *t = arg;
-    if (t->match(t->arg, f))
+    if (!t->match || t->match(t->arg, f))
         core_to_conn_now(t->s, t->conn_id, f);
     else
         oframe_unref(f);
@@ -1628,7 +1652,8 @@ int store_replay(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t t
         return 0;
     }
     struct to_conn t = {s, campaign_id, conn_id, match, arg};
-    return store_scan(s, campaign_id, from, to, max_bytes, next, to_conn_ev, to_conn_gap, &t);
+    return scan(s, campaign_id, from, to, max_bytes, next, match == NULL, to_conn_ev, to_conn_gap,
+                &t);
 }
 
 /* ---- restoring the handlers' state -------------------------------------------------------- */

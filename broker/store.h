@@ -69,7 +69,8 @@ int store_scan(struct shard *s, int64_t campaign_id, uint64_t from, uint64_t to,
                uint64_t *next, void (*ev)(void *arg, struct oframe *f),
                void (*gap)(void *arg, uint64_t first, uint64_t last), void *arg);
 /* Sends connection conn_id the logged events of campaign_id with sequences from..to that
- * match (match(arg, f) with f's type and user filled), in order, read from the shard's log; a
+ * match (match(arg, f) with f's type and user filled; match NULL: every event, and the frames
+ * are not parsed), in order, read from the shard's log; a
  * range the log no longer holds is announced with a gap frame (reason "retention"). Pauses
  * after about max_bytes of frames (store_scan): *next is where to go on, to + 1 when done.
  * Returns the events sent, or -errno. Reads the segments synchronously. */
