@@ -195,9 +195,10 @@ static void config_defaults_log(struct config *c)
     /* 64 MiB segments: retention deletes whole files, and a recovery scan reads one at a
      * time; ~500k small events each. */
     c->segment_bytes = 64u << 20;
-    /* 4 fdatasyncs in flight: on the disks measured, two concurrent syncs of one file complete
-     * 1.6x as many per second as one, four 2.2x (bench/results/2026-12-03-sync-queue). */
-    c->fsync_depth = 4;
+    /* One fdatasync in flight: concurrent syncs of one file complete more per second on this
+     * project's VM disk (bench/results/2026-12-03-sync-queue), but acknowledged throughput did
+     * not follow — 4 in flight was 0.8-1.1x of 1 (bench/results/2026-12-03-durable-queue*). */
+    c->fsync_depth = 1;
     /* 16 GiB of log per shard: days of a busy campaign set, and a bound on a disk that would
      * otherwise fill (docs/OPERATIONS.md, "Data directory"). */
     c->retain_bytes = 16ull << 30;
