@@ -47,9 +47,9 @@ enum defer_kind { DEFER_FANOUT, DEFER_FRAME };
 enum sq_state { SQ_SYNCING, SQ_SYNCED, SQ_FAILED };
 /* The next segment's preparation (prep_start): none, zero-filling, syncing, ready, or given up
  * until the next roll (an error: segments are then appended, as without it). */
-enum prep_state { PREP_NONE, PREP_ZEROING, PREP_SYNCING, PREP_READY, PREP_OFF };
+enum prep_state { PREP_NONE, PREP_ZEROING, PREP_FLUSHING, PREP_SYNCING, PREP_READY, PREP_OFF };
 #define PREP_NAME  "next.tmp"
-#define PREP_CHUNK (1u << 20)
+#define PREP_CHUNK (256u << 10)
 #define PREP_MAX   (1ull << 30) /* a larger --segment-bytes is zero-filled this far */
 
 struct deferred {
@@ -80,6 +80,7 @@ struct store {
     int prep_fd;
     uint8_t prep_state; /* enum prep_state */
     uint64_t prep_done; /* bytes zero-filled */
+    uint32_t prep_last; /* bytes of the last write, being written back (PREP_FLUSHING) */
     struct batch cur, inflight;
     bool writing; /* inflight holds a batch being written */
     /* --fsync always: written batches waiting for their fdatasync, oldest first (a ring). */
@@ -1091,6 +1092,10 @@ static void prep_submit(struct shard *s)
         uint64_t left = prep_target(s) - st->prep_done;
         io_uring_prep_write(sqe, st->prep_fd, zeros,
                             left < PREP_CHUNK ? (unsigned)left : PREP_CHUNK, st->prep_done);
+    } else if (st->prep_state == PREP_FLUSHING) {
+        io_uring_prep_sync_file_range(sqe, st->prep_fd, st->prep_last, st->prep_done,
+                                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                          SYNC_FILE_RANGE_WAIT_AFTER);
     } else {
         io_uring_prep_fsync(sqe, st->prep_fd, IORING_FSYNC_DATASYNC);
     }
@@ -1098,9 +1103,12 @@ static void prep_submit(struct shard *s)
 }
 
 /* Zero-fills the next segment once the open one is half full: one PREP_CHUNK write at a time
- * through the ring, then an fdatasync (so that its blocks are allocated and written on disk
- * before the log writes into them). Any error gives up until the next roll: segments are
- * then appended to, slower to sync but the same on disk. */
+ * through the ring, each written back (sync_file_range) before the next, then an fdatasync (so
+ * that its blocks are allocated and written on disk before the log writes into them). Chunk
+ * by chunk, because the log's own fdatasync flushes the disk's cache and waits for whatever
+ * write-back is in flight: 64 MiB of zeros written back at once would stall it for as long.
+ * Any error gives up until the next roll: segments are then appended to, slower to sync but
+ * the same on disk. */
 static void prep_start(struct shard *s)
 {
     struct store *st = s->store;
@@ -1136,9 +1144,13 @@ static void prep_cqe(struct shard *s, int res)
         st->prep_state = PREP_READY;
         return;
     }
-    st->prep_done += (uint64_t)res;
-    if (st->prep_done >= prep_target(s))
-        st->prep_state = PREP_SYNCING;
+    if (st->prep_state == PREP_ZEROING) {
+        st->prep_last = (uint32_t)res;
+        st->prep_state = PREP_FLUSHING; /* prep_submit writes back [prep_done, +res) */
+    } else {
+        st->prep_done += st->prep_last;
+        st->prep_state = st->prep_done >= prep_target(s) ? PREP_SYNCING : PREP_ZEROING;
+    }
     prep_submit(s);
 }
 
