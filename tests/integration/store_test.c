@@ -1916,11 +1916,13 @@ static void test_resume_paced(void **state)
         for (uint64_t q = 1; q < next; q++)
             want[q] = key_base + q;
         st_check_stream(&st, camp, 1, next - 1, want, next, what);
-        if (rss_peak - rss0 > 16)
+        /* ASan's quarantine keeps freed memory resident: the bound holds for real builds. */
+        if (!HX_ASAN && rss_peak - rss0 > 16)
             fail_msg("%s: nexusd's RSS grew by %.1f MiB during a 33 MB replay", what,
                      rss_peak - rss0);
-        print_message("%s: %zu events (%zu before the ack), exact; RSS %.1f -> peak %.1f MiB\n",
-                      what, st.n, st.n_before_ack, rss0, rss_peak);
+        print_message("%s: %zu events (%zu before the ack), exact; RSS %.1f -> peak %.1f MiB%s\n",
+                      what, st.n, st.n_before_ack, rss0, rss_peak,
+                      HX_ASAN ? " (not checked under ASan)" : "");
         free(want);
         st_stream_free(&st);
         nexus_close(sub);
