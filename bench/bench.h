@@ -71,6 +71,9 @@ struct bench_cfg {
     uint64_t window_bytes; /* ... and bytes of them */
     uint32_t threads;
     int broker_pid; /* 0 = broker CPU not measured */
+    /* Fixed rate: waits shorter than this are spun, not slept (--spin-us; 0 = always sleep,
+     * for when the generator shares a CPU with the broker). */
+    uint64_t spin_below_ns;
     bool json;
     bool quiet;
     char preset[32];

@@ -43,9 +43,6 @@
 /* Longest sleep in epoll_wait, so that phase changes are seen promptly. */
 #define WAIT_MAX_NS 10000000
 
-/* Fixed rate: waits shorter than this are spun (epoll polled with no timeout). */
-#define SPIN_BELOW_NS 2000000
-
 static inline uint64_t ld(_Atomic uint64_t *p)
 {
     return atomic_load_explicit(p, memory_order_relaxed);
@@ -445,8 +442,8 @@ void *bench_thread_main(void *arg)
             wait_ns = WAIT_MAX_NS;
         /* Fixed rate: a sleep of a few tens of microseconds ends late by about as much again
          * (timer and wake-up latency, worse in a VM), which would be charged to the broker.
-         * Short waits are spun instead: the load generator has its own CPU. */
-        if (r->cfg.rate && wait_ns < SPIN_BELOW_NS)
+         * Short waits are spun instead (--spin-us): the load generator has its own CPU. */
+        if (r->cfg.rate && wait_ns < (int64_t)r->cfg.spin_below_ns)
             wait_ns = 0;
         if (t->tls_more)
             wait_ns = 0;

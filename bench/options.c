@@ -128,6 +128,9 @@ static void usage(void)
            "                             flight, the same way (default 2 MiB)\n"
            "  --threads N                worker threads (default 1)\n"
            "  --broker-pid PID           also report this process's CPU use\n"
+           "  --spin-us US               fixed rate: spin through waits shorter than this\n"
+           "                             (default 2000); 0 sleeps, for a generator that\n"
+           "                             shares its CPU with the broker\n"
            "  --campaign-base N          first campaign id / subject number (default: from the\n"
            "                             clock, so that runs never share campaigns)\n"
            "  --event-user-id ID         nexus: emits carry metadata.global_context.user_id ID\n"
@@ -255,6 +258,7 @@ enum {
     O_NO_REPLAY,
     O_IDS,
     O_PAYLOAD_KIND,
+    O_SPIN,
 };
 
 static const struct option longopts[] = {
@@ -291,6 +295,7 @@ static const struct option longopts[] = {
     {"no-replay", no_argument, NULL, O_NO_REPLAY},
     {"ids", required_argument, NULL, O_IDS},
     {"payload", required_argument, NULL, O_PAYLOAD_KIND},
+    {"spin-us", required_argument, NULL, O_SPIN},
     {NULL, 0, NULL, 0},
 };
 
@@ -446,6 +451,11 @@ static int set_flag(struct bench_cfg *cfg, int opt, const char *arg)
             return -EINVAL;
         cfg->broker_pid = (int)v;
         return 0;
+    case O_SPIN:
+        if (parse_u64(name, arg, 0, 1000000, &v) < 0)
+            return -EINVAL;
+        cfg->spin_below_ns = v * 1000;
+        return 0;
     case O_BASE:
         if (parse_u64(name, arg, 1, 1ull << 52, &v) < 0)
             return -EINVAL;
@@ -519,6 +529,7 @@ int bench_options_parse(struct bench_cfg *cfg, int argc, char **argv)
     cfg->window = 4096;
     cfg->window_bytes = 2u << 20;
     cfg->threads = 1;
+    cfg->spin_below_ns = 2000000;
     apply_preset(cfg, "fanout-1");
     snprintf(cfg->preset, sizeof(cfg->preset), "custom");
     if (apply_env(cfg) < 0)
