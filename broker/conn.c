@@ -1284,7 +1284,7 @@ static int conn_emit_route(struct conn *c, uint64_t corr, const struct codec_emi
     struct emit_msg local;
     struct emit_msg *m = &local;
     if (owner != s->index) {
-        m = malloc(sizeof(*m) + body.len);
+        m = shard_emit_slot(s, owner, body.len); /* sent at the end of this pass */
         if (!m) {
             conn_error(c, corr, "internal", "out of memory");
             return 0;
@@ -1300,15 +1300,8 @@ static int conn_emit_route(struct conn *c, uint64_t corr, const struct codec_emi
     m->auth = c->acct ? EMIT_AUTH_ACCOUNT | (account_admin(c->acct) ? EMIT_AUTH_ADMIN : 0) : 0;
     if (tp->state == EVTYPE_REQUESTED || tp->state == EVTYPE_CANCEL)
         c->notify_mask |= 1ull << owner; /* its requests live there: tell it when we close */
-    if (owner == s->index) {
+    if (owner == s->index)
         pubsub_emit(s, m, body.ptr);
-        return 0;
-    }
-    struct ring_msg rm = {.kind = MSG_EMIT, .ptr = m};
-    if (shard_send(s, owner, CORE_REQUEST, &rm) < 0) {
-        free(m);
-        conn_error(c, corr, "internal", "out of memory");
-    }
     return 0;
 }
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // The messages shards send each other through the SPSC rings (ring/spsc.h): their kinds and the
-// payloads the core defines (an emit on its way to its owner is struct emit_msg, in core.h).
+// payloads the core defines (emits on their way to their owner are struct emit_msg, in core.h,
+// packed into a struct emit_chunk, shard.h).
 // Whoever sends a message gives up what its ptr points at; the receiving shard frees it, or
 // hands it back. Two classes travel on separate rings: requests (to a campaign's owner) may
 // cause deliveries; deliveries never cause further ring traffic, so a shard always drains its
@@ -14,18 +15,18 @@
 #include "broker/core.h"
 
 enum msg_kind {
-    MSG_EMIT = 1,     /* req: ptr = struct emit_msg */
-    MSG_INTEREST,     /* req: ptr = struct interest_msg */
-    MSG_DELIVER,      /* del: ptr = struct oframe (event) */
-    MSG_TO_CONN,      /* del: ptr = struct oframe, arg = connection id */
-    MSG_INTEREST_ACK, /* del: ptr = struct interest_msg (status says whether it took) */
-    MSG_CONN_GONE,    /* req: arg = connection id that closed (requests it held end) */
-    MSG_HOOK_REQ,     /* req: for the handlers layer (aux: its own kind) */
-    MSG_HOOK_DEL,     /* del: for the handlers layer (aux: its own kind) */
-    MSG_REPLAY_PAUSE, /* del: arg = connection id, ptr = subscription id (a number): the owner
-                         paused that subscription's replay; ask for more once its connection's
-                         queue is short (pubsub.c, "Paced replay") */
-    MSG_REPLAY_MORE,  /* req: aux = asking shard, ptr = subscription id: go on with its replay */
+    MSG_EMIT_BATCH = 1, /* req: ptr = struct emit_chunk (shard.h): emits, in order */
+    MSG_INTEREST,       /* req: ptr = struct interest_msg */
+    MSG_DELIVER,        /* del: ptr = struct oframe (event) */
+    MSG_TO_CONN,        /* del: ptr = struct oframe, arg = connection id */
+    MSG_INTEREST_ACK,   /* del: ptr = struct interest_msg (status says whether it took) */
+    MSG_CONN_GONE,      /* req: arg = connection id that closed (requests it held end) */
+    MSG_HOOK_REQ,       /* req: for the handlers layer (aux: its own kind) */
+    MSG_HOOK_DEL,       /* del: for the handlers layer (aux: its own kind) */
+    MSG_REPLAY_PAUSE,   /* del: arg = connection id, ptr = subscription id (a number): the owner
+                           paused that subscription's replay; ask for more once its connection's
+                           queue is short (pubsub.c, "Paced replay") */
+    MSG_REPLAY_MORE,    /* req: aux = asking shard, ptr = subscription id: go on with its replay */
 };
 
 /* Longest user id a subscription may filter on. */

@@ -34,6 +34,16 @@ struct outbox {
     uint32_t head, count, cap;
 };
 
+/* Emits on their way to one owner shard, packed back to back (each a struct emit_msg and its
+ * body, 8-byte aligned) and sent as one MSG_EMIT_BATCH: one allocation, one ring slot and one
+ * free for all of them, and memory the owner reads in order (docs/ARCHITECTURE.md). */
+struct emit_chunk {
+    uint32_t used, cap; /* bytes of data[] filled, and its size */
+    uint32_t count;     /* emits in it */
+    uint32_t src;       /* the shard that filled it */
+    _Alignas(8) uint8_t data[];
+};
+
 struct shard {
     uint32_t index;
     struct broker *broker;
@@ -55,8 +65,9 @@ struct shard {
     uint32_t firehose_interest[CONFIG_SHARDS_MAX]; /* owner: firehose subs per shard */
     uint64_t firehose_mask;
 
-    struct outbox outbox[2][CONFIG_SHARDS_MAX]; /* [0] requests, [1] deliveries */
-    uint64_t ring_dirty;                        /* bit per destination shard: unpublished pushes */
+    struct outbox outbox[2][CONFIG_SHARDS_MAX];      /* [0] requests, [1] deliveries */
+    struct emit_chunk *emit_open[CONFIG_SHARDS_MAX]; /* emits for each owner, not yet sent */
+    uint64_t ring_dirty; /* bit per destination shard: unpublished pushes */
     atomic_int sleeping;
     int64_t last_work_ns; /* --busy-poll-us: when the loop last found work */
     int64_t clock_ns;     /* shard_clock_ns: the cached time, and how often it was used */
@@ -108,6 +119,11 @@ struct shard {
     uint32_t stamp_cap;
 
     struct shard_stats stats;
+
+    /* Bytes of emit chunks this shard sent to each owner and the owner has not handled yet
+     * (the owner subtracts): bounds them at SHARD_EMIT_INFLIGHT_MAX, as the ring's capacity
+     * bounds its messages. On lines of their own: other shards write them. */
+    _Alignas(64) atomic_uint_fast64_t emit_inflight[CONFIG_SHARDS_MAX];
 };
 
 /* ---- shard.c ---- */
@@ -131,6 +147,10 @@ static inline int64_t shard_clock_ns(struct shard *s)
 int shard_send(struct shard *s, uint32_t dst, int cls, const struct ring_msg *m);
 /* True if requests to dst can be queued right now without overflowing. */
 bool shard_can_send_request(struct shard *s, uint32_t dst);
+/* Room for an emit with a body of body_len bytes in the chunk going to owner dst (sent at the
+ * end of the loop pass, or before any other request to dst). The caller fills it in full.
+ * NULL if out of memory. */
+struct emit_msg *shard_emit_slot(struct shard *s, uint32_t dst, uint32_t body_len);
 /* True while one of this shard's delivery rings is full (its outbox holds messages): new
  * emits would only pile up, so publishers are paused. */
 bool shard_stalled(const struct shard *s);
