@@ -396,7 +396,11 @@ bool core_any_match(struct shard *s, struct campaign *cp, const struct evtype *t
 /* Matches f against a subscription list and queues it on each matching connection, at most
  * once per connection (stamp). References are taken in one atomic add per batch rather than
  * one per subscriber. */
-static void deliver_list(struct sub_list *l, struct oframe *f, uint64_t stamp)
+/* Queues f to the matching subscriptions of l. *carry (0 or 1) is a reference of the caller's:
+ * when l is the last list (last) its last batch gives it to one of its connections instead
+ * of taking a new one, since f is not read after that batch; otherwise it stays the caller's. */
+static void deliver_list(struct sub_list *l, struct oframe *f, uint64_t stamp, bool last,
+                         unsigned *carry)
 {
     struct conn *batch[128];
     uint32_t i = 0;
@@ -413,22 +417,39 @@ static void deliver_list(struct sub_list *l, struct oframe *f, uint64_t stamp)
         }
         if (!n)
             continue;
-        oframe_ref(f, n);
+        unsigned given = last && i == l->count ? *carry : 0;
+        if (n > given)
+            oframe_ref(f, n - given);
+        *carry -= given;
         /* conn_enqueue may close a connection (slow consumer); closing only marks it and
-         * defers unlinking its subscriptions, so this list stays intact. */
+         * defers unlinking its subscriptions, so this list stays intact. Each call takes one
+         * of the n references, so f lives until the last. */
         for (uint32_t k = 0; k < n; k++)
             conn_enqueue(batch[k], f);
     }
 }
 
-void pubsub_deliver(struct shard *s, struct oframe *f)
+static void deliver_all(struct shard *s, struct oframe *f, unsigned carry)
 {
     uint64_t stamp = ++s->delivery_stamp;
     struct sub_list *l = map_get(&s->sub_lists, (uint64_t)f->campaign_id);
+    bool firehose = s->firehose.count != 0;
     if (l)
-        deliver_list(l, f, stamp);
-    if (s->firehose.count)
-        deliver_list(&s->firehose, f, stamp);
+        deliver_list(l, f, stamp, !firehose, &carry);
+    if (firehose)
+        deliver_list(&s->firehose, f, stamp, true, &carry);
+    if (carry)
+        oframe_unref(f);
+}
+
+void pubsub_deliver(struct shard *s, struct oframe *f)
+{
+    deliver_all(s, f, 0);
+}
+
+void pubsub_deliver_taking(struct shard *s, struct oframe *f)
+{
+    deliver_all(s, f, 1);
 }
 
 static int list_add(struct sub_list *l, struct sub *sb)

@@ -101,6 +101,9 @@ void pubsub_interest_ack(struct shard *s, struct interest_msg *im);
 /* Queues an event frame on every matching subscriber of this shard (the caller keeps its
  * reference). */
 void pubsub_deliver(struct shard *s, struct oframe *f);
+/* The same, taking the caller's reference (a MSG_DELIVER's): one subscriber's queue gets it
+ * instead of a new one, which saves two atomic operations on the frame per delivery. */
+void pubsub_deliver_taking(struct shard *s, struct oframe *f);
 /* Frees up to a bounded number of idle campaigns (--campaign-idle-ms): no subscription on any
  * shard, no event since the limit, and the handlers layer agrees. From the shard's tick. */
 void pubsub_sweep_campaigns(struct shard *s, int64_t now_ns);

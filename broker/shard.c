@@ -341,8 +341,7 @@ static void handle_msg(struct shard *s, const struct ring_msg *m)
         pubsub_interest(s, m->ptr);
         break;
     case MSG_DELIVER:
-        pubsub_deliver(s, m->ptr);
-        oframe_unref(m->ptr);
+        pubsub_deliver_taking(s, m->ptr);
         break;
     case MSG_TO_CONN: {
         struct conn *c = conn_lookup(s, m->arg);
