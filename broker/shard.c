@@ -394,9 +394,11 @@ static bool shard_poll_rings(struct shard *s)
                 uint32_t got = ring_pop_batch(r, batch, SHARD_RING_BATCH);
                 for (uint32_t i = 0; i < got; i++) {
                     if (i + SHARD_RING_AHEAD < got) {
-                        const char *p = batch[i + SHARD_RING_AHEAD].ptr;
-                        __builtin_prefetch(p);
-                        __builtin_prefetch(p + 64);
+                        /* ptr may be NULL or a number (MSG_CONN_GONE, MSG_REPLAY_*): a
+                         * prefetch never faults, but only a pointer may be offset. */
+                        uintptr_t p = (uintptr_t)batch[i + SHARD_RING_AHEAD].ptr;
+                        __builtin_prefetch((const void *)p);
+                        __builtin_prefetch((const void *)(p + 64));
                     }
                     handle_msg(s, &batch[i]);
                 }
