@@ -314,6 +314,23 @@ static void test_ordering_concurrent_publishers(void **state)
 
 /* Fire-and-forget emits from one connection, to campaigns on other shards, keep their order
  * too: no acknowledgement paces them. */
+/* The next k frames on sub are the events 1..k of publisher 0's campaign 0, in order, with ids
+ * p0-c0-0.., each fourth (from the first) with a payload of big bytes, the others none. */
+static void expect_in_order(struct nexus_client *sub, uint32_t k, size_t big)
+{
+    int64_t deadline = h_now_ms() + 20000;
+    for (uint32_t i = 0; i < k; i++) {
+        struct nexus_frame f;
+        int r = nexus_recv(sub, &f, (int)(deadline - h_now_ms()));
+        if (r != 1)
+            fail_msg("%u of %u events, then r=%d", i, k, r);
+        assert_int_equal(f.kind, CODEC_KIND_EVENT);
+        assert_int_equal(f.u.event.sequence, i + 1);
+        assert_int_equal(id_parse(f.u.event.event_id), id_pack(0, 0, i));
+        assert_int_equal(f.u.event.payload.len, i % 4 == 0 ? big : 0);
+    }
+}
+
 static void test_ordering_fire_and_forget(void **state)
 {
     (void)state;
@@ -334,16 +351,7 @@ static void test_ordering_fire_and_forget(void **state)
         assert_int_equal(nexus_send_emit(pub, &e), 0);
     }
     assert_int_equal(nexus_flush(pub), 0);
-    int64_t deadline = h_now_ms() + 20000;
-    for (uint32_t i = 0; i < k; i++) {
-        struct nexus_frame f;
-        int r = nexus_recv(sub, &f, (int)(deadline - h_now_ms()));
-        if (r != 1)
-            fail_msg("%u of %u events, then r=%d", i, k, r);
-        assert_int_equal(f.kind, CODEC_KIND_EVENT);
-        assert_int_equal(f.u.event.sequence, i + 1);
-        assert_int_equal(id_parse(f.u.event.event_id), id_pack(0, 0, i));
-    }
+    expect_in_order(sub, k, 0);
     nexus_close(sub);
     nexus_close(pub);
     assert_int_equal(h_stop(&b), 0);
@@ -481,17 +489,7 @@ static void test_large_emits_cross_shard(void **state)
         assert_int_equal(nexus_send_emit(pub, &e), 0);
     }
     assert_int_equal(nexus_flush(pub), 0);
-    int64_t deadline = h_now_ms() + 20000;
-    for (uint32_t i = 0; i < k; i++) {
-        struct nexus_frame f;
-        int r = nexus_recv(sub, &f, (int)(deadline - h_now_ms()));
-        if (r != 1)
-            fail_msg("%u of %u events, then r=%d", i, k, r);
-        assert_int_equal(f.kind, CODEC_KIND_EVENT);
-        assert_int_equal(f.u.event.sequence, i + 1);
-        assert_int_equal(id_parse(f.u.event.event_id), id_pack(0, 0, i));
-        assert_int_equal(f.u.event.payload.len, i % 4 == 0 ? big : 0);
-    }
+    expect_in_order(sub, k, big);
     free(pl);
     nexus_close(sub);
     nexus_close(pub);

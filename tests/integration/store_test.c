@@ -832,23 +832,50 @@ static void check_still_serving(struct broker_proc *b, int64_t camp, const char 
     nexus_close(c);
 }
 
+/* nexusd with NEXUS_TEST_LOG_FAIL=spec (its stderr in *log_fd), a subscriber to camp and a
+ * publisher, both on shard 0 (camp's owner). */
+struct failing {
+    struct broker_proc b;
+    struct nexus_client *sub, *pub;
+};
+
+static struct failing start_failing(const char *dir, const char *spec, int64_t camp,
+                                    uint16_t *mport, const char *const *extra, int *log_fd)
+{
+    struct failing x;
+    setenv("NEXUS_TEST_LOG_FAIL", spec, 1);
+    x.b = start_captured(dir, mport, extra, log_fd);
+    unsetenv("NEXUS_TEST_LOG_FAIL");
+    x.sub = h_connect_on(&x.b, 0);
+    assert_non_null(x.sub);
+    assert_int_equal(nexus_subscribe_sync(x.sub, camp, NULL, 0, NULL, NULL, NULL, 5000), 1);
+    x.pub = h_connect_on(&x.b, 0);
+    assert_non_null(x.pub);
+    return x;
+}
+
+/* Every event sub has received (a ping first: all that was sent before it is in). */
+static void take_events(struct nexus_client *sub, struct seen_vec *got)
+{
+    assert_int_equal(h_ping(sub, 5000), 1);
+    struct nexus_frame f;
+    while (nexus_recv(sub, &f, 0) == 1)
+        if (f.kind == CODEC_KIND_EVENT)
+            seen_add(got, f.u.event.campaign_id, f.u.event.sequence, st_key_of(f.u.event.event_id));
+}
+
 static void run_injected_failure(const char *spec)
 {
     char dir[256];
     st_mkdtemp(dir, sizeof(dir));
     int64_t camp = h_campaign_on(0, SHARDS, 97000);
     int64_t other = h_campaign_on(1, SHARDS, 97000);
-    setenv("NEXUS_TEST_LOG_FAIL", spec, 1);
     uint16_t mport;
     int log_fd;
-    struct broker_proc b = start_captured(dir, &mport, NULL, &log_fd);
-    unsetenv("NEXUS_TEST_LOG_FAIL");
-    /* A subscriber on the owner's shard: it must see exactly the acknowledged events. */
-    struct nexus_client *sub = h_connect_on(&b, 0);
-    assert_non_null(sub);
-    assert_int_equal(nexus_subscribe_sync(sub, camp, NULL, 0, NULL, NULL, NULL, 5000), 1);
-    struct nexus_client *c = h_connect_on(&b, 0);
-    assert_non_null(c);
+    /* The subscriber, on the owner's shard, must see exactly the acknowledged events. */
+    struct failing x = start_failing(dir, spec, camp, &mport, NULL, &log_fd);
+    struct broker_proc b = x.b;
+    struct nexus_client *sub = x.sub, *c = x.pub;
     /* One at a time: one batch, one write, one sync each — the first two are acked. */
     struct seen_vec acked = {0};
     for (int i = 1; i <= 5; i++) {
@@ -869,13 +896,8 @@ static void run_injected_failure(const char *spec)
     assert_int_equal(errors, 200);
     assert_int_equal(acked.n, 2);
     /* The subscriber got the two acked events and nothing of the failed batches. */
-    assert_int_equal(h_ping(sub, 5000), 1);
     struct seen_vec got = {0};
-    struct nexus_frame f;
-    while (nexus_recv(sub, &f, 0) == 1)
-        if (f.kind == CODEC_KIND_EVENT)
-            seen_add(&got, f.u.event.campaign_id, f.u.event.sequence,
-                     st_key_of(f.u.event.event_id));
+    take_events(sub, &got);
     if (got.n != 2)
         fail_msg("%s: the subscriber got %zu events, want the 2 acknowledged", spec, got.n);
     check_still_serving(&b, camp, "storage_failed");
@@ -931,16 +953,11 @@ static void test_fsync_fails_in_the_queue(void **state)
     char dir[256];
     st_mkdtemp(dir, sizeof(dir));
     int64_t camp = h_campaign_on(0, SHARDS, 97400);
-    setenv("NEXUS_TEST_LOG_FAIL", "fsync:8", 1);
     const char *flags[] = {"--fsync-depth", "8", NULL};
     int log_fd;
-    struct broker_proc b = start_captured(dir, NULL, flags, &log_fd);
-    unsetenv("NEXUS_TEST_LOG_FAIL");
-    struct nexus_client *sub = h_connect_on(&b, 0);
-    assert_non_null(sub);
-    assert_int_equal(nexus_subscribe_sync(sub, camp, NULL, 0, NULL, NULL, NULL, 5000), 1);
-    struct nexus_client *c = h_connect_on(&b, 0);
-    assert_non_null(c);
+    struct failing x = start_failing(dir, "fsync:8", camp, NULL, flags, &log_fd);
+    struct broker_proc b = x.b;
+    struct nexus_client *sub = x.sub, *c = x.pub;
     struct seen_vec acked = {0};
     int errors = 0;
     /* A window of 16: many small batches, so that far more than 8 syncs are asked for. */
@@ -950,13 +967,8 @@ static void test_fsync_fails_in_the_queue(void **state)
     for (size_t i = 0; i < acked.n; i++) /* a prefix: no later batch acknowledged past a hole */
         if (acked.v[i].seq != i + 1)
             fail_msg("acknowledgement %zu has sequence %" PRIu64, i, acked.v[i].seq);
-    assert_int_equal(h_ping(sub, 5000), 1);
     struct seen_vec got = {0};
-    struct nexus_frame f;
-    while (nexus_recv(sub, &f, 0) == 1)
-        if (f.kind == CODEC_KIND_EVENT)
-            seen_add(&got, f.u.event.campaign_id, f.u.event.sequence,
-                     st_key_of(f.u.event.event_id));
+    take_events(sub, &got);
     if (got.n != acked.n)
         fail_msg("the subscriber got %zu events, want the %zu acknowledged", got.n, acked.n);
     for (size_t i = 0; i < got.n; i++)
