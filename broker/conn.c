@@ -389,6 +389,7 @@ void conn_error(struct conn *c, uint64_t correlation, const char *code, const ch
     va_end(ap);
     uint8_t buf[CODEC_CONTROL_BYTES_MAX];
     int n = codec_error_encode(buf, sizeof(buf), correlation, code, msg);
+    pubsub_emit_flush(c->shard); /* the acks of the emits before it go first */
     stat_add(&c->shard->stats.errors, 1);
     if (conn_code_is_refusal(code))
         log_refusal((int)c->shard->index, c->fd, "error code=%s connection=%llu: %s", code,
@@ -756,9 +757,23 @@ static void conn_progress(struct conn *c)
     c->pings_unanswered = 0;
 }
 
+static size_t conn_process_frames(struct conn *c, const uint8_t *data, size_t len);
+
 /* Feeds raw input through the framer. Returns bytes consumed; less than len means the
- * connection paused (or closed) and the rest is the caller's to stash. */
+ * connection paused (or closed) and the rest is the caller's to stash. Emits whose frames lie
+ * in data may wait in the pipeline (pubsub.h) until the end. */
 static size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
+{
+    struct shard *s = c->shard;
+    s->input_lo = data;
+    s->input_hi = data + len;
+    size_t used = conn_process_frames(c, data, len);
+    pubsub_emit_flush(s);
+    s->input_lo = s->input_hi = NULL;
+    return used;
+}
+
+static size_t conn_process_frames(struct conn *c, const uint8_t *data, size_t len)
 {
     size_t pos = 0;
     while (pos < len && !(c->flags & (CONN_DEAD | CONN_CLOSING))) {
@@ -1300,7 +1315,11 @@ static int conn_emit_route(struct conn *c, uint64_t corr, const struct codec_emi
     m->auth = c->acct ? EMIT_AUTH_ACCOUNT | (account_admin(c->acct) ? EMIT_AUTH_ADMIN : 0) : 0;
     if (tp->state == EVTYPE_REQUESTED || tp->state == EVTYPE_CANCEL)
         c->notify_mask |= 1ull << owner; /* its requests live there: tell it when we close */
-    if (owner == s->index)
+    /* Handled a few emits later (the pipeline, pubsub.h) while its body stays in the input
+     * conn_process reads; at once when it was reassembled or stamped into a shard buffer. */
+    if (owner == s->index && body.ptr >= s->input_lo && body.ptr + body.len <= s->input_hi)
+        pubsub_emit_queue(s, m, body.ptr, true);
+    else if (owner == s->index)
         pubsub_emit(s, m, body.ptr);
     return 0;
 }
@@ -1333,6 +1352,8 @@ static int conn_frame(struct conn *c, const uint8_t *frame, uint32_t len)
         conn_error(c, 0, "bad_protobuf", "%s", err);
         return 0;
     }
+    if (env.kind != CODEC_KIND_EMIT)
+        pubsub_emit_flush(s); /* the emits before it are handled before it */
     if (!(c->flags & CONN_AUTHED)) {
         int g = conn_gate(c, &env);
         if (g)

@@ -299,6 +299,18 @@ static bool lookup(const struct dedup *d, uint64_t key)
     return false;
 }
 
+void dedup_prefetch(const struct dedup *d, uint64_t key)
+{
+    if (!d->b)
+        return;
+    __builtin_prefetch(&d->b[home(d, key)], 1, 3);
+    const struct dedup_gens *gs = gens(d);
+    __builtin_prefetch(&gs->count[0], 1, 3);
+    __builtin_prefetch(&gs->last_ns[(d->cur - d->live + 1) % DEDUP_GENS], 0, 3);
+    __builtin_prefetch(&gs->last_ns[d->cur % DEDUP_GENS], 1, 3);
+    __builtin_prefetch(&d->ring[d->ring_next], 1, 3);
+}
+
 bool dedup_check_insert(struct dedup *d, uint64_t key, int64_t now_ns, int64_t window_ns)
 {
     expire(d, now_ns, window_ns);

@@ -79,6 +79,10 @@ void dedup_free(struct dedup *d);
  * accepted, oldest first. */
 bool dedup_check_insert(struct dedup *d, uint64_t key, int64_t now_ns, int64_t window_ns);
 
+/* Brings into cache what dedup_check_insert(d, key, ...) will read and write first: the key's
+ * home bucket, the generations' counts and the ring's tail. A hint only. */
+void dedup_prefetch(const struct dedup *d, uint64_t key);
+
 /* Bytes the table holds now. */
 uint64_t dedup_bytes(const struct dedup *d);
 

@@ -165,7 +165,93 @@ static uint64_t dedup_key_scoped(struct codec_slice id, const uint8_t *body,
     return key ? key : 1;
 }
 
+/* The emit's duplicate-window key, or 0 when it is not checked: no window, or no client id (a
+ * fresh UUID cannot repeat). */
+static uint64_t emit_key(const struct shard *s, const struct emit_msg *m, const uint8_t *body)
+{
+    if (!s->cfg->dedup_window_ms || !m->id_len)
+        return 0;
+    /* Scoped to the publisher (its connection, or its hello's client_name): another client
+     * re-using the id is not a duplicate of this one's event (docs/PROTOCOL.md). */
+    return dedup_key_scoped((struct codec_slice){body + m->id_off, m->id_len}, body, m);
+}
+
+static void emit_handle(struct shard *s, const struct emit_msg *m, const uint8_t *body,
+                        uint64_t key);
+
 void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
+{
+    pubsub_emit_flush(s);
+    emit_handle(s, m, body, emit_key(s, m, body));
+}
+
+/* The second prefetch: the duplicate window's lines, found through the campaign, which the
+ * first one brought in. */
+static void pipe_stage2(struct emit_pipe_slot *e)
+{
+    if (e->cp) {
+        dedup_prefetch(&e->cp->dedup, e->key);
+        e->cp = NULL;
+    }
+}
+
+/* Handles the oldest queued emit. */
+static void pipe_pop(struct shard *s)
+{
+    struct emit_pipe *p = &s->emit_pipe;
+    struct emit_pipe_slot *e = &p->slot[p->head];
+    pipe_stage2(e); /* a short pipeline: late, but the line is on its way */
+    p->head = (p->head + 1) % PUBSUB_EMIT_AHEAD;
+    p->count--;
+    p->flushing = true;
+    emit_handle(s, e->m, e->body, e->key);
+    p->flushing = false;
+}
+
+void pubsub_emit_queue(struct shard *s, const struct emit_msg *m, const uint8_t *body, bool m_copy)
+{
+    struct emit_pipe *p = &s->emit_pipe;
+    uint64_t key = emit_key(s, m, body);
+    if (!key && !p->count) {
+        emit_handle(s, m, body, 0); /* nothing to wait for, nothing ahead of it */
+        return;
+    }
+    const struct campaign *cp = NULL;
+    if (key && (cp = map_get(&s->campaigns, (uint64_t)m->campaign_id)) != NULL)
+        for (size_t o = 0; o < sizeof(*cp); o += 64)
+            __builtin_prefetch((const char *)cp + o, 0, 3);
+    if (p->count == PUBSUB_EMIT_AHEAD)
+        pipe_pop(s);
+    struct emit_pipe_slot *e = &p->slot[(p->head + p->count) % PUBSUB_EMIT_AHEAD];
+    if (m_copy) {
+        memcpy(e->copy, m, sizeof(*m));
+        m = (const struct emit_msg *)(const void *)e->copy;
+    }
+    e->m = m;
+    e->body = body;
+    e->key = key;
+    e->cp = cp;
+    p->count++;
+    if (p->count > PUBSUB_EMIT_AHEAD - PUBSUB_EMIT_STAGE2)
+        pipe_stage2(&p->slot[(p->head + p->count - 1 - (PUBSUB_EMIT_AHEAD - PUBSUB_EMIT_STAGE2)) %
+                             PUBSUB_EMIT_AHEAD]);
+}
+
+void pubsub_emit_flush(struct shard *s)
+{
+    struct emit_pipe *p = &s->emit_pipe;
+    /* From inside an emit being handled (an error frame it sends): the rest waits its turn. */
+    if (p->flushing)
+        return;
+    for (uint32_t k = 0; k < p->count; k++)
+        pipe_stage2(&p->slot[(p->head + k) % PUBSUB_EMIT_AHEAD]);
+    while (p->count && !p->flushing)
+        pipe_pop(s);
+}
+
+/* Handles one emit; key is emit_key's (computed when it was queued). */
+static void emit_handle(struct shard *s, const struct emit_msg *m, const uint8_t *body,
+                        uint64_t key)
 {
     bool over = false;
     struct campaign *cp = campaign_get(s, m->campaign_id, true, &over);
@@ -194,12 +280,7 @@ void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body)
         id.ptr = (const uint8_t *)uuid;
         id.len = 36;
     }
-    /* A fresh UUID cannot repeat: only client-chosen ids are checked for duplicates. */
-    uint64_t key = 0;
-    if (s->cfg->dedup_window_ms && m->id_len) {
-        /* Scoped to the publisher (its connection, or its hello's client_name): another
-         * client re-using the id is not a duplicate of this one's event (docs/PROTOCOL.md). */
-        key = dedup_key_scoped(id, body, m);
+    if (key) {
         if (dedup_check_insert(&cp->dedup, key, now, (int64_t)s->cfg->dedup_window_ms * 1000000)) {
             stat_add(&s->stats.duplicates, 1);
             if (m->correlation)

@@ -88,8 +88,33 @@ bool pubsub_replay_asks(struct shard *s);
 
 /* Processes an emit whose campaign this shard owns: duplicate check, the emit hook, publish,
  * acknowledgement. Slices point into body, which may be a receive buffer (valid during the
- * call only). */
+ * call only). Emits queued before it are handled first. */
 void pubsub_emit(struct shard *s, const struct emit_msg *m, const uint8_t *body);
+
+/* The emit pipeline (docs/ARCHITECTURE.md, "The emit pipeline"): an emit with a client-chosen
+ * id reads its campaign's duplicate window at a random place, a cache miss at any real rate,
+ * and the campaign itself is often out of cache too. pubsub_emit_queue computes the emit's key
+ * and prefetches the campaign; PUBSUB_EMIT_STAGE2 emits later what the check will read is
+ * prefetched (it is found through the campaign); the emit is handled PUBSUB_EMIT_AHEAD emits
+ * later (or at pubsub_emit_flush), in the order queued. m and
+ * body must stay valid until then, unless m_copy: then *m is copied (not its body). Whoever
+ * queues flushes before anything that a client could see out of order: conn.c before any
+ * non-emit frame and any error frame, and at the end of each batch of input. */
+#define PUBSUB_EMIT_AHEAD  8
+#define PUBSUB_EMIT_STAGE2 4
+struct emit_pipe {
+    struct emit_pipe_slot {
+        const struct emit_msg *m;
+        const uint8_t *body;
+        uint64_t key;              /* duplicate-window key; 0: none */
+        const struct campaign *cp; /* for the second prefetch only; NULL: done or none */
+        _Alignas(8) uint8_t copy[sizeof(struct emit_msg)];
+    } slot[PUBSUB_EMIT_AHEAD];
+    uint32_t head, count;
+    bool flushing; /* an emit being handled: a flush from inside it (an error frame) waits */
+};
+void pubsub_emit_queue(struct shard *s, const struct emit_msg *m, const uint8_t *body, bool m_copy);
+void pubsub_emit_flush(struct shard *s);
 /* A subscribe frame of connection c (body: SubscribeRequest). Answers subscribe_ack or error. */
 void pubsub_subscribe(struct conn *c, uint64_t correlation, const uint8_t *body, uint32_t len);
 void pubsub_unsubscribe(struct conn *c, uint64_t correlation, uint64_t sub_id);

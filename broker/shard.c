@@ -269,9 +269,10 @@ static void shard_emit_chunk(struct shard *s, struct emit_chunk *ch)
     uint32_t off = 0;
     for (uint32_t i = 0; i < ch->count; i++) {
         struct emit_msg *em = (struct emit_msg *)(ch->data + off);
-        pubsub_emit(s, em, em->body);
+        pubsub_emit_queue(s, em, em->body, false);
         off += emit_entry_bytes(em->body_len);
     }
+    pubsub_emit_flush(s);
     NX_ASSERT(off == ch->used);
     atomic_fetch_sub_explicit(&s->broker->shards[ch->src]->emit_inflight[s->index], ch->used,
                               memory_order_relaxed);

@@ -81,7 +81,9 @@ struct shard {
         uint64_t conn_id, sub_id;
     } * asks;
     uint32_t nasks, cap_asks;
-    void *hooks_slot; /* the handlers layer's per-shard state (core_shard_slot) */
+    struct emit_pipe emit_pipe;         /* emits waiting for their prefetch (pubsub.h) */
+    const uint8_t *input_lo, *input_hi; /* the input conn_process is reading (stable in it) */
+    void *hooks_slot;                   /* the handlers layer's per-shard state (core_shard_slot) */
 
     uint64_t delivery_stamp;
     uint32_t latency_tick;

@@ -777,6 +777,93 @@ static void test_duplicates(void **state)
     assert_int_equal(h_stop(&b), 0);
 }
 
+/* A burst in one write: emits with client ids in pairs (the second of each pair a duplicate),
+ * a ping and an emit with a bad type every 8 frames. The broker handles emits a few at a time
+ * (the emit pipeline, docs/ARCHITECTURE.md); the replies must still come in the order of the
+ * frames, each pair's second emit must be found a duplicate, and the subscriber must get the
+ * accepted events, in order. Returns the number of accepted events. */
+#define BURST_FRAMES 200
+static uint32_t burst_expect(struct nexus_client *pub, struct nexus_client *sub, int64_t camp,
+                             bool replies_ordered)
+{
+    const char *type = "pay:charge:v1:success";
+    uint64_t corr[BURST_FRAMES];
+    char kind[BURST_FRAMES]; /* 'a' accepted, 'd' duplicate, 'p' pong, 'e' error */
+    uint32_t emits = 0;
+    for (uint32_t j = 0; j < BURST_FRAMES; j++) {
+        corr[j] = nexus_next_correlation(pub);
+        if (j % 8 == 5) {
+            kind[j] = 'p';
+            assert_int_equal(nexus_send_ping(pub, corr[j], j), 0);
+            continue;
+        }
+        struct codec_emit_in e;
+        char id[32];
+        snprintf(id, sizeof(id), "b-%u", emits / 2);
+        nexus_emit_init(&e, j % 8 == 2 ? "pay:Charge:v1:success" : type, camp, id, NULL, 0);
+        e.correlation = corr[j];
+        kind[j] = j % 8 == 2 ? 'e' : emits++ % 2 ? 'd' : 'a';
+        assert_int_equal(nexus_send_emit(pub, &e), 0);
+    }
+    assert_int_equal(nexus_flush(pub), 0);
+    uint32_t seen[BURST_FRAMES] = {0}, accepted = 0;
+    for (uint32_t got = 0, next = 0; got < BURST_FRAMES; got++) {
+        struct nexus_frame f;
+        assert_int_equal(nexus_recv(pub, &f, 5000), 1);
+        uint32_t j = 0;
+        while (j < BURST_FRAMES && corr[j] != f.correlation)
+            j++;
+        if (j == BURST_FRAMES || seen[j]++)
+            fail_msg("reply with correlation %llu: unknown or twice",
+                     (unsigned long long)f.correlation);
+        if (replies_ordered && j != next)
+            fail_msg("reply to frame %u came where frame %u's was due", j, next);
+        next = j + 1;
+        char k = f.kind == CODEC_KIND_PONG                    ? 'p'
+                 : f.kind == CODEC_KIND_ERROR                 ? 'e'
+                 : f.kind != CODEC_KIND_EMIT_ACK              ? '?'
+                 : h_slice_eq(f.u.event.message, "duplicate") ? 'd'
+                                                              : 'a';
+        if (k != kind[j])
+            fail_msg("frame %u: reply '%c', expected '%c'", j, k, kind[j]);
+        accepted += k == 'a';
+    }
+    for (uint32_t n = 0; n < accepted; n++) {
+        struct nexus_frame f;
+        char id[32];
+        recv_event(sub, &f, 5000, "subscriber");
+        snprintf(id, sizeof(id), "b-%u", n);
+        assert_int_equal(f.u.event.sequence, n + 1);
+        if (!h_slice_eq(f.u.event.event_id, id))
+            fail_msg("event %u has id %.*s, expected %s", n + 1, (int)f.u.event.event_id.len,
+                     (const char *)f.u.event.event_id.ptr, id);
+    }
+    assert_quiet(sub, 100);
+    return accepted;
+}
+
+static void test_burst_order(void **state)
+{
+    (void)state;
+    struct broker_proc b = H_START(2, NULL);
+    struct nexus_client *pub = h_connect_on(&b, 0);
+    struct nexus_client *sub = h_connect_on(&b, 1);
+    assert_non_null(pub);
+    assert_non_null(sub);
+    /* Owned by the publisher's shard: handled in its receive, replies strictly in order. */
+    int64_t local = h_campaign_on(0, 2, 3100);
+    assert_int_equal(nexus_subscribe_sync(sub, local, NULL, 0, NULL, NULL, NULL, 5000), 1);
+    uint32_t a = burst_expect(pub, sub, local, true);
+    /* Owned by the other shard: emits travel there packed; its acks come back in order among
+     * themselves, the pongs and errors (answered here) may pass them. */
+    int64_t remote = h_campaign_on(1, 2, 3200);
+    assert_int_equal(nexus_subscribe_sync(sub, remote, NULL, 0, NULL, NULL, NULL, 5000), 1);
+    assert_int_equal(burst_expect(pub, sub, remote, false), a);
+    nexus_close(pub);
+    nexus_close(sub);
+    assert_int_equal(h_stop(&b), 0);
+}
+
 /* ---- invalid patterns and types ------------------------------------------------------------ */
 
 static void test_invalid_pattern(void **state)
@@ -887,6 +974,7 @@ int main(void)
         cmocka_unit_test_teardown(test_overlapping_subscriptions, h_teardown),
         cmocka_unit_test_teardown(test_ack_contents, h_teardown),
         cmocka_unit_test_teardown(test_duplicates, h_teardown),
+        cmocka_unit_test_teardown(test_burst_order, h_teardown),
         cmocka_unit_test_teardown(test_invalid_pattern, h_teardown),
         cmocka_unit_test_teardown(test_invalid_event_type, h_teardown),
     };
